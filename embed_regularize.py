@@ -1,0 +1,40 @@
+"""Embedding dropout (Gal & Ghahramani): drop whole word types, i.e. rows of the embedding matrix.
+
+A dropped word is zero wherever it occurs in the batch; kept rows are scaled by 1/(1-p).  Only the
+rows the batch looks up are ever multiplied, which gives the same values and gradients as masking
+the full matrix at a fraction of the cost.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import check_dropout_p, dropout_mask, stored_mask
+
+
+class EmbeddingDropout(nn.Module):
+    def __init__(self, p=0.1):
+        super().__init__()
+        self.p = check_dropout_p(p)
+        self.mask = None  # (copies, vocab) row mask of the last training forward
+
+    def forward(self, weight, words, copies=1, share=False, reuse=False):
+        """Look up ``words`` (seq_len, batch) in ``weight`` (vocab, dim) with word-type dropout.
+        With ``copies`` > 1 the batch stacks copies of one batch; each copy draws its own row mask
+        unless ``share``."""
+        emb = F.embedding(words, weight)
+        if not self.training or self.p == 0:
+            return emb
+        groups = 1 if (copies == 1 or share) else copies
+        shape = (groups, weight.size(0))
+        mask = stored_mask(self, shape) if reuse else dropout_mask(weight, shape, self.p)
+        self.mask = mask
+        if groups == 1:
+            scale = mask[0][words]
+        else:
+            B = words.size(1) // groups
+            group = torch.arange(words.size(1), device=words.device) // B
+            scale = mask.view(-1)[group * weight.size(0) + words]
+        return emb * scale.unsqueeze(-1)
+
+    def extra_repr(self):
+        return f"p={self.p}"

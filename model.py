@@ -1,0 +1,104 @@
+"""The word-level LSTM language model of AWD-LSTM and of the fraternal dropout experiments.
+
+One ``RNNModel`` builds both setups of the paper:
+- single-layer ablation: embedding = hidden = 655, full-shape dropout masks (``locked=False``);
+- 3-layer AWD-LSTM: 400 / 1150 / 3 layers, the last layer sized to the embedding for weight tying,
+  locked dropout between layers, DropConnect on every layer's W_hh.
+
+Every dropout site keeps its last mask, so a second pass can reuse it (``reuse``), and a batch can
+stack several copies of itself with independent or shared masks (``copies`` / ``share``): that is
+how fraternal dropout's two passes, MC dropout and the mask-variance measure run batched.
+Sites: ``e`` embedding rows, ``i`` embedding output, ``h`` between layers, ``w`` W_hh, ``o`` output.
+"""
+import torch
+import torch.nn as nn
+
+from embed_regularize import EmbeddingDropout
+from locked_dropout import LockedDropout
+from weight_drop import WeightDropLSTM
+
+SITES = ("e", "i", "h", "w", "o")
+
+
+class RNNModel(nn.Module):
+    def __init__(self, ntoken, ninp=400, nhid=1150, nlayers=3, dropout=0.4, dropouth=0.3,
+                 dropouti=0.4, dropoute=0.1, wdrop=0.5, tie_weights=True, locked=True):
+        super().__init__()
+        self.ntoken, self.ninp, self.nhid, self.nlayers = ntoken, ninp, nhid, nlayers
+        self.tie_weights = tie_weights
+        self.encoder = nn.Embedding(ntoken, ninp)
+        sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
+        self.rnns = nn.ModuleList(
+            WeightDropLSTM(sizes[l], sizes[l + 1], weight_dropout=wdrop) for l in range(nlayers))
+        self.decoder = nn.Linear(sizes[-1], ntoken)
+        if tie_weights:
+            self.decoder.weight = self.encoder.weight
+        self.embedding_dropout = EmbeddingDropout(dropoute)
+        self.input_dropout = LockedDropout(dropouti, lock_time=locked)
+        self.hidden_dropouts = nn.ModuleList(
+            LockedDropout(dropouth, lock_time=locked) for _ in range(nlayers - 1))
+        self.output_dropout = LockedDropout(dropout, lock_time=locked)
+        self.init_weights()
+
+    def init_weights(self):
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if not self.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def set_dropout(self, dropout=None, dropouth=None, dropouti=None, dropoute=None, wdrop=None):
+        """Change dropout rates in place (rates are hyper-parameters, not part of the state_dict)."""
+        if dropout is not None:
+            self.output_dropout.p = dropout
+        if dropouth is not None:
+            for d in self.hidden_dropouts:
+                d.p = dropouth
+        if dropouti is not None:
+            self.input_dropout.p = dropouti
+        if dropoute is not None:
+            self.embedding_dropout.p = dropoute
+        if wdrop is not None:
+            for rnn in self.rnns:
+                rnn.weight_dropout = wdrop
+
+    def init_hidden(self, bsz):
+        w = self.decoder.bias
+        return [(w.new_zeros(1, bsz, rnn.hidden_size), w.new_zeros(1, bsz, rnn.hidden_size))
+                for rnn in self.rnns]
+
+    def forward(self, input, hidden, return_h=False, copies=1, share=(), reuse=()):
+        """input (seq_len, batch) -> logits (seq_len, batch, ntoken) before softmax, new hidden.
+
+        ``reuse``: sites that apply the previous forward's mask.  ``copies`` > 1: the batch stacks
+        that many copies of one batch; sites in ``share`` give all copies one mask, the others draw
+        one per copy.  With ``return_h`` also each layer's raw and dropped outputs (for AR / TAR).
+        """
+        def kw(site):
+            return dict(copies=copies, share=site in share, reuse=site in reuse)
+
+        emb = self.embedding_dropout(self.encoder.weight, input, **kw("e"))
+        output = self.input_dropout(emb, **kw("i"))
+        new_hidden, raw_outputs, outputs = [], [], []
+        for l, rnn in enumerate(self.rnns):
+            output, h = rnn(output, hidden[l], **kw("w"))
+            new_hidden.append(h)
+            raw_outputs.append(output)
+            if l != self.nlayers - 1:
+                output = self.hidden_dropouts[l](output, **kw("h"))
+                outputs.append(output)
+        output = self.output_dropout(output, **kw("o"))
+        outputs.append(output)
+        logits = self.decoder(output)
+        if return_h:
+            return logits, new_hidden, raw_outputs, outputs
+        return logits, new_hidden
+
+
+def tile_hidden(hidden, copies):
+    """The hidden state for a batch that stacks ``copies`` copies of the same batch."""
+    return [tuple(t.repeat(1, copies, 1) for t in hc) for hc in hidden]
+
+
+def first_copy(hidden, copies):
+    """The hidden state of the first copy of a stacked batch."""
+    return [tuple(t[:, : t.size(1) // copies] for t in hc) for hc in hidden]
