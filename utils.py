@@ -21,6 +21,9 @@ def run_cli(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def repackage_hidden(h):
@@ -67,6 +70,10 @@ def atomic_torch_save(obj, target):
 
 def atomic_write_json(obj, target):
     _atomic_write(target, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def atomic_write_jsonl(rows, target):
+    _atomic_write(target, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def dropout_mask(like, shape, p):

@@ -1,0 +1,96 @@
+"""Checkpoints: a state_dict plus a plain config dict (nanoGPT style), written atomically.
+
+Everything in them loads with ``torch.load(..., weights_only=True)``: no pickled classes, so they
+survive PyTorch upgrades and are safe to open from strangers.  Two kinds share one format:
+``best`` (the model to evaluate or fine-tune) and ``resume`` (adds optimizer, schedule, RNG states).
+"""
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import RNNModel
+from utils import UserError, atomic_torch_save
+
+FORMAT = "fraternal-dropout-checkpoint-v1"
+
+
+def sidecar(save, what):
+    """Files that live next to the best-model checkpoint ``save``: resume, metrics, final."""
+    save = Path(save)
+    stem = save.with_suffix("") if save.suffix == ".pt" else save
+    return Path(f"{stem}.{what}")
+
+
+def vocab_info(dictionary):
+    return {"size": len(dictionary), "sha256": dictionary.fingerprint()}
+
+
+def save_checkpoint(path, kind, model, config, vocab, **extra):
+    blob = {"format": FORMAT, "kind": kind, "config": dict(config), "vocab": vocab,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    atomic_torch_save(blob, path)
+
+
+def load_checkpoint(path, kind=None):
+    """Read a checkpoint of this project, or end with a clear UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: check the path (train one with main.py --save {path})")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not a checkpoint of this project (it holds pickled Python objects, "
+                        f"e.g. a whole model saved by the old PyTorch 0.2 code): use a checkpoint written "
+                        f"by this project's main.py or finetune.py") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch file: "
+                        f"{str(e).splitlines()[0][:120]}): use an intact checkpoint written by main.py") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' marker): "
+                        f"use a checkpoint written by main.py or finetune.py")
+    if kind is not None and blob["kind"] != kind:
+        hint = "pass it to main.py --resume" if blob["kind"] == "resume" else "pass the .resume.pt file"
+        raise UserError(f"{path} is a '{blob['kind']}' checkpoint, a '{kind}' one is needed here: {hint}")
+    return blob
+
+
+def check_vocab(blob, dictionary, path, data):
+    if blob["vocab"] != vocab_info(dictionary):
+        raise UserError(f"checkpoint {path} was trained on a vocabulary of {blob['vocab']['size']} words, "
+                        f"the corpus at {data} has a different one ({len(dictionary)} words): "
+                        f"pass the --data folder the model was trained on")
+
+
+def build_model(cfg, ntoken):
+    return RNNModel(ntoken, cfg["emsize"], cfg["nhid"], cfg["nlayers"], cfg["dropout"], cfg["dropouth"],
+                    cfg["dropouti"], cfg["dropoute"], cfg["wdrop"], cfg["tied"], cfg["locked"])
+
+
+def model_from_checkpoint(blob, device):
+    model = build_model(blob["config"], blob["vocab"]["size"])
+    model.load_state_dict(blob["model"])
+    return model.to(device)
+
+
+def rng_state():
+    """Every RNG the training loop draws from, in a weights_only-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

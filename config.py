@@ -1,0 +1,196 @@
+"""Presets (the columns of the paper's experiment table) and the command line built on them.
+
+Every hyper-parameter flag defaults to None; the chosen ``--preset`` fills what the user did not
+give, so an explicit flag always wins and ``--help`` can show each preset's value.
+"""
+import argparse
+
+PRESETS = {
+    "single": dict(  # single-layer PTB ablation setup
+        data="data/penn", emsize=655, nhid=655, nlayers=1, lr=30.0, clip=0.25, epochs=1000,
+        batch_size=64, bptt=35, dropout=0.4, dropouth=0.0, dropouti=0.65, dropoute=0.1, wdrop=0.5,
+        seed=321, nonmono=5, alpha=0.0, beta=0.0, wdecay=1.2e-6, optimizer="sgd-anneal",
+        locked=False, tied=True, max_seq_len=45, reset_hidden_prob=0.01, patience=20, anneal=3.0,
+        min_lr=0.1),
+    "awd-ptb": dict(  # 3-layer AWD-LSTM on PTB
+        data="data/penn", emsize=400, nhid=1150, nlayers=3, lr=30.0, clip=0.25, epochs=750,
+        batch_size=20, bptt=70, dropout=0.4, dropouth=0.3, dropouti=0.4, dropoute=0.1, wdrop=0.5,
+        seed=321, nonmono=60, alpha=0.0, beta=0.0, wdecay=1.2e-6, optimizer="asgd-nt",
+        locked=True, tied=True, max_seq_len=0, reset_hidden_prob=0.0, patience=20, anneal=3.0,
+        min_lr=0.1),
+}
+PRESETS["awd-wt2"] = dict(PRESETS["awd-ptb"], data="data/wikitext-2", batch_size=40, dropouth=0.2,
+                          dropouti=0.65)
+
+# Default kappa of each regularizer variant, per preset family.
+KAPPA = {
+    "FD": {"single": 0.15, "awd-ptb": 0.1, "awd-wt2": 0.1},
+    "ELD": {"single": 0.25, "awd-ptb": 0.25, "awd-wt2": 0.25},
+    "PM": {"single": 0.15, "awd-ptb": 0.15, "awd-wt2": 0.15},
+    "RD": {"single": 1.0, "awd-ptb": 1.0, "awd-wt2": 1.0},
+    "baseline": {"single": 0.0, "awd-ptb": 0.0, "awd-wt2": 0.0},
+}
+# What each variant does with the second pass: (double_target, eval_auxiliary, penalty).
+VARIANTS = {
+    "FD": (True, False, "mse"),
+    "ELD": (False, True, "mse"),
+    "PM": (False, False, "mse"),
+    "RD": (True, False, "kl"),
+    "baseline": (False, False, "mse"),
+}
+# The reference fine-tuning row: batch size, epoch limit and seed per preset (single: ours).
+FINETUNE = {
+    "single": dict(batch_size=64, epochs=500, seed=141),
+    "awd-ptb": dict(batch_size=20, epochs=500, seed=141),
+    "awd-wt2": dict(batch_size=80, epochs=750, seed=1882),
+}
+OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
+MASK_SITES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
+              "h": "between layers (dropouth)", "w": "W_hh DropConnect (wdrop)",
+              "o": "last layer output (dropout)"}
+
+
+def per_preset(key, table=PRESETS):
+    return "; ".join(f"{p}: {table[p][key]}" for p in table)
+
+
+def add_model_args(p):
+    """Architecture and dropout flags, shared by training, fine-tuning and evaluation."""
+    g = p.add_argument_group("model (default: the preset's value)")
+    g.add_argument("--emsize", type=int, help=f"word embedding size ({per_preset('emsize')})")
+    g.add_argument("--nhid", type=int, help=f"hidden units per LSTM layer ({per_preset('nhid')})")
+    g.add_argument("--nlayers", type=int, help=f"number of LSTM layers ({per_preset('nlayers')})")
+    g.add_argument("--dropout", type=float, help=f"dropout on the last layer's output ({per_preset('dropout')})")
+    g.add_argument("--dropouth", type=float, help=f"dropout between LSTM layers ({per_preset('dropouth')})")
+    g.add_argument("--dropouti", type=float, help=f"dropout on the embedding output ({per_preset('dropouti')})")
+    g.add_argument("--dropoute", type=float, help=f"dropout of whole embedding rows ({per_preset('dropoute')})")
+    g.add_argument("--wdrop", type=float, help=f"DropConnect on every W_hh ({per_preset('wdrop')})")
+    g.add_argument("--locked", action=argparse.BooleanOptionalAction,
+                   help=f"one dropout mask per sequence, reused over time; --no-locked draws full-shape masks "
+                        f"({per_preset('locked')})")
+    g.add_argument("--tied", action=argparse.BooleanOptionalAction,
+                   help=f"tie embedding and softmax weights ({per_preset('tied')})")
+    return g
+
+
+def add_run_args(p):
+    g = p.add_argument_group("running")
+    g.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--log-interval", "--log_interval", dest="log_interval", type=int,
+                   help="batches between progress lines (default 200)")
+    return g
+
+
+def build_train_parser():
+    p = argparse.ArgumentParser(
+        description="Train an LSTM language model with fraternal dropout (or a comparison regularizer).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="experiment setup whose hyper-parameters fill every flag not given (default single)")
+    p.add_argument("--model", choices=list(VARIANTS),
+                   help="regularizer: FD fraternal dropout, ELD expectation-linear dropout, PM Pi-model, "
+                        "RD R-Drop (symmetric KL), baseline (one pass) (default FD)")
+    p.add_argument("--data", help=f"corpus folder with train/valid/test.txt ({per_preset('data')})")
+    add_model_args(p)
+    g = p.add_argument_group("regularizer (default: set by --model)")
+    g.add_argument("--kappa", type=float,
+                   help="weight of the penalty between the two passes (FD: 0.15 single, 0.1 3-layer; "
+                        "ELD 0.25; PM 0.15; RD 1.0; baseline 0)")
+    g.add_argument("--double_target", action=argparse.BooleanOptionalAction,
+                   help="average the target loss of both passes (on for FD and RD)")
+    g.add_argument("--eval_auxiliary", action=argparse.BooleanOptionalAction,
+                   help="run the second pass in eval mode, without dropout (on for ELD)")
+    for site, what in MASK_SITES.items():
+        g.add_argument(f"--same_mask_{site}", action="store_true", default=None,
+                       help=f"second pass reuses the first pass's mask at the {what}")
+    g.add_argument("--alpha", type=float, help=f"activation regularization (AR) weight ({per_preset('alpha')})")
+    g.add_argument("--beta", type=float, help=f"temporal activation regularization (TAR) weight ({per_preset('beta')})")
+    g = p.add_argument_group("optimization (default: the preset's value)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd-anneal: SGD, lr / --anneal after more than --patience epochs without a new best "
+                        "(reloading the best model), stop below --min_lr; asgd-nt: SGD switching to averaged "
+                        "SGD by the non-monotone rule; sgd: plain SGD; asgd: averaged SGD from the start, "
+                        f"stopping by the non-monotone rule; adam ({per_preset('optimizer')})")
+    g.add_argument("--lr", type=float, help=f"initial learning rate ({per_preset('lr')})")
+    g.add_argument("--clip", type=float, help=f"gradient norm clipping ({per_preset('clip')})")
+    g.add_argument("--wdecay", type=float, help=f"weight decay ({per_preset('wdecay')})")
+    g.add_argument("--epochs", type=int, help=f"upper epoch limit ({per_preset('epochs')})")
+    g.add_argument("--batch_size", type=int, help=f"training batch size ({per_preset('batch_size')})")
+    g.add_argument("--bptt", type=int, help=f"base sequence length ({per_preset('bptt')})")
+    g.add_argument("--max_seq_len", type=int,
+                   help=f"cap on the drawn sequence length, 0 for none ({per_preset('max_seq_len')})")
+    g.add_argument("--reset_hidden_prob", type=float,
+                   help=f"probability of zeroing the hidden state before a batch ({per_preset('reset_hidden_prob')})")
+    g.add_argument("--nonmono", type=int, help=f"non-monotone interval of NT-ASGD ({per_preset('nonmono')})")
+    g.add_argument("--patience", type=int,
+                   help=f"sgd-anneal: epochs without a new best before annealing ({per_preset('patience')})")
+    g.add_argument("--anneal", type=float, help=f"sgd-anneal: divide lr by this ({per_preset('anneal')})")
+    g.add_argument("--min_lr", type=float, help=f"sgd-anneal: stop once lr falls below ({per_preset('min_lr')})")
+    g.add_argument("--seed", type=int, help=f"random seed ({per_preset('seed')})")
+    g.add_argument("--eval_batch_size", type=int, help="validation batch size (10)")
+    g.add_argument("--test_batch_size", type=int, help="test batch size (1)")
+    g = add_run_args(p)
+    g.add_argument("--save", help="best-model checkpoint (default runs/<preset>_<model>.pt); metrics, final "
+                                  "results and the resume checkpoint are written beside it")
+    g.add_argument("--resume", help="continue the interrupted run whose resume checkpoint is at this path")
+    g.add_argument("--overwrite", action="store_true", help="allow --save to replace an existing checkpoint")
+    g.add_argument("--dry_run", action="store_true",
+                   help="two training batches and a short validation and test, then exit (smoke test)")
+    return p
+
+
+# Flags a resumed run may change: they do not alter what the run computes.
+RESUME_OVERRIDES = ("epochs", "device", "log_interval", "dry_run", "data")
+RUN_DEFAULTS = dict(eval_batch_size=10, test_batch_size=1, device="auto", log_interval=200)
+
+
+def resolve_train_config(args):
+    """Fill the preset's values into every flag left unset and check the combination.
+
+    Returns the run's complete configuration as a plain dict (it goes into every checkpoint)."""
+    preset = args.preset or "single"
+    model = args.model or "FD"
+    cfg = dict(PRESETS[preset], preset=preset, model=model, **RUN_DEFAULTS)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    cfg.update({k: v for k, v in given.items() if k in cfg})
+    double_target, eval_auxiliary, penalty = VARIANTS[model]
+    cfg["kappa"] = given.get("kappa", KAPPA[model][preset])
+    cfg["double_target"] = given.get("double_target", double_target)
+    cfg["eval_auxiliary"] = given.get("eval_auxiliary", eval_auxiliary)
+    cfg["penalty"] = penalty
+    cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
+    cfg["save"] = given.get("save") or f"runs/{preset}_{model}.pt"
+    cfg["dry_run"] = bool(given.get("dry_run"))
+    check_train_config(cfg, given)
+    return cfg
+
+
+def check_train_config(cfg, given):
+    from utils import UserError
+    model = cfg["model"]
+    if model == "baseline":
+        bad = [f"--{k} {given[k]}" for k in ("kappa",) if given.get(k)]
+        bad += [f"--{k}" for k in ("double_target", "eval_auxiliary") if given.get(k)]
+        bad += [f"--same_mask_{s}" for s in cfg["same_mask"]]
+        if bad:
+            raise UserError(f"--model baseline runs no second pass, so {' '.join(bad)} would do nothing: "
+                            f"drop it or choose --model FD, ELD, PM or RD")
+    if cfg["eval_auxiliary"] and cfg["same_mask"]:
+        raise UserError("the eval-mode second pass (--eval_auxiliary, ELD) has no dropout masks to share: "
+                        "drop the --same_mask_* flags or --eval_auxiliary")
+    if "h" in cfg["same_mask"] and cfg["nlayers"] < 2:
+        raise UserError("--same_mask_h needs at least 2 layers (there is no dropout between layers)")
+    if cfg["kappa"] < 0:
+        raise UserError(f"--kappa must be >= 0, got {cfg['kappa']}")
+    for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "reset_hidden_prob"):
+        if not 0.0 <= cfg[k] < 1.0:
+            raise UserError(f"--{k} must be in [0, 1), got {cfg[k]}")
+    for k in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "epochs", "eval_batch_size",
+              "test_batch_size", "log_interval", "nonmono", "patience"):
+        if cfg[k] <= 0:
+            raise UserError(f"--{k} must be positive, got {cfg[k]}")
+    for k in ("lr", "clip", "anneal"):
+        if cfg[k] <= 0:
+            raise UserError(f"--{k} must be positive, got {cfg[k]}")
+    if cfg["max_seq_len"] and cfg["max_seq_len"] < 5:
+        raise UserError(f"--max_seq_len must be 0 (no cap) or at least 5, got {cfg['max_seq_len']}")

@@ -1,0 +1,267 @@
+"""The one training loop, shared by main.py (training) and finetune.py (fine-tuning).
+
+Per batch: AWD-LSTM's variable-length BPTT with the learning rate scaled by seq_len / bptt, the
+regularizer's loss (fraternal.py), gradient clipping, one optimizer step.  Per epoch: validation
+(with the averaged weights once averaging SGD runs), the best model saved, the schedule's decision
+(NT-ASGD switch, annealing, stopping), metrics and a resume checkpoint written atomically.
+"""
+import math
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from checkpoint import load_checkpoint, rng_state, save_checkpoint
+from data import get_batch
+from fraternal import fraternal_loss
+from utils import UserError, atomic_write_json, atomic_write_jsonl, repackage_hidden
+
+RULE = "-" * 89
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def ppl(loss):
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+@torch.no_grad()
+def evaluate(model, source, bptt, batch_size, max_batches=None):
+    """Mean token cross-entropy over a batchified stream, hidden state carried throughout."""
+    model.eval()
+    hidden = model.init_hidden(batch_size)
+    total = torch.zeros((), device=source.device)
+    count = 0
+    for k, i in enumerate(range(0, source.size(0) - 1, bptt)):
+        if max_batches is not None and k >= max_batches:
+            break
+        data, targets = get_batch(source, i, bptt)
+        logits, hidden = model(data, hidden)
+        total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
+        count += targets.numel()
+    return total.item() / count
+
+
+@contextmanager
+def averaged_weights(model, optimizer):
+    """Swap in averaged SGD's running averages (no-op for other optimizers)."""
+    saved = []
+    if isinstance(optimizer, torch.optim.ASGD):
+        with torch.no_grad():
+            for p in model.parameters():
+                ax = optimizer.state.get(p, {}).get("ax")
+                if ax is not None:  # a parameter not stepped yet is its own average
+                    saved.append((p, p.detach().clone()))
+                    p.copy_(ax)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in saved:
+                p.copy_(value)
+
+
+def make_optimizer(cfg, state, params, device):
+    """SGD (or Adam) until averaging starts, then averaged SGD with t0 = 0, lambda = 0."""
+    if state["averaging"]:
+        return torch.optim.ASGD(params, lr=state["lr"], t0=0, lambd=0.0, weight_decay=cfg["wdecay"],
+                                capturable=device.type == "cuda")
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=state["lr"], weight_decay=cfg["wdecay"])
+    return torch.optim.SGD(params, lr=state["lr"], weight_decay=cfg["wdecay"])
+
+
+def new_schedule(cfg, best_val=float("inf")):
+    """Everything the epoch loop decides with; a plain dict, saved in the resume checkpoint."""
+    return {"epoch": 0, "lr": cfg["lr"], "averaging": cfg["optimizer"] == "asgd", "val_history": [],
+            "best_val": best_val, "best_epoch": 0, "bad_epochs": 0, "stopped": False, "metrics": []}
+
+
+def nonmono_triggered(history, val_loss, nonmono):
+    """NT-ASGD's rule: more than ``nonmono`` losses recorded and this one worse than the best of all
+    but the last ``nonmono``."""
+    return len(history) > nonmono and val_loss > min(history[:-nonmono])
+
+
+def epoch_decision(cfg, state, val_loss):
+    """What the schedule does after an epoch: None, "switch" (to averaged SGD), "anneal" or "stop".
+    Records ``val_loss`` in the history (after deciding, as the reference did)."""
+    action = None
+    opt = cfg["optimizer"]
+    if opt == "asgd-nt" and not state["averaging"]:
+        if nonmono_triggered(state["val_history"], val_loss, cfg["nonmono"]):
+            action = "switch"
+    elif opt == "asgd":
+        if nonmono_triggered(state["val_history"], val_loss, cfg["nonmono"]):
+            action = "stop"
+    elif opt == "sgd-anneal" and state["bad_epochs"] > cfg["patience"]:
+        action = "stop" if state["lr"] / cfg["anneal"] < cfg["min_lr"] else "anneal"
+    state["val_history"].append(val_loss)
+    return action
+
+
+def draw_seq_len(cfg):
+    """AWD-LSTM's variable BPTT: base bptt (p = 0.95) or bptt / 2, then N(base, 5), at least 5."""
+    bptt = cfg["bptt"] if np.random.random() < 0.95 else cfg["bptt"] / 2.0
+    seq_len = max(5, int(np.random.normal(bptt, 5)))
+    if cfg["max_seq_len"]:
+        seq_len = min(seq_len, cfg["max_seq_len"])
+    return seq_len
+
+
+def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None):
+    model.train()
+    params = list(model.parameters())
+    bsz = train_data.size(1)
+    hidden = model.init_hidden(bsz)
+    on_gpu = train_data.device.type == "cuda"
+    sync_every = cfg["log_interval"] if on_gpu else min(10, cfg["log_interval"])
+    total_ce = torch.zeros((), device=train_data.device)
+    total_pen = torch.zeros((), device=train_data.device)
+    interval_ce = torch.zeros((), device=train_data.device)
+    batch, i, tokens = 0, 0, 0
+    start = interval_start = time.time()
+    approx = max(1, len(train_data) // cfg["bptt"])
+    bar = tqdm(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}", unit="batch",
+               leave=False, dynamic_ncols=True, disable=None)
+    try:
+        while i < train_data.size(0) - 1 - 1:
+            if max_batches is not None and batch >= max_batches:
+                break
+            seq_len = draw_seq_len(cfg)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.param_groups[0]["lr"] = lr * seq_len / cfg["bptt"]
+            if cfg["reset_hidden_prob"] and np.random.random() < cfg["reset_hidden_prob"]:
+                hidden = model.init_hidden(bsz)
+            hidden = repackage_hidden(hidden)
+            data, targets = get_batch(train_data, i, seq_len)
+            optimizer.zero_grad(set_to_none=True)
+            out = fraternal_loss(model, data, targets, hidden, reg)
+            out.loss.backward()
+            if cfg["clip"]:
+                torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
+            optimizer.step()
+            optimizer.param_groups[0]["lr"] = lr
+            hidden = out.hidden
+            total_ce += out.ce
+            total_pen += out.penalty
+            interval_ce += out.ce
+            batch += 1
+            i += seq_len
+            tokens += targets.numel()
+            bar.update(1)
+            if batch % sync_every == 0 or batch % cfg["log_interval"] == 0:
+                running = total_ce.item() / batch
+                if not math.isfinite(running):
+                    raise NonFiniteLoss(
+                        f"the training loss became {running} in epoch {epoch} (batch {batch}, lr {lr:g}); "
+                        f"the best checkpoint {cfg['save']} is intact: retry with a lower --lr or --clip")
+                bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{tokens / (time.time() - start):.0f}")
+            if batch % cfg["log_interval"] == 0:
+                cur = interval_ce.item() / cfg["log_interval"]
+                ms = (time.time() - interval_start) * 1000 / cfg["log_interval"]
+                tqdm.write(f"| epoch {epoch:3d} | {batch:5d}/{approx:5d} batches | lr {lr:05.5f} | "
+                           f"ms/batch {ms:5.2f} | loss {cur:5.2f} | ppl {ppl(cur):8.2f}")
+                interval_ce.zero_()
+                interval_start = time.time()
+    finally:
+        bar.close()
+    train_loss = total_ce.item() / max(batch, 1)
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"the training loss became {train_loss} in epoch {epoch}; the best checkpoint "
+                            f"{cfg['save']} is intact: retry with a lower --lr or --clip")
+    seconds = time.time() - start
+    return {"train_loss": train_loss, "penalty": total_pen.item() / max(batch, 1), "batches": batch,
+            "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
+def phase(cfg, state):
+    if state["averaging"]:
+        return "asgd"
+    return "adam" if cfg["optimizer"] == "adam" else "sgd"
+
+
+def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=None):
+    """Run epochs until the limit or the schedule stops; returns the schedule state.
+
+    ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
+    Ctrl-C ends training early; what was saved stays saved."""
+    dry = cfg["dry_run"]
+    optimizer = make_optimizer(cfg, state, model.parameters(), device)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    try:
+        for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
+            if state["stopped"]:
+                break
+            stats = train_epoch(model, optimizer, splits["train"], cfg, reg, epoch, 2 if dry else None)
+            with averaged_weights(model, optimizer):
+                val_loss = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], 5 if dry else None)
+                if not math.isfinite(val_loss):
+                    raise NonFiniteLoss(f"the validation loss became {val_loss} in epoch {epoch}; the best "
+                                        f"checkpoint {paths['best']} is intact: retry with a lower --lr or --clip")
+                improved = val_loss < state["best_val"]
+                if improved:
+                    save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss)
+            if improved:
+                state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
+            else:
+                state["bad_epochs"] += 1
+            row = {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
+                   "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
+                   "penalty": stats["penalty"], "lr": state["lr"], "phase": phase(cfg, state),
+                   "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved}
+            action = epoch_decision(cfg, state, val_loss)
+            print(RULE)
+            print(f"| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
+                  f"valid ppl {ppl(val_loss):8.2f} | {'averaged' if state['averaging'] else 'raw'} weights"
+                  f"{' | saved' if improved else ''}")
+            print(RULE)
+            if action == "switch":
+                print("Switching to ASGD")
+                state["averaging"] = True
+                state["lr"] = cfg["lr"]  # the reference restarted averaged SGD from the initial lr
+                optimizer = make_optimizer(cfg, state, model.parameters(), device)
+            elif action == "anneal":
+                state["lr"] /= cfg["anneal"]
+                state["bad_epochs"] = 0
+                model.load_state_dict(load_checkpoint(paths["best"], "best")["model"])
+                for group in optimizer.param_groups:
+                    group["lr"] = state["lr"]
+                print(f"Annealing: reloaded the best model (epoch {state['best_epoch']}), lr now {state['lr']:g}")
+            elif action == "stop":
+                state["stopped"] = True
+                print(f"Stopping: the {cfg['optimizer']} schedule ended training after epoch {epoch}")
+            state["epoch"] = epoch
+            state["metrics"].append(row)
+            atomic_write_jsonl(state["metrics"], paths["metrics"])  # always matches the resume state
+            if not dry:
+                save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=state,
+                                optimizer=optimizer.state_dict(), rng=rng_state())
+    except KeyboardInterrupt:
+        print(RULE)
+        print("Exiting from training early")
+    return state
+
+
+def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
+    """Load the best model, evaluate it on validation and test, print the end line, save results."""
+    blob = load_checkpoint(paths["best"], "best")
+    model.load_state_dict(blob["model"])
+    valid = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], max_batches)
+    test = evaluate(model, splits["test"], cfg["bptt"], cfg["test_batch_size"], max_batches)
+    print(RULE)
+    if label == "training":
+        print(f"| End of training | test loss {test:5.2f} | test ppl {ppl(test):8.2f} |")
+    else:
+        print(f"| End of {label} | valid ppl {ppl(valid):8.2f} | test ppl {ppl(test):8.2f} |")
+    print(RULE)
+    result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
+              "best_epoch": blob.get("epoch"), "checkpoint": str(paths["best"])}
+    atomic_write_json(result, paths["final"])
+    return result
