@@ -114,6 +114,21 @@ def draw_seq_len(cfg):
     return seq_len
 
 
+def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len):
+    """One optimizer step on one batch, the learning rate scaled by seq_len / bptt for this step only
+    (``seq_len`` as drawn: the reference scaled by it even where the stream's end cut the batch)."""
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.param_groups[0]["lr"] = lr * seq_len / cfg["bptt"]
+    optimizer.zero_grad(set_to_none=True)
+    out = fraternal_loss(model, data, targets, repackage_hidden(hidden), reg)
+    out.loss.backward()
+    if cfg["clip"]:
+        torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
+    optimizer.step()
+    optimizer.param_groups[0]["lr"] = lr
+    return out
+
+
 def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None):
     model.train()
     params = list(model.parameters())
@@ -135,18 +150,10 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None)
                 break
             seq_len = draw_seq_len(cfg)
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.param_groups[0]["lr"] = lr * seq_len / cfg["bptt"]
             if cfg["reset_hidden_prob"] and np.random.random() < cfg["reset_hidden_prob"]:
                 hidden = model.init_hidden(bsz)
-            hidden = repackage_hidden(hidden)
             data, targets = get_batch(train_data, i, seq_len)
-            optimizer.zero_grad(set_to_none=True)
-            out = fraternal_loss(model, data, targets, hidden, reg)
-            out.loss.backward()
-            if cfg["clip"]:
-                torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
-            optimizer.step()
-            optimizer.param_groups[0]["lr"] = lr
+            out = train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len)
             hidden = out.hidden
             total_ce += out.ce
             total_pen += out.penalty
