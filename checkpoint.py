@@ -48,7 +48,7 @@ def load_checkpoint(path, kind=None):
                         f"by this project's main.py or finetune.py") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch file: "
-                        f"{str(e).splitlines()[0][:120]}): use an intact checkpoint written by main.py") from None
+                        f"{_first_sentence(e)}): use an intact checkpoint written by main.py") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' marker): "
                         f"use a checkpoint written by main.py or finetune.py")
@@ -56,6 +56,11 @@ def load_checkpoint(path, kind=None):
         hint = "pass it to main.py --resume" if blob["kind"] == "resume" else "pass the .resume.pt file"
         raise UserError(f"{path} is a '{blob['kind']}' checkpoint, a '{kind}' one is needed here: {hint}")
     return blob
+
+
+def _first_sentence(error):
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0].rstrip(".")[:120]
 
 
 def check_vocab(blob, dictionary, path, data):

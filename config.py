@@ -159,8 +159,11 @@ def resolve_train_config(args):
     cfg["eval_auxiliary"] = given.get("eval_auxiliary", eval_auxiliary)
     cfg["penalty"] = penalty
     cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
-    cfg["save"] = given.get("save") or f"runs/{preset}_{model}.pt"
     cfg["dry_run"] = bool(given.get("dry_run"))
+    # A dry run writes to a temporary folder unless told where.
+    cfg["save"] = given.get("save") or (None if cfg["dry_run"] else f"runs/{preset}_{model}.pt")
+    if cfg["dry_run"]:
+        cfg["epochs"] = 1
     check_train_config(cfg, given)
     return cfg
 

@@ -5,7 +5,10 @@ regularizer's loss (fraternal.py), gradient clipping, one optimizer step.  Per e
 (with the averaged weights once averaging SGD runs), the best model saved, the schedule's decision
 (NT-ASGD switch, annealing, stopping), metrics and a resume checkpoint written atomically.
 """
+import json
 import math
+import os
+import tempfile
 import time
 from contextlib import contextmanager
 
@@ -14,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, rng_state, save_checkpoint
-from data import get_batch
-from fraternal import fraternal_loss
-from utils import UserError, atomic_write_json, atomic_write_jsonl, repackage_hidden
+from checkpoint import (build_model, check_vocab, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                        sidecar, vocab_info)
+from config import RESUME_OVERRIDES
+from data import Corpus, batchify, get_batch
+from fraternal import Regularizer, fraternal_loss
+from utils import UserError, atomic_write_json, atomic_write_jsonl, get_device, repackage_hidden, set_seed
 
 RULE = "-" * 89
 
@@ -272,3 +277,77 @@ def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
               "best_epoch": blob.get("epoch"), "checkpoint": str(paths["best"])}
     atomic_write_json(result, paths["final"])
     return result
+
+
+def run_paths(save):
+    save = str(save)
+    return {"best": save, "resume": sidecar(save, "resume.pt"), "metrics": sidecar(save, "metrics.jsonl"),
+            "final": sidecar(save, "final.json")}
+
+
+def resume_config(args):
+    """The configuration saved in ``args.resume``, with the few flags a resumed run may change."""
+    blob = load_checkpoint(args.resume, "resume")
+    cfg = dict(blob["config"])
+    for key, value in vars(args).items():
+        if value is None or value is False or key in ("resume", "overwrite"):
+            continue
+        if key not in RESUME_OVERRIDES:
+            raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
+                            f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
+        cfg[key] = value
+    if cfg["dry_run"]:
+        cfg["epochs"] = min(cfg["epochs"], blob["schedule"]["epoch"] + 1)
+    return cfg, blob
+
+
+def run(cfg, label, resume=None, source=None, overwrite=False):
+    """Everything main.py and finetune.py do: data, model, the epoch loop, the final test.
+
+    ``resume``: a resume checkpoint to continue.  ``source``: a best-model checkpoint whose weights
+    start the run (fine-tuning); its validation loss is the one to beat, and the output starts as a
+    copy of it.  A dry run without an explicit destination writes to a temporary folder."""
+    if cfg["dry_run"] and cfg.get("save") is None:
+        with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
+            return run(dict(cfg, save=os.path.join(tmp, "model.pt")), label, resume, source, overwrite)
+    device = get_device(cfg["device"])
+    paths = run_paths(cfg["save"])
+    if resume is None and not overwrite:
+        existing = [p for p in (paths["best"], paths["resume"]) if os.path.exists(p)]
+        if existing:
+            raise UserError(f"{existing[0]} already exists: continue that run with --resume {paths['resume']}, "
+                            f"choose another output path, or pass --overwrite")
+    print("Configuration: " + json.dumps(cfg, sort_keys=True))
+    set_seed(cfg["seed"])
+    corpus = Corpus(cfg["data"])
+    vocab = vocab_info(corpus.dictionary)
+    for blob, path in ((resume, "the resume checkpoint"), (source, "the input checkpoint")):
+        if blob is not None:
+            check_vocab(blob, corpus.dictionary, path, cfg["data"])
+    splits = {"train": batchify(corpus.train, cfg["batch_size"], device),
+              "valid": batchify(corpus.valid, cfg["eval_batch_size"], device),
+              "test": batchify(corpus.test, cfg["test_batch_size"], device)}
+    model = build_model(cfg, len(corpus.dictionary)).to(device)
+    short = 5 if cfg["dry_run"] else None
+    optimizer_state = None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        state, optimizer_state = resume["schedule"], resume["optimizer"]
+        set_rng_state(resume["rng"])
+        print(f"Resuming after epoch {state['epoch']} (best so far: epoch {state['best_epoch']})")
+    elif source is not None:
+        model.load_state_dict(source["model"])
+        start = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short)
+        print(f"Starting from valid ppl {ppl(start):.2f}")
+        save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start)
+        state = new_schedule(cfg, best_val=start)
+    else:
+        state = new_schedule(cfg)
+    print(f"Model total parameters: {sum(p.numel() for p in model.parameters())}")
+    print(f"Device: {device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
+          f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
+    state = fit(model, cfg, splits, Regularizer.from_config(cfg), state, paths, vocab, device, optimizer_state)
+    if not os.path.exists(paths["best"]):
+        print("No epoch finished, so there is no best model to evaluate on test.")
+        return None
+    return final_evaluation(model, cfg, splits, paths, label, short)

@@ -1,0 +1,86 @@
+"""Evaluate a saved model: validation (batch 10) and test (batch 1) perplexity, rebuilt from the
+checkpoint alone; optionally train perplexity, Monte Carlo dropout and the mask variance.
+
+    python evaluate.py --save runs/awd-ptb_FD.pt
+    python evaluate.py --save runs/single_FD.pt --mc 50 --mask_variance --json
+"""
+import argparse
+import json
+
+from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
+from data import Corpus, batchify
+from mc_dropout import mask_variance, mc_evaluate
+from trainer import evaluate, ppl
+from utils import UserError, get_device, run_cli, set_seed
+
+DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
+    p.add_argument("--data", help="corpus folder (default: the one recorded in the checkpoint)")
+    p.add_argument("--bptt", type=int, help="sequence length of evaluation windows (default: the run's)")
+    p.add_argument("--eval_batch_size", type=int, default=10, help="validation batch size")
+    p.add_argument("--test_batch_size", type=int, default=1, help="test batch size")
+    p.add_argument("--train", action="store_true", help="also report train perplexity (at the validation batch size)")
+    p.add_argument("--mc", type=int, default=0, metavar="N",
+                   help="also evaluate with Monte Carlo dropout over N mask samples (probabilities averaged)")
+    p.add_argument("--mc_batch", type=int, help="MC samples stacked in one forward (default: as many as fit "
+                                                "in about 256 MB of logits)")
+    p.add_argument("--mask_variance", action="store_true",
+                   help="report the mean squared difference of two dropout passes' logits on validation")
+    p.add_argument("--seed", type=int, default=1111, help="seed for the dropout masks of --mc and --mask_variance")
+    for name in DROPOUTS:
+        p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the checkpoint's)")
+    p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.mc < 0 or (args.mc_batch is not None and args.mc_batch < 1):
+        raise UserError("--mc and --mc_batch must be positive")
+    blob = load_checkpoint(args.save)
+    cfg = blob["config"]
+    device = get_device(args.device)
+    data = args.data or cfg["data"]
+    corpus = Corpus(data)
+    check_vocab(blob, corpus.dictionary, args.save, data)
+    model = model_from_checkpoint(blob, device)
+    rates = {k: getattr(args, k) for k in DROPOUTS if getattr(args, k) is not None}
+    for k, v in rates.items():
+        if not 0.0 <= v < 1.0:
+            raise UserError(f"--{k} must be in [0, 1), got {v}")
+    model.set_dropout(**rates)
+    bptt = args.bptt or cfg["bptt"]
+    splits = {"valid": (corpus.valid, args.eval_batch_size), "test": (corpus.test, args.test_batch_size)}
+    if args.train:
+        splits["train"] = (corpus.train, args.eval_batch_size)
+    results = {"checkpoint": args.save, "data": str(data)}
+    set_seed(args.seed)
+    for name, (tokens, bsz) in splits.items():
+        source = batchify(tokens, bsz, device)
+        loss = evaluate(model, source, bptt, bsz, args.max_batches)
+        results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss)})
+        print(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size {bsz} |")
+        if args.mc and name != "train":
+            loss = mc_evaluate(model, source, bptt, bsz, args.mc, args.mc_batch, args.max_batches,
+                               desc=f"MC dropout ({name})")
+            results.update({f"mc_{name}_loss": loss, f"mc_{name}_ppl": ppl(loss)})
+            print(f"| {name:5s} | MC dropout, {args.mc} samples | loss {loss:5.3f} | ppl {ppl(loss):8.2f} |")
+        if args.mask_variance and name == "valid":
+            results["mask_variance"] = mask_variance(model, source, bptt, bsz, args.max_batches)
+            print(f"| valid | mask variance {results['mask_variance']:.5f} |")
+    if args.mc:
+        results["mc_samples"] = args.mc
+    if args.json:
+        print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)

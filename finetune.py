@@ -1,0 +1,88 @@
+"""Fine-tune a trained model the way the reference did for the 3-layer setups, without touching it.
+
+Averaged SGD from the first step (t0 = 0, lambda = 0), one pass per batch (no FD term), AR alpha 2
+and TAR beta 1, stopping when the averaged validation loss breaks the non-monotone rule (nonmono 5).
+Batch size, epoch limit and seed follow the reference's fine-tuning row for the checkpoint's preset;
+dropout rates are the checkpoint's (the reference's script in effect kept them too).  The input
+checkpoint is only read; the result goes to --out, evaluated on validation and test at the end.
+
+    python finetune.py --save runs/awd-ptb_FD.pt            # writes runs/awd-ptb_FD.finetune.pt
+"""
+import argparse
+import os
+
+from checkpoint import load_checkpoint, sidecar
+from config import FINETUNE, RUN_DEFAULTS, add_run_args, per_preset
+from trainer import resume_config, run
+from utils import UserError, run_cli
+
+DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--save", help="the trained best-model checkpoint to fine-tune (never modified)")
+    p.add_argument("--out", help="where the fine-tuned best model goes (default: <save stem>.finetune.pt)")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
+    p.add_argument("--data", help="corpus folder (default: the one recorded in the checkpoint)")
+    g = p.add_argument_group("fine-tuning (defaults: the reference's fine-tuning row)")
+    g.add_argument("--batch_size", type=int, help=f"batch size ({per_preset('batch_size', FINETUNE)})")
+    g.add_argument("--epochs", type=int, help=f"upper epoch limit ({per_preset('epochs', FINETUNE)})")
+    g.add_argument("--seed", type=int, help=f"random seed ({per_preset('seed', FINETUNE)})")
+    g.add_argument("--alpha", type=float, help="AR weight (2)")
+    g.add_argument("--beta", type=float, help="TAR weight (1)")
+    g.add_argument("--nonmono", type=int, help="stop once the averaged validation loss breaks the "
+                                               "non-monotone rule over this many epochs (5)")
+    g.add_argument("--lr", type=float, help="learning rate of averaged SGD (the training run's, 30)")
+    g.add_argument("--clip", type=float, help="gradient norm clipping (the training run's)")
+    g.add_argument("--wdecay", type=float, help="weight decay (the training run's)")
+    g.add_argument("--bptt", type=int, help="base sequence length (the training run's)")
+    g.add_argument("--eval_batch_size", type=int, help="validation batch size (10)")
+    g.add_argument("--test_batch_size", type=int, help="test batch size (1)")
+    for name in DROPOUTS:
+        g.add_argument(f"--{name}", type=float, help=f"override the checkpoint's {name} rate")
+    g = add_run_args(p)
+    g.add_argument("--resume", help="continue an interrupted fine-tuning from its .resume.pt checkpoint")
+    g.add_argument("--dry_run", action="store_true", help="two batches, short validation and test, then exit")
+    return p
+
+
+def finetune_config(args, source):
+    trained = source["config"]
+    preset = trained.get("preset", "awd-ptb")
+    cfg = dict(trained, **FINETUNE[preset], alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0,
+               double_target=False, eval_auxiliary=False, same_mask="", stage="finetune",
+               finetuned_from=str(args.save), **RUN_DEFAULTS)
+    given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
+    for key in ("data", "batch_size", "epochs", "seed", "alpha", "beta", "nonmono", "lr", "clip", "wdecay",
+                "bptt", "eval_batch_size", "test_batch_size", "device", "log_interval", *DROPOUTS):
+        if key in given:
+            cfg[key] = given[key]
+    for name in DROPOUTS:
+        if not 0.0 <= cfg[name] < 1.0:
+            raise UserError(f"--{name} must be in [0, 1), got {cfg[name]}")
+    cfg["dry_run"] = bool(args.dry_run)
+    if cfg["dry_run"]:
+        cfg["epochs"] = 1
+    cfg["save"] = args.out or (None if cfg["dry_run"] else str(sidecar(args.save, "finetune.pt")))
+    if cfg["save"] is not None and os.path.abspath(cfg["save"]) == os.path.abspath(args.save):
+        raise UserError("--out names the input checkpoint; fine-tuning never overwrites its input: choose another --out")
+    return cfg
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        if args.save or args.out:
+            raise UserError("--resume continues a fine-tuning run with its saved paths: drop --save / --out")
+        cfg, blob = resume_config(args)
+        return run(cfg, "fine-tuning", resume=blob)
+    if not args.save:
+        raise UserError("name the trained checkpoint to fine-tune with --save PATH")
+    source = load_checkpoint(args.save, "best")
+    return run(finetune_config(args, source), "fine-tuning", source=source, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    run_cli(main)

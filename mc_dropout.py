@@ -1,0 +1,77 @@
+"""Test-time measures that keep dropout on: Monte Carlo dropout evaluation and the mask variance.
+
+MC dropout (Gal & Ghahramani 2016): N forward passes with independent dropout masks, the predicted
+probabilities averaged (not the log-probabilities), then the cross-entropy of that average.
+Samples run batched as ``copies`` of the batch (see model.py), each carrying its own hidden state.
+
+Mask variance: what fraternal dropout minimizes, mean over every element of the squared difference
+of two train-mode passes' logits, from the same hidden state (pass 1's is carried on, as in training).
+"""
+import math
+
+import torch
+from tqdm import tqdm
+
+from data import get_batch
+from model import first_copy, tile_hidden
+
+
+def mc_cross_entropy(target_logprobs):
+    """Mean of -log(mean over samples of p(target)) from per-sample log-probs (samples, tokens)."""
+    n = target_logprobs.size(0)
+    return -(torch.logsumexp(target_logprobs, dim=0) - math.log(n)).mean()
+
+
+def _windows(source, bptt, max_batches):
+    starts = list(range(0, source.size(0) - 1, bptt))
+    return starts[:max_batches] if max_batches is not None else starts
+
+
+def auto_chunk(samples, seq_len, batch_size, ntoken, budget_bytes=256 << 20):
+    """How many samples to stack in one forward so the logits stay within ``budget_bytes``."""
+    per_sample = seq_len * batch_size * ntoken * 4
+    return max(1, min(samples, budget_bytes // per_sample))
+
+
+@torch.no_grad()
+def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batches=None, desc="MC dropout"):
+    """MC-dropout mean token cross-entropy over a batchified stream (dropout on at every site)."""
+    chunk = chunk or auto_chunk(samples, bptt, batch_size, model.ntoken)
+    sizes = [min(chunk, samples - s) for s in range(0, samples, chunk)]
+    model.train()
+    hiddens = [tile_hidden(model.init_hidden(batch_size), c) for c in sizes]
+    total, count = torch.zeros((), device=source.device), 0
+    try:
+        for i in tqdm(_windows(source, bptt, max_batches), desc=desc, unit="batch", leave=False, disable=None):
+            data, targets = get_batch(source, i, bptt)
+            T = data.size(0)
+            per_sample = []
+            for k, c in enumerate(sizes):
+                logits, hiddens[k] = model(data.repeat(1, c), hiddens[k], copies=c)
+                tgt = targets.view(T, 1, batch_size).expand(T, c, batch_size).reshape(T, c * batch_size, 1)
+                logp = logits.gather(-1, tgt).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+                per_sample.append(logp.view(T, c, batch_size).transpose(0, 1).reshape(c, -1))
+            total += mc_cross_entropy(torch.cat(per_sample)) * targets.numel()
+            count += targets.numel()
+    finally:
+        model.eval()
+    return total.item() / count
+
+
+@torch.no_grad()
+def mask_variance(model, source, bptt, batch_size, max_batches=None):
+    """Mean over all elements of (logits of one dropout pass - logits of another)^2."""
+    model.train()
+    hidden = model.init_hidden(batch_size)
+    total, count = torch.zeros((), device=source.device), 0
+    try:
+        for i in _windows(source, bptt, max_batches):
+            data, _ = get_batch(source, i, bptt)
+            logits, pair_hidden = model(data.repeat(1, 2), tile_hidden(hidden, 2), copies=2)
+            diff = logits[:, :batch_size] - logits[:, batch_size:]
+            total += diff.pow(2).sum()
+            count += diff.numel()
+            hidden = first_copy(pair_hidden, 2)
+    finally:
+        model.eval()
+    return total.item() / count
