@@ -42,7 +42,10 @@ def load_checkpoint(path, kind=None):
         raise UserError(f"no checkpoint at {path}: check the path (train one with main.py --save {path})")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # anything else: not a pickle of ours at all
+            raise UserError(f"cannot read checkpoint {path} (not a PyTorch file: {_first_sentence(e)}): "
+                            f"use an intact checkpoint written by main.py") from None
         raise UserError(f"{path} is not a checkpoint of this project (it holds pickled Python objects, "
                         f"e.g. a whole model saved by the old PyTorch 0.2 code): use a checkpoint written "
                         f"by this project's main.py or finetune.py") from None

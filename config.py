@@ -83,7 +83,7 @@ def add_run_args(p):
 
 def build_train_parser():
     p = argparse.ArgumentParser(
-        description="Train an LSTM language model with fraternal dropout (or a comparison regularizer).",
+        prog="main.py", description="Train an LSTM language model with fraternal dropout (or a comparison regularizer).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS),
                    help="experiment setup whose hyper-parameters fill every flag not given (default single)")

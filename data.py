@@ -6,6 +6,7 @@ is cached under a key derived from the files' bytes (an edited file is never ser
 """
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def _tokenize_lines(path):
 def _files_digest(paths):
     h = hashlib.sha256(f"corpus-cache-v{CACHE_VERSION}".encode())
     for p in paths:
-        h.update(Path(p).name.encode())
+        h.update(f"{Path(p).name}:{os.path.getsize(p)}\n".encode())  # sizes keep file boundaries apart
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
@@ -56,9 +57,16 @@ def _user_cache_dir():
     return Path(base) / "fraternal-dropout"
 
 
+def _writable(folder):
+    """Writable, and not marked read-only: root may write anywhere, but a shared read-only mirror
+    (mode r-x) should stay untouched even then."""
+    return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & stat.S_IWUSR)
+
+
 def _cache_candidates(path, digest):
     name = f".corpus-cache-{digest}.pt"
-    return [Path(path) / name, _user_cache_dir() / name]
+    beside = [Path(path) / name] if _writable(path) else []
+    return beside + [_user_cache_dir() / name]
 
 
 class Corpus:

@@ -18,10 +18,10 @@ REAL = {
 
 
 def _refuse_writes_under(monkeypatch, root):
-    """Make the corpus cache see ``root`` as read-only.
+    """Guard: any write below ``root`` fails the way it would for a normal user.
 
-    The mirror's folders are mode r-x, but a test run as root could still write into them; the
-    shared mirror must stay untouched, so writes below it fail as they would for a normal user."""
+    The mirror's folders are mode r-x, which data.py respects even for root; this makes sure a
+    regression there cannot pollute the shared mirror while the test runs."""
     root = Path(root).resolve()
     real_save = data.atomic_torch_save
 
@@ -226,3 +226,25 @@ def test_get_batch_cut_at_end_of_stream():
     assert torch.equal(target, source[3:5].reshape(-1))
     data_, target = get_batch(source, 3, 35)  # last possible start: one row
     assert torch.equal(data_, source[3:4]) and torch.equal(target, source[4])
+
+
+def test_cache_key_separates_files(tmp_path):
+    folder = _write_corpus(tmp_path / "c", train="a\n", valid="valid.txtb\n", test="z\n")
+    first = Corpus(folder)
+    # the same bytes in sequence, but the boundary between train.txt and valid.txt moved
+    _write_corpus(folder, train="a\nvalid.txt", valid="b\n", test="z\n")
+    fresh = Corpus(folder, use_cache=False)
+    assert len(fresh.train) != len(first.train)  # the corpus really changed
+    _same_corpus(Corpus(folder), fresh)
+
+
+def test_folder_marked_read_only_gets_no_cache_even_for_root(tmp_path, monkeypatch):
+    folder = _write_corpus(tmp_path / "ro", train="a b\n", valid="b c\n", test="c a\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder.chmod(0o555)
+    try:
+        Corpus(folder)
+        assert not list(folder.glob(CACHE_GLOB))
+        assert len(list((tmp_path / "xdg" / "fraternal-dropout").glob(CACHE_GLOB))) == 1
+    finally:
+        folder.chmod(0o755)

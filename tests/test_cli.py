@@ -1,0 +1,320 @@
+"""End to end: main.py, finetune.py and evaluate.py on a tiny PTB cut (tiny models, CPU), resume
+equivalence, checkpoints, user errors, and a dry run of every preset on the real corpora."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate as evaluate_cli
+import finetune as finetune_cli
+import main as main_cli
+import trainer
+from config import build_train_parser, resolve_train_config
+from utils import UserError, atomic_torch_save
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_args(data, save, *extra, epochs=2):
+    return ["--preset", "awd-ptb", "--data", str(data), "--emsize", "16", "--nhid", "24", "--nlayers", "2",
+            "--batch_size", "4", "--bptt", "12", "--eval_batch_size", "4", "--epochs", str(epochs),
+            "--log-interval", "50", "--save", str(save), *extra]
+
+
+def rows(path):
+    keep = ("epoch", "train_loss", "valid_loss", "penalty", "lr", "phase", "best")
+    with open(path) as f:
+        return [{k: json.loads(line)[k] for k in keep} for line in f]
+
+
+def cli(script, *args, **kw):
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], capture_output=True,
+                          text=True, cwd=kw.get("cwd", REPO), stdin=subprocess.DEVNULL, timeout=300)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+    """A tiny FD model trained 3 epochs with averaged SGD (exercises the optimizer state)."""
+    out = tmp_path_factory.mktemp("trained")
+    result = main_cli.main(tiny_args(tiny_corpus, out / "m.pt", "--optimizer", "asgd", "--nonmono", "50",
+                                     epochs=3))
+    return out / "m.pt", result
+
+
+def test_run_writes_best_resume_metrics_and_final(trained):
+    save, result = trained
+    for suffix in ("m.pt", "m.resume.pt", "m.metrics.jsonl", "m.final.json"):
+        assert (save.parent / suffix).is_file(), suffix
+    best = torch.load(save, weights_only=True)
+    assert best["kind"] == "best" and best["config"]["model"] == "FD" and best["config"]["kappa"] == 0.1
+    assert set(best["model"]) >= {"encoder.weight", "rnns.0.weight_hh_l0", "decoder.bias"}
+    resume = torch.load(save.parent / "m.resume.pt", weights_only=True)
+    assert {"optimizer", "schedule", "rng"} <= set(resume) and resume["schedule"]["epoch"] == 3
+    assert "ax" in next(iter(resume["optimizer"]["state"].values()))
+    metrics = [json.loads(l) for l in open(save.parent / "m.metrics.jsonl")]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert {"seconds", "train_ppl", "valid_ppl", "lr", "phase", "tokens_per_s"} <= set(metrics[0])
+    assert all(m["phase"] == "asgd" for m in metrics)
+    final = json.load(open(save.parent / "m.final.json"))
+    assert final["test_ppl"] == pytest.approx(result["test_ppl"])
+    best_epoch = min(metrics, key=lambda m: m["valid_loss"])["epoch"]
+    assert final["best_epoch"] == best_epoch == best["epoch"]
+    assert final["valid_loss"] == pytest.approx(min(m["valid_loss"] for m in metrics), rel=1e-6)
+
+
+def assert_saved_weights_are_asgd_averages(best_path, resume_path):
+    best = torch.load(best_path, weights_only=True)
+    resume = torch.load(resume_path, weights_only=True)
+    model = trainer.build_model(best["config"], best["vocab"]["size"])
+    for i, (name, _) in enumerate(model.named_parameters()):  # optimizer state is indexed in this order
+        ax = resume["optimizer"]["state"][i]["ax"]
+        assert torch.equal(best["model"][name], ax), name
+        assert not torch.equal(resume["model"][name], ax), name  # the raw weights differ
+
+
+def test_resume_reproduces_the_uninterrupted_run_and_seed_is_deterministic(trained, tiny_corpus, tmp_path):
+    save, result = trained
+    args = ["--optimizer", "asgd", "--nonmono", "50"]
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "r.pt", *args, epochs=1))
+    first = rows(tmp_path / "r.metrics.jsonl")
+    assert first[0]["best"]
+    assert_saved_weights_are_asgd_averages(tmp_path / "r.pt", tmp_path / "r.resume.pt")
+    full = rows(save.parent / "m.metrics.jsonl")
+    assert first == full[:1]  # same seed, same metrics
+    resumed = main_cli.main(["--resume", str(tmp_path / "r.resume.pt"), "--epochs", "3"])
+    assert rows(tmp_path / "r.metrics.jsonl") == full
+    assert resumed["test_loss"] == result["test_loss"]
+
+
+def test_ctrl_c_still_evaluates_the_best_model(tiny_corpus, tmp_path, monkeypatch, capsys):
+    real = trainer.train_epoch
+
+    def interrupted(model, optimizer, train_data, cfg, reg, epoch, max_batches=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(model, optimizer, train_data, cfg, reg, epoch, max_batches)
+
+    monkeypatch.setattr(trainer, "train_epoch", interrupted)
+    result = main_cli.main(tiny_args(tiny_corpus, tmp_path / "c.pt", epochs=5))
+    out = capsys.readouterr().out
+    assert "Exiting from training early" in out and "| End of training | test loss" in out
+    assert result["best_epoch"] == 1 and (tmp_path / "c.final.json").is_file()
+
+
+def test_non_finite_loss_stops_and_leaves_the_best_checkpoint_intact(tiny_corpus, tmp_path, monkeypatch):
+    real_loss, real_eval = trainer.fraternal_loss, trainer.evaluate
+    state = {"evaluated": 0, "snapshot": None}
+
+    def counting_eval(*a, **k):
+        state["evaluated"] += 1
+        return real_eval(*a, **k)
+
+    def poisoned(*a):
+        out = real_loss(*a)
+        if state["evaluated"]:
+            if state["snapshot"] is None:
+                state["snapshot"] = (tmp_path / "n.pt").read_bytes()
+            out = out._replace(ce=out.ce * float("inf"))
+        return out
+
+    monkeypatch.setattr(trainer, "evaluate", counting_eval)
+    monkeypatch.setattr(trainer, "fraternal_loss", poisoned)
+    with pytest.raises(trainer.NonFiniteLoss, match="intact"):
+        main_cli.main(tiny_args(tiny_corpus, tmp_path / "n.pt", epochs=3))
+    assert (tmp_path / "n.pt").read_bytes() == state["snapshot"]
+    assert torch.load(tmp_path / "n.pt", weights_only=True)["epoch"] == 1
+
+
+def test_atomic_write_leaves_the_previous_file_when_interrupted(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    atomic_torch_save({"v": 1}, target)
+
+    class Boom:
+        def __reduce__(self):
+            raise KeyboardInterrupt  # interrupted in the middle of writing
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"v": 2, "x": torch.zeros(1000), "boom": Boom()}, target)
+    assert torch.load(target, weights_only=True) == {"v": 1}
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+def test_preset_fills_unset_flags_and_explicit_flags_win():
+    parse = build_train_parser().parse_args
+    cfg = resolve_train_config(parse(["--preset", "awd-wt2", "--dropouti", "0.5"]))
+    assert (cfg["batch_size"], cfg["dropouth"], cfg["dropouti"], cfg["kappa"]) == (40, 0.2, 0.5, 0.1)
+    assert cfg["data"] == "data/wikitext-2" and cfg["optimizer"] == "asgd-nt" and cfg["nonmono"] == 60
+    cfg = resolve_train_config(parse([]))
+    assert (cfg["preset"], cfg["model"], cfg["kappa"], cfg["emsize"], cfg["locked"]) == ("single", "FD", 0.15, 655, False)
+    assert (cfg["max_seq_len"], cfg["reset_hidden_prob"], cfg["optimizer"]) == (45, 0.01, "sgd-anneal")
+    eld = resolve_train_config(parse(["--model", "ELD"]))
+    assert (eld["kappa"], eld["eval_auxiliary"], eld["double_target"]) == (0.25, True, False)
+    pm = resolve_train_config(parse(["--model", "PM", "--kappa", "0.3", "--same_mask_w"]))
+    assert (pm["kappa"], pm["double_target"], pm["same_mask"]) == (0.3, False, "w")
+    rd = resolve_train_config(parse(["--model", "RD"]))
+    assert (rd["kappa"], rd["penalty"], rd["double_target"]) == (1.0, "kl", True)
+
+
+def test_help_lists_per_preset_defaults():
+    text = "".join(build_train_parser().format_help().split())  # immune to line wrapping
+    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400)" in text
+    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65)" in text
+    assert "--same_mask_w" in text and "--nonmono" in text and "--kappa" in text and "--wdrop" in text
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "baseline", "--kappa", "0.2"], "--kappa 0.2"),
+    (["--model", "baseline", "--same_mask_w"], "--same_mask_w"),
+    (["--model", "ELD", "--same_mask_i"], "--eval_auxiliary"),
+    (["--same_mask_h"], "2 layers"),
+    (["--dropout", "1.0"], "--dropout"),
+    (["--kappa", "-1"], "--kappa"),
+])
+def test_contradictory_flags_are_refused(argv, needle):
+    with pytest.raises(UserError, match=needle.replace("-", r"\-")):
+        resolve_train_config(build_train_parser().parse_args(argv))
+
+
+# --- user errors as the user sees them ------------------------------------------------------------
+
+def test_missing_corpus_is_one_line(tmp_path):
+    proc = cli("main.py", "--data", tmp_path / "nowhere", "--save", tmp_path / "x.pt")
+    assert_one_line_error(proc, "nowhere", "getdata.sh")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_bad_combination_is_one_line(tmp_path):
+    assert_one_line_error(cli("main.py", "--model", "baseline", "--kappa", "0.2"), "baseline", "--kappa")
+
+
+def test_existing_checkpoint_is_never_overwritten(trained, tiny_corpus):
+    save, _ = trained
+    before = save.read_bytes()
+    proc = cli("main.py", *tiny_args(tiny_corpus, save, epochs=1))
+    assert_one_line_error(proc, "already exists", "--resume")
+    assert save.read_bytes() == before
+
+
+def test_resume_refuses_to_change_the_configuration(trained):
+    save, _ = trained
+    proc = cli("main.py", "--resume", save.parent / "m.resume.pt", "--lr", "1")
+    assert_one_line_error(proc, "--lr")
+    assert_one_line_error(cli("main.py", "--resume", save), "'best' checkpoint")
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "pickled-model", "foreign-dict", "text"])
+def test_unreadable_checkpoints_are_one_line(trained, tmp_path, kind):
+    save, _ = trained
+    bad = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        bad.write_bytes(save.read_bytes()[:5000])
+    elif kind == "pickled-model":
+        torch.save(torch.nn.LSTM(3, 3), bad)  # what the old code saved
+    elif kind == "foreign-dict":
+        torch.save({"state_dict": {}}, bad)
+    elif kind == "text":
+        bad.write_text("not a checkpoint")
+    needle = {"missing": "no checkpoint", "truncated": "cannot read", "pickled-model": "pickled",
+              "foreign-dict": "not a checkpoint of this project", "text": "cannot read"}[kind]
+    assert_one_line_error(cli("evaluate.py", "--save", bad), needle)
+
+
+def test_checkpoint_with_another_vocabulary_is_refused(trained, tmp_path):
+    save, _ = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "valid", "test"):
+        (other / f"{split}.txt").write_text("a b c\nb c d\n")
+    assert_one_line_error(cli("evaluate.py", "--save", save, "--data", other), "vocabulary", "--data")
+    assert_one_line_error(cli("finetune.py", "--save", save, "--data", other, "--out", tmp_path / "f.pt"),
+                          "vocabulary")
+    assert not (tmp_path / "f.pt").exists()
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------
+
+def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained, tmp_path, capsys):
+    blob = torch.load(trained[0], weights_only=True)
+    # skew the output bias so that one epoch of fine-tuning surely improves on the input
+    blob["model"]["decoder.bias"] = blob["model"]["decoder.bias"] + 3.0 * (torch.arange(blob["vocab"]["size"]) % 2)
+    save = tmp_path / "input.pt"
+    atomic_torch_save(blob, save)
+    before = save.read_bytes()
+    out = tmp_path / "ft.pt"
+    result = finetune_cli.main(["--save", str(save), "--out", str(out), "--epochs", "1", "--batch_size", "4",
+                                "--eval_batch_size", "4", "--dropouti", "0.05"])
+    assert save.read_bytes() == before
+    assert "| End of fine-tuning | valid ppl" in capsys.readouterr().out
+    cfg, trained_cfg = torch.load(out, weights_only=True)["config"], blob["config"]
+    assert (cfg["optimizer"], cfg["kappa"], cfg["double_target"], cfg["eval_auxiliary"]) == ("asgd", 0.0, False, False)
+    assert (cfg["alpha"], cfg["beta"], cfg["nonmono"], cfg["seed"]) == (2.0, 1.0, 5, 141)
+    assert cfg["dropouti"] == 0.05  # explicit flag wins
+    assert cfg["dropout"] == trained_cfg["dropout"] and cfg["wdrop"] == trained_cfg["wdrop"]  # kept
+    assert cfg["finetuned_from"] == str(save)
+    metrics = [json.loads(l) for l in open(tmp_path / "ft.metrics.jsonl")]
+    assert metrics[0]["phase"] == "asgd" and metrics[0]["penalty"] == 0.0  # no FD term
+    assert metrics[0]["best"], "one epoch of fine-tuning is expected to improve on this tiny model"
+    assert_saved_weights_are_asgd_averages(out, tmp_path / "ft.resume.pt")
+    assert result["test_ppl"] == pytest.approx(json.load(open(tmp_path / "ft.final.json"))["test_ppl"])
+
+
+def test_finetune_default_output_and_no_overwrite(trained, tmp_path):
+    save, _ = trained
+    assert finetune_cli.finetune_config(
+        finetune_cli.build_parser().parse_args(["--save", str(save)]),
+        torch.load(save, weights_only=True))["save"] == str(save.parent / "m.finetune.pt")
+    proc = cli("finetune.py", "--save", save, "--out", save)
+    assert_one_line_error(proc, "never overwrites its input")
+    existing = tmp_path / "exists.pt"
+    existing.write_bytes(b"precious")
+    proc = cli("finetune.py", "--save", save, "--out", existing)
+    assert_one_line_error(proc, "already exists", "--overwrite")
+    assert existing.read_bytes() == b"precious"
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+def test_evaluate_matches_the_end_of_training_and_prints_json(trained):
+    save, result = trained
+    proc = cli("evaluate.py", "--save", save, "--json", "--eval_batch_size", "4")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["test_ppl"] == pytest.approx(result["test_ppl"], rel=1e-9)
+    assert got["valid_ppl"] == pytest.approx(result["valid_ppl"], rel=1e-9)
+
+
+def test_mc_with_dropout_off_equals_deterministic_and_mask_variance(trained):
+    save, _ = trained
+    off = ["--dropout", "0", "--dropouth", "0", "--dropouti", "0", "--dropoute", "0", "--wdrop", "0"]
+    res = evaluate_cli.main(["--save", str(save), "--mc", "1", "--mask_variance", "--max_batches", "6", *off])
+    assert res["mc_valid_loss"] == pytest.approx(res["valid_loss"], rel=1e-6)
+    assert res["mc_test_loss"] == pytest.approx(res["test_loss"], rel=1e-6)
+    assert res["mask_variance"] == 0.0
+    on = evaluate_cli.main(["--save", str(save), "--mc", "3", "--mc_batch", "2", "--mask_variance",
+                            "--max_batches", "6"])
+    assert on["mask_variance"] > 0 and on["mc_valid_loss"] != pytest.approx(on["valid_loss"], rel=1e-6)
+    assert on["valid_loss"] == pytest.approx(res["valid_loss"], rel=1e-9)  # deterministic part unchanged
+
+
+# --- the real corpora ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset, corpus", [("single", "penn"), ("awd-ptb", "penn"), ("awd-wt2", "wikitext-2")])
+def test_dry_run_of_each_preset_on_the_real_corpus(preset, corpus, mirror, capsys):
+    result = main_cli.main(["--preset", preset, "--dry_run", "--data", str(mirror / corpus)])
+    out = capsys.readouterr().out
+    assert "Model total parameters: " + {"single": "9997440", "awd-ptb": "24221600", "awd-wt2": "33556078"}[preset] in out
+    assert "| End of training | test loss" in out and result["test_ppl"] > 0
