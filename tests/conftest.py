@@ -31,15 +31,25 @@ def _isolated_user_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = old
 
 
+def _mirror_path():
+    """$FD_DATA_MIRROR, else ../shared/data beside the checkout, else this checkout's data/ (getdata.sh)."""
+    if os.environ.get("FD_DATA_MIRROR"):
+        return Path(os.environ["FD_DATA_MIRROR"])
+    for cand in (REPO.parent / "shared" / "data", REPO / "data"):
+        if (cand / "penn" / "train.txt").is_file():
+            return cand
+    return REPO.parent / "shared" / "data"
+
+
 @pytest.fixture(scope="session")
 def mirror():
-    path = Path(os.environ.get("FD_DATA_MIRROR") or REPO.parent / "shared" / "data")
+    path = _mirror_path()
     missing = [f"{c}/{s}.txt" for c in ("penn", "wikitext-2") for s in SPLITS
                if not (path / c / f"{s}.txt").is_file()]
     if missing:
         pytest.fail(f"corpus mirror not found at {path} (missing: {', '.join(missing)}): "
                     f"set FD_DATA_MIRROR=DIR to a folder holding penn/ and wikitext-2/ "
-                    f"or provide ../shared/data next to the repository", pytrace=False)
+                    f"provide ../shared/data next to the repository, or run ./getdata.sh", pytrace=False)
     return path
 
 
