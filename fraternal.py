@@ -20,6 +20,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from fused_loss import decoder_loss
+
 
 @dataclass(frozen=True)
 class Regularizer:
@@ -54,36 +56,37 @@ def fraternal_penalty(logits1, logits2, kind="mse"):
     element, or the symmetric KL of the softmax distributions averaged per token (R-Drop)."""
     if kind == "mse":
         return F.mse_loss(logits1, logits2)
-    logp1 = F.log_softmax(logits1.float(), dim=-1)
-    logp2 = F.log_softmax(logits2.float(), dim=-1)
+    logp1 = F.log_softmax(logits1, dim=-1)
+    logp2 = F.log_softmax(logits2, dim=-1)
     # KL(p1||p2) + KL(p2||p1) = sum_v (p1 - p2)(log p1 - log p2)
     sym = ((logp1.exp() - logp2.exp()) * (logp1 - logp2)).sum(-1)
     return sym.mean() / 2
 
 
 def fraternal_loss(model, data, targets, hidden, reg):
-    """Loss of one batch under ``reg``.  ``hidden`` must already be detached."""
-    ntoken = model.ntoken
-    logits1, hidden1, raw_outputs, outputs = model(data, hidden, return_h=True)
-    ce1 = F.cross_entropy(logits1.view(-1, ntoken), targets)
-    target_loss, penalty = ce1, ce1.new_zeros(())
+    """Loss of one batch under ``reg``.  ``hidden`` must already be detached.
+
+    The decoder, both cross-entropies and the penalty run fused (fused_loss.py); the values equal
+    ``w1 * CE(logits1) + w2 * CE(logits2) + kappa * fraternal_penalty(logits1, logits2)``."""
+    out1, hidden1, raw_outputs, outputs = model(data, hidden, return_h=True, decode=False)
+    out2 = None
     if reg.second_pass:
         if reg.eval_auxiliary:
             model.eval()
             try:
-                logits2, _ = model(data, hidden)
+                out2, _ = model(data, hidden, decode=False)
             finally:
                 model.train()
         else:
-            logits2, _ = model(data, hidden, reuse=tuple(reg.same_mask))
-        if reg.double_target:
-            target_loss = (ce1 + F.cross_entropy(logits2.view(-1, ntoken), targets)) / 2
-        if reg.kappa > 0:
-            penalty = reg.kappa * fraternal_penalty(logits1, logits2, reg.penalty)
-    loss = target_loss + penalty
+            out2, _ = model(data, hidden, reuse=tuple(reg.same_mask), decode=False)
+        out2 = out2.reshape(-1, out2.size(-1))
+    w1, w2 = (0.5, 0.5) if reg.double_target else (1.0, 0.0)
+    loss, ce1, penalty = decoder_loss(out1.reshape(-1, out1.size(-1)), out2, model.decoder.weight,
+                                      model.decoder.bias, targets, w1, w2, reg.kappa if out2 is not None else 0.0,
+                                      reg.penalty)
     if reg.alpha:
         loss = loss + reg.alpha * outputs[-1].pow(2).mean()
     if reg.beta:
         raw = raw_outputs[-1]
         loss = loss + reg.beta * (raw[1:] - raw[:-1]).pow(2).mean()
-    return LossOutput(loss, ce1.detach(), penalty.detach(), hidden1)
+    return LossOutput(loss, ce1, penalty, hidden1)

@@ -66,8 +66,10 @@ class RNNModel(nn.Module):
         return [(w.new_zeros(1, bsz, rnn.hidden_size), w.new_zeros(1, bsz, rnn.hidden_size))
                 for rnn in self.rnns]
 
-    def forward(self, input, hidden, return_h=False, copies=1, share=(), reuse=()):
+    def forward(self, input, hidden, return_h=False, copies=1, share=(), reuse=(), decode=True):
         """input (seq_len, batch) -> logits (seq_len, batch, ntoken) before softmax, new hidden.
+        With ``decode=False`` the last dropped output (seq_len, batch, emsize) instead of the logits,
+        for a loss that applies the decoder itself (fused_loss.py).
 
         ``reuse``: sites that apply the previous forward's mask.  ``copies`` > 1: the batch stacks
         that many copies of one batch; sites in ``share`` give all copies one mask, the others draw
@@ -88,7 +90,7 @@ class RNNModel(nn.Module):
                 outputs.append(output)
         output = self.output_dropout(output, **kw("o"))
         outputs.append(output)
-        logits = self.decoder(output)
+        logits = self.decoder(output) if decode else output
         if return_h:
             return logits, new_hidden, raw_outputs, outputs
         return logits, new_hidden

@@ -1,0 +1,62 @@
+"""fused_loss.decoder_loss against autograd on the plain formulas: loss, logged parts, every gradient."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fraternal import fraternal_penalty
+from fused_loss import chunk_rows, decoder_loss
+
+N, E, V = 23, 6, 17
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(N, E, generator=g, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(N, E, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(V, E, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, V, (N,), generator=g)
+    return x1, x2, w, b, t
+
+
+CASES = [  # (w1, w2, kappa, penalty, second pass)
+    (1.0, 0.0, 0.0, "mse", False),  # baseline
+    (0.5, 0.5, 0.15, "mse", True),  # FD
+    (1.0, 0.0, 0.25, "mse", True),  # ELD / PM
+    (0.5, 0.5, 1.0, "kl", True),  # RD
+    (1.0, 0.0, 0.7, "kl", True),
+    (0.5, 0.5, 0.0, "mse", True),  # double target only
+]
+
+
+@pytest.mark.parametrize("w1, w2, kappa, penalty, second", CASES)
+@pytest.mark.parametrize("rows", [5, 23, 100])  # several chunks with a remainder, one, more than needed
+def test_fused_loss_and_gradients_match_the_plain_formulas(w1, w2, kappa, penalty, second, rows):
+    x1, x2, w, b, t = inputs()
+    l1 = F.linear(x1, w, b)
+    expected = w1 * F.cross_entropy(l1, t)
+    if second:
+        l2 = F.linear(x2, w, b)
+        expected = expected + w2 * F.cross_entropy(l2, t) + kappa * fraternal_penalty(l1, l2, penalty)
+    params = [x1, x2, w, b] if second else [x1, w, b]
+    want = torch.autograd.grad(3.0 * expected, params)
+    loss, ce1, pen = decoder_loss(x1, x2 if second else None, w, b, t, w1, w2, kappa, penalty, rows=rows)
+    got = torch.autograd.grad(3.0 * loss, params)  # a non-unit upstream gradient is scaled through
+    assert torch.allclose(loss, expected, rtol=1e-10)
+    assert torch.allclose(ce1, F.cross_entropy(l1, t), rtol=1e-10) and not ce1.requires_grad
+    if second:
+        assert torch.allclose(pen, kappa * fraternal_penalty(l1, l2, penalty), rtol=1e-9, atol=1e-15)
+    for name, a, e in zip(["x1", "x2", "weight", "bias"] if second else ["x1", "weight", "bias"], got, want):
+        assert torch.allclose(a, e, rtol=1e-9, atol=1e-12), name
+
+
+def test_penalty_needs_a_second_pass():
+    x1, _, w, b, t = inputs()
+    with pytest.raises(ValueError):
+        decoder_loss(x1, None, w, b, t, kappa=0.1)
+
+
+def test_chunks_stay_within_the_budget():
+    assert chunk_rows(10000, torch.device("cpu")) * 10000 * 4 <= 8 << 20
+    assert chunk_rows(33278, torch.device("cpu")) >= 16
+    assert chunk_rows(10000, torch.device("cuda")) > chunk_rows(10000, torch.device("cpu"))
