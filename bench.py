@@ -73,7 +73,7 @@ from config import PRESETS, VARIANTS, build_train_parser, resolve_train_config
 from data import batchify, get_batch
 from fraternal import Regularizer
 from trainer import evaluate, make_optimizer, new_schedule, train_step
-from utils import get_device, run_cli, set_seed
+from utils import cpu_model, get_device, run_cli, set_seed
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
 TINY_VOCAB = 50
@@ -271,17 +271,6 @@ def time_evaluation(model, cfg, vocab, device, eval_tokens, eval_batches):
 
 # ----------------------------------------------------------------------------------------------
 # report
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(header, rows):

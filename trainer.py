@@ -84,7 +84,8 @@ def make_optimizer(cfg, state, params, device):
 def new_schedule(cfg, best_val=float("inf")):
     """Everything the epoch loop decides with; a plain dict, saved in the resume checkpoint."""
     return {"epoch": 0, "lr": cfg["lr"], "averaging": cfg["optimizer"] == "asgd", "val_history": [],
-            "best_val": best_val, "best_epoch": 0, "bad_epochs": 0, "stopped": False, "metrics": []}
+            "best_val": best_val, "best_epoch": 0, "bad_epochs": 0, "stopped": False, "metrics": [],
+            "elapsed": 0.0}
 
 
 def nonmono_triggered(history, val_loss, nonmono):
@@ -211,6 +212,7 @@ def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=No
         for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
             if state["stopped"]:
                 break
+            epoch_start = time.time()
             stats = train_epoch(model, optimizer, splits["train"], cfg, reg, epoch, 2 if dry else None)
             with averaged_weights(model, optimizer):
                 val_loss = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], 5 if dry else None)
@@ -227,7 +229,9 @@ def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=No
             row = {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
                    "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
                    "penalty": stats["penalty"], "lr": state["lr"], "phase": phase(cfg, state),
-                   "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved}
+                   "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved,
+                   "elapsed": round(state["elapsed"] + time.time() - epoch_start, 3)}
+            state["elapsed"] = row["elapsed"]  # wall clock of training and validation so far
             action = epoch_decision(cfg, state, val_loss)
             print(RULE)
             print(f"| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "

@@ -1,6 +1,7 @@
 """Small helpers shared by the entry points: errors a user can fix, seeding, devices, atomic writes."""
 import json
 import os
+import platform
 import random
 import sys
 import tempfile
@@ -97,3 +98,15 @@ def stored_mask(module, shape):
         raise RuntimeError(f"{type(module).__name__}: stored mask has shape {tuple(mask.shape)}, "
                            f"this call needs {tuple(shape)}")
     return mask
+
+
+def cpu_model():
+    """The CPU's model name, for reports of measured speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
