@@ -103,6 +103,9 @@ def build_train_parser():
     for site, what in MASK_SITES.items():
         g.add_argument(f"--same_mask_{site}", action="store_true", default=None,
                        help=f"second pass reuses the first pass's mask at the {what}")
+    g.add_argument("--batch_passes", action=argparse.BooleanOptionalAction,
+                   help="with --same_mask_w, run both passes as one forward of twice the batch (same values, "
+                        "faster where the batch is small); on by default")
     g.add_argument("--alpha", type=float, help=f"activation regularization (AR) weight ({per_preset('alpha')})")
     g.add_argument("--beta", type=float, help=f"temporal activation regularization (TAR) weight ({per_preset('beta')})")
     g = p.add_argument_group("optimization (default: the preset's value)")
@@ -159,6 +162,7 @@ def resolve_train_config(args):
     cfg["eval_auxiliary"] = given.get("eval_auxiliary", eval_auxiliary)
     cfg["penalty"] = penalty
     cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
+    cfg["batch_passes"] = given.get("batch_passes", True)
     cfg["dry_run"] = bool(given.get("dry_run"))
     # A dry run writes to a temporary folder unless told where.
     cfg["save"] = given.get("save") or (None if cfg["dry_run"] else f"runs/{preset}_{model}.pt")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fused_loss import decoder_loss
+from model import first_copy, tile_hidden
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,22 @@ class Regularizer:
     same_mask: str = ""  # sites whose pass-1 mask pass 2 reuses ("e", "i", "h", "w", "o")
     alpha: float = 0.0  # AR on the last layer's dropped output
     beta: float = 0.0  # TAR on the last layer's raw output
+    batch_passes: bool = True  # with a shared W_hh mask, run both passes as one forward of twice the batch
 
     @property
     def second_pass(self):
         return self.kappa > 0 or self.double_target
 
+    @property
+    def batched(self):
+        return self.second_pass and self.batch_passes and not self.eval_auxiliary and "w" in self.same_mask
+
     @classmethod
     def from_config(cls, cfg):
         return cls(kappa=cfg["kappa"], double_target=cfg["double_target"],
                    eval_auxiliary=cfg["eval_auxiliary"], penalty=cfg["penalty"],
-                   same_mask=cfg["same_mask"], alpha=cfg["alpha"], beta=cfg["beta"])
+                   same_mask=cfg["same_mask"], alpha=cfg["alpha"], beta=cfg["beta"],
+                   batch_passes=cfg.get("batch_passes", True))
 
 
 class LossOutput(NamedTuple):
@@ -63,27 +70,42 @@ def fraternal_penalty(logits1, logits2, kind="mse"):
     return sym.mean() / 2
 
 
+def _two_passes(model, data, hidden, reg):
+    """Pass 1 (with its hidden state and per-layer outputs) and pass 2's output, or None."""
+    if not reg.second_pass:
+        out1, hidden1, raw, dropped = model(data, hidden, return_h=True, decode=False)
+        return out1, None, hidden1, raw, dropped
+    if reg.batched:
+        # One forward of twice the batch: the shared W_hh mask lets both halves go through one
+        # LSTM kernel call; every other site gives each half its own mask unless it is shared too.
+        B = data.size(1)
+        out, hid, raw, dropped = model(data.repeat(1, 2), tile_hidden(hidden, 2), return_h=True, copies=2,
+                                       share=tuple(reg.same_mask), decode=False)
+        return (out[:, :B], out[:, B:], first_copy(hid, 2), [r[:, :B] for r in raw],
+                [d[:, :B] for d in dropped])
+    out1, hidden1, raw, dropped = model(data, hidden, return_h=True, decode=False)
+    if reg.eval_auxiliary:
+        model.eval()
+        try:
+            out2, _ = model(data, hidden, decode=False)
+        finally:
+            model.train()
+    else:
+        out2, _ = model(data, hidden, reuse=tuple(reg.same_mask), decode=False)
+    return out1, out2, hidden1, raw, dropped
+
+
 def fraternal_loss(model, data, targets, hidden, reg):
     """Loss of one batch under ``reg``.  ``hidden`` must already be detached.
 
     The decoder, both cross-entropies and the penalty run fused (fused_loss.py); the values equal
     ``w1 * CE(logits1) + w2 * CE(logits2) + kappa * fraternal_penalty(logits1, logits2)``."""
-    out1, hidden1, raw_outputs, outputs = model(data, hidden, return_h=True, decode=False)
-    out2 = None
-    if reg.second_pass:
-        if reg.eval_auxiliary:
-            model.eval()
-            try:
-                out2, _ = model(data, hidden, decode=False)
-            finally:
-                model.train()
-        else:
-            out2, _ = model(data, hidden, reuse=tuple(reg.same_mask), decode=False)
-        out2 = out2.reshape(-1, out2.size(-1))
+    out1, out2, hidden1, raw_outputs, outputs = _two_passes(model, data, hidden, reg)
+    flat = lambda t: t.reshape(-1, t.size(-1))  # noqa: E731
     w1, w2 = (0.5, 0.5) if reg.double_target else (1.0, 0.0)
-    loss, ce1, penalty = decoder_loss(out1.reshape(-1, out1.size(-1)), out2, model.decoder.weight,
-                                      model.decoder.bias, targets, w1, w2, reg.kappa if out2 is not None else 0.0,
-                                      reg.penalty)
+    loss, ce1, penalty = decoder_loss(flat(out1), flat(out2) if out2 is not None else None,
+                                      model.decoder.weight, model.decoder.bias, targets, w1, w2,
+                                      reg.kappa if out2 is not None else 0.0, reg.penalty)
     if reg.alpha:
         loss = loss + reg.alpha * outputs[-1].pow(2).mean()
     if reg.beta:

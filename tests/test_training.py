@@ -118,10 +118,52 @@ def test_same_mask_reuses_pass_one_mask_at_that_site_only(site):
     seen = {}
     for name, m in modules.items():
         m.register_forward_hook(lambda mod, args, out, name=name: seen.setdefault(name, []).append(mod.mask.clone()))
-    fraternal_loss(model, data, targets, model.init_hidden(B), Regularizer(kappa=0.1, same_mask=site))
+    # batch_passes off: two separate forwards, so each module is called twice
+    fraternal_loss(model, data, targets, model.init_hidden(B), Regularizer(kappa=0.1, same_mask=site,
+                                                                           batch_passes=False))
     for name, masks in seen.items():
         assert len(masks) == 2
         assert torch.equal(masks[0], masks[1]) == (name == site), name
+
+
+@pytest.mark.parametrize("same_mask", ["w", "wi", "eihwo"])
+def test_batched_passes_equal_two_separate_passes_with_the_same_masks(same_mask):
+    model, (data, targets) = tiny_model(), batch()
+    hidden = model.init_hidden(B)
+    reg = Regularizer(kappa=0.3, double_target=True, same_mask=same_mask, alpha=0.5, beta=0.5)
+    assert reg.batched
+    out = fraternal_loss(model, data, targets, hidden, reg)
+    out.loss.backward()
+    batched_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    sites = {"e": [model.embedding_dropout], "i": [model.input_dropout], "h": list(model.hidden_dropouts),
+             "w": list(model.rnns), "o": [model.output_dropout]}
+    drawn = {m: m.mask for ms in sites.values() for m in ms}
+    assert model.rnns[0].mask.shape[0] == 1  # one W_hh mask for both halves
+    assert torch.equal(drawn[model.input_dropout][:, :B], drawn[model.input_dropout][:, B:]) == ("i" in same_mask)
+
+    def half(module, k):  # the mask the k-th copy saw
+        mask = drawn[module]
+        if module in sites["w"] or mask.size(0) == 1 and module is model.embedding_dropout:
+            return mask
+        if module is model.embedding_dropout:
+            return mask[k:k + 1]
+        return mask[:, k * B:(k + 1) * B]
+
+    logits = []
+    for k in range(2):
+        for module in drawn:
+            module.mask = half(module, k)
+        logits.append(model(data, hidden, return_h=True, reuse=tuple("eihwo")))
+    (l1, h1, raw, dropped), (l2, _, _, _) = logits
+    expected = ((ce(l1, targets) + ce(l2, targets)) / 2 + 0.3 * F.mse_loss(l1, l2)
+                + 0.5 * dropped[-1].pow(2).mean() + 0.5 * (raw[-1][1:] - raw[-1][:-1]).pow(2).mean())
+    expected.backward()
+    assert torch.allclose(out.loss, expected, rtol=1e-5)
+    for g, p in zip(batched_grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+    for (h, c), (h_ref, c_ref) in zip(out.hidden, h1):
+        assert torch.allclose(h, h_ref, atol=1e-6) and torch.allclose(c, c_ref, atol=1e-6)
 
 
 def test_all_masks_shared_makes_the_penalty_vanish():
