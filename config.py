@@ -45,6 +45,7 @@ FINETUNE = {
     "awd-wt2": dict(batch_size=80, epochs=750, seed=1882),
 }
 OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
+DROPOUT_FLAGS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 MASK_SITES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
               "h": "between layers (dropouth)", "w": "W_hh DropConnect (wdrop)",
               "o": "last layer output (dropout)"}

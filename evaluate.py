@@ -8,13 +8,11 @@ import argparse
 import json
 
 from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
+from config import DROPOUT_FLAGS
 from data import Corpus, batchify
 from mc_dropout import mask_variance, mc_evaluate
 from trainer import evaluate, ppl
 from utils import UserError, get_device, run_cli, set_seed
-
-DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
-
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -32,7 +30,7 @@ def build_parser():
     p.add_argument("--mask_variance", action="store_true",
                    help="report the mean squared difference of two dropout passes' logits on validation")
     p.add_argument("--seed", type=int, default=1111, help="seed for the dropout masks of --mc and --mask_variance")
-    for name in DROPOUTS:
+    for name in DROPOUT_FLAGS:
         p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the checkpoint's)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -51,7 +49,7 @@ def main(argv=None):
     corpus = Corpus(data)
     check_vocab(blob, corpus.dictionary, args.save, data)
     model = model_from_checkpoint(blob, device)
-    rates = {k: getattr(args, k) for k in DROPOUTS if getattr(args, k) is not None}
+    rates = {k: getattr(args, k) for k in DROPOUT_FLAGS if getattr(args, k) is not None}
     for k, v in rates.items():
         if not 0.0 <= v < 1.0:
             raise UserError(f"--{k} must be in [0, 1), got {v}")

@@ -12,12 +12,9 @@ import argparse
 import os
 
 from checkpoint import load_checkpoint, sidecar
-from config import FINETUNE, RUN_DEFAULTS, add_run_args, per_preset
+from config import DROPOUT_FLAGS, FINETUNE, RUN_DEFAULTS, add_run_args, per_preset
 from trainer import resume_config, run
 from utils import UserError, run_cli
-
-DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
-
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -40,7 +37,7 @@ def build_parser():
     g.add_argument("--bptt", type=int, help="base sequence length (the training run's)")
     g.add_argument("--eval_batch_size", type=int, help="validation batch size (10)")
     g.add_argument("--test_batch_size", type=int, help="test batch size (1)")
-    for name in DROPOUTS:
+    for name in DROPOUT_FLAGS:
         g.add_argument(f"--{name}", type=float, help=f"override the checkpoint's {name} rate")
     g = add_run_args(p)
     g.add_argument("--resume", help="continue an interrupted fine-tuning from its .resume.pt checkpoint")
@@ -56,10 +53,10 @@ def finetune_config(args, source):
                finetuned_from=str(args.save), **RUN_DEFAULTS)
     given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
     for key in ("data", "batch_size", "epochs", "seed", "alpha", "beta", "nonmono", "lr", "clip", "wdecay",
-                "bptt", "eval_batch_size", "test_batch_size", "device", "log_interval", *DROPOUTS):
+                "bptt", "eval_batch_size", "test_batch_size", "device", "log_interval", *DROPOUT_FLAGS):
         if key in given:
             cfg[key] = given[key]
-    for name in DROPOUTS:
+    for name in DROPOUT_FLAGS:
         if not 0.0 <= cfg[name] < 1.0:
             raise UserError(f"--{name} must be in [0, 1), got {cfg[name]}")
     cfg["dry_run"] = bool(args.dry_run)

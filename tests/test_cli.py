@@ -318,3 +318,17 @@ def test_dry_run_of_each_preset_on_the_real_corpus(preset, corpus, mirror, capsy
     out = capsys.readouterr().out
     assert "Model total parameters: " + {"single": "9997440", "awd-ptb": "24221600", "awd-wt2": "33556078"}[preset] in out
     assert "| End of training | test loss" in out and result["test_ppl"] > 0
+
+
+def test_finetune_resumes_where_it_stopped(trained, tmp_path):
+    save, _ = trained
+    out = tmp_path / "ft.pt"
+    args = ["--save", str(save), "--out", str(out), "--batch_size", "4", "--eval_batch_size", "4"]
+    finetune_cli.main(args + ["--epochs", "2"])
+    full = rows(tmp_path / "ft.metrics.jsonl")
+    out2 = tmp_path / "again.pt"
+    finetune_cli.main(["--save", str(save), "--out", str(out2), "--batch_size", "4", "--eval_batch_size", "4",
+                       "--epochs", "1"])
+    finetune_cli.main(["--resume", str(tmp_path / "again.resume.pt"), "--epochs", "2"])
+    assert rows(tmp_path / "again.metrics.jsonl") == full
+    assert torch.load(save, weights_only=True)["kind"] == "best"  # the input is still the trained model
