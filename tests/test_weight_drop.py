@@ -362,3 +362,16 @@ def test_copies_shared_mask():
     assert torch.allclose(c[:, :B], c[:, B:], atol=1e-6)
     eval_out, _ = wd.eval()(x, hx)
     assert not torch.allclose(out[:, :B], eval_out, atol=1e-4)  # dropout was really applied
+
+
+def test_training_forward_stays_on_the_fused_kernel():
+    """One fused LSTM call per forward, forward and backward, no per-time-step gate ops."""
+    wd = WeightDropLSTM(I, H, weight_dropout=0.5).train()
+    x, hx = _inputs()
+    with torch.profiler.profile() as prof:
+        out, _ = wd(x, hx)
+        out.sum().backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::lstm") == 1
+    assert not any(n in ("aten::sigmoid", "aten::sigmoid_", "aten::tanh") for n in names), \
+        "the LSTM fell back to per-time-step operations"
