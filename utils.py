@@ -48,6 +48,10 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(target, write):
     """Write through a temp file in the same folder, then rename: a crash leaves the old file intact."""
     target = Path(target)
@@ -58,6 +62,7 @@ def _atomic_write(target, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
