@@ -86,9 +86,10 @@ SHORT_WARMUP = 5  # quick mode: tokens per column of the (untimed) warm-up steps
 # configuration and the analytic FLOP count
 
 
-def bench_config(preset, model, tiny=False):
-    """The configuration main.py would run with ``--preset preset --model model`` (plus tiny shapes)."""
-    argv = ["--preset", preset, "--model", model] + (TINY_FLAGS if tiny else [])
+def bench_config(preset, model, tiny=False, extra=()):
+    """The configuration main.py would run with ``--preset preset --model model`` (plus tiny shapes
+    and any extra main.py flags)."""
+    argv = ["--preset", preset, "--model", model] + (TINY_FLAGS if tiny else []) + list(extra)
     return resolve_train_config(build_train_parser().parse_args(argv))
 
 
@@ -312,6 +313,8 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="fewer steps (same shapes): 1 timed step after 1 short warm-up step")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (for the test), same code paths")
     p.add_argument("--out", "--json", dest="out", help="also write every figure as JSON to this path")
+    p.add_argument("--train_flags", default="", help="extra main.py flags for every configuration, given with '=', e.g. "
+                                                     "--train_flags='--same_mask_w --no-batch_passes'")
     return p
 
 
@@ -347,7 +350,8 @@ def main(argv=None):
         print(f"{k + ':':15s} {v}")
     print()
 
-    cfgs = {(p, m): bench_config(p, m, args.tiny) for p in presets for m in models}
+    extra = shlex.split(args.train_flags)
+    cfgs = {(p, m): bench_config(p, m, args.tiny, extra) for p in presets for m in models}
     for cfg in cfgs.values():
         cfg["device"] = args.device
 
