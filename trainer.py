@@ -300,8 +300,9 @@ def resume_config(args):
             raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
                             f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
         cfg[key] = value
-    if cfg["dry_run"]:
-        cfg["epochs"] = min(cfg["epochs"], blob["schedule"]["epoch"] + 1)
+    if cfg["dry_run"]:  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
+        cfg["epochs"] = blob["schedule"]["epoch"] + 1
+        cfg["save"] = None
     return cfg, blob
 
 
@@ -352,6 +353,6 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
           f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
     state = fit(model, cfg, splits, Regularizer.from_config(cfg), state, paths, vocab, device, optimizer_state)
     if not os.path.exists(paths["best"]):
-        print("No epoch finished, so there is no best model to evaluate on test.")
+        print("No best model was saved by this run, so there is nothing to evaluate on test.")
         return None
     return final_evaluation(model, cfg, splits, paths, label, short)

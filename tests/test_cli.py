@@ -98,6 +98,16 @@ def test_resume_reproduces_the_uninterrupted_run_and_seed_is_deterministic(train
     assert resumed["test_loss"] == result["test_loss"]
 
 
+def test_dry_run_of_a_resumed_run_touches_none_of_its_files(trained, capsys):
+    save, _ = trained
+    files = sorted(save.parent.iterdir())
+    before = {f: f.read_bytes() for f in files}
+    main_cli.main(["--resume", str(save.parent / "m.resume.pt"), "--dry_run"])
+    assert "| end of epoch   4 |" in capsys.readouterr().out
+    assert sorted(save.parent.iterdir()) == files
+    assert all(f.read_bytes() == data for f, data in before.items())
+
+
 def test_ctrl_c_still_evaluates_the_best_model(tiny_corpus, tmp_path, monkeypatch, capsys):
     real = trainer.train_epoch
 
