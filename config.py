@@ -5,6 +5,8 @@ give, so an explicit flag always wins and ``--help`` can show each preset's valu
 """
 import argparse
 
+from utils import UserError
+
 PRESETS = {
     "single": dict(  # single-layer PTB ablation setup
         data="data/penn", emsize=655, nhid=655, nlayers=1, lr=30.0, clip=0.25, epochs=1000,
@@ -174,7 +176,6 @@ def resolve_train_config(args):
 
 
 def check_train_config(cfg, given):
-    from utils import UserError
     model = cfg["model"]
     if model == "baseline":
         bad = [f"--{k} {given[k]}" for k in ("kappa",) if given.get(k)]
