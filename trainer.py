@@ -31,6 +31,11 @@ class NonFiniteLoss(UserError):
     pass
 
 
+def non_finite(which, value, where, best):
+    return NonFiniteLoss(f"the {which} loss became {value} in {where}; the best checkpoint {best} is intact: "
+                         f"retry with a lower --lr or --clip")
+
+
 def ppl(loss):
     return math.exp(loss) if loss < 700 else float("inf")
 
@@ -171,9 +176,7 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None)
             if batch % sync_every == 0 or batch % cfg["log_interval"] == 0:
                 running = total_ce.item() / batch
                 if not math.isfinite(running):
-                    raise NonFiniteLoss(
-                        f"the training loss became {running} in epoch {epoch} (batch {batch}, lr {lr:g}); "
-                        f"the best checkpoint {cfg['save']} is intact: retry with a lower --lr or --clip")
+                    raise non_finite("training", running, f"epoch {epoch} (batch {batch}, lr {lr:g})", cfg["save"])
                 bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{tokens / (time.time() - start):.0f}")
             if batch % cfg["log_interval"] == 0:
                 cur = interval_ce.item() / cfg["log_interval"]
@@ -186,8 +189,7 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None)
         bar.close()
     train_loss = total_ce.item() / max(batch, 1)
     if not math.isfinite(train_loss):
-        raise NonFiniteLoss(f"the training loss became {train_loss} in epoch {epoch}; the best checkpoint "
-                            f"{cfg['save']} is intact: retry with a lower --lr or --clip")
+        raise non_finite("training", train_loss, f"epoch {epoch}", cfg["save"])
     seconds = time.time() - start
     return {"train_loss": train_loss, "penalty": total_pen.item() / max(batch, 1), "batches": batch,
             "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
@@ -217,8 +219,7 @@ def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=No
             with averaged_weights(model, optimizer):
                 val_loss = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], 5 if dry else None)
                 if not math.isfinite(val_loss):
-                    raise NonFiniteLoss(f"the validation loss became {val_loss} in epoch {epoch}; the best "
-                                        f"checkpoint {paths['best']} is intact: retry with a lower --lr or --clip")
+                    raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
                 improved = val_loss < state["best_val"]
                 if improved:
                     save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss)
