@@ -1,32 +1,52 @@
-"""A CPU-scale ablation study: baseline vs FD vs ELD vs PM vs RD on the single-layer PTB setup.
+"""A CPU-scale ablation study: baseline vs FD vs ELD vs PM vs RD on the single-layer PTB setup, over
+several seeds, with a kappa sweep and a same-mask sweep of FD.
 
 Why: the published numbers need a GPU for a day; this gives evidence, produced by the same training
-code as main.py (``trainer.run`` on a configuration from main.py's own parser), that the
-implementation behaves as the paper says, at a scale a 2-core machine affords.  The single-layer
-preset is scaled down (width, epochs, share of the training text; flags below); the validation and
-test sets are always PTB's full ones.  Every variant gets the same data, seed, schedule and epochs.
+code as main.py (``trainer.run`` on a configuration from main.py's own parser), of how the
+implementation behaves, at a scale a 2-core machine affords.  The single-layer preset is scaled down
+(width, epochs, share of the training text; flags below); the validation and test sets are always
+PTB's full ones.  Every run gets the same data, schedule and epochs; runs differ only in what their
+name says.
 
-For each variant and seed it trains, evaluates the best model on validation and test (main.py's
-end of training), and measures the mask variance of that model on validation the same way for all
-(mc_dropout.mask_variance: two train-mode passes, mean squared difference of their logits).
+Runs are named by what they change: ``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa other than the
+variant's default), ``FD_samew_seed321`` (``--same_mask_w``).  Each trains, evaluates its best model on
+validation and test (main.py's end of training), and measures that model's mask variance on
+validation (mc_dropout.mask_variance: two train-mode passes, mean squared difference of their logits).
 
-Outputs in --out: ``results.md`` (one row per variant), ``epochs.csv`` (every epoch of every run),
-``curves.png`` (validation perplexity against epoch and against wall-clock time; needs matplotlib,
-the only use of it in the project), ``study.json`` (configuration, machine, per-run summaries), and
-``runs/`` with each run's checkpoint and metrics.  An interrupted study continues where it stopped:
-finished runs with the same configuration are reused, unfinished ones resumed.
+Each finished run leaves ``runs/NAME.summary.json`` in --out (configuration, machine, best
+validation / test perplexity, mask variance, every epoch's row).  Those files are committed, the
+checkpoints are not: a run whose summary matches the configuration is reused, so the study can be
+finished over several sittings, on any checkout, by rerunning the same command.  An interrupted run
+continues from its resume checkpoint when this checkout still has it.
 
-    python ablation.py                 # the default study (about 75 minutes on 2 CPU cores)
-    python ablation.py --quick         # a few minutes; what the test runs, on a tiny corpus
+An out folder holds one scale only (``study.json`` records it), and only an explicit ``--out`` puts a
+study into results/: ``--quick`` writes to a new temporary folder unless told otherwise.
+
+Outputs in --out: ``results.md`` (variants over seeds), ``epochs.csv`` (every epoch of every run),
+``curves.png`` / ``kappa.png`` (need matplotlib, the only use of it in the project), ``study.json``;
+and the report (every table, caption, plot link) in STUDY.md: ``results/STUDY.md`` for the default
+--out, else ``<out>/STUDY.md``; text outside its generated block is kept.
+
+    python ablation.py --threads 1                  # the whole committed study (--study full), in priority order
+    python ablation.py --study seeds --variants baseline FD --seeds 321 322
+    python ablation.py --study kappa                # FD at kappa 0, 0.05, 0.15, 0.5, 1.5
+    python ablation.py --study masks                # FD sharing one mask site at a time
+    python ablation.py --runs FD_kappa0.5_seed321   # named runs
+    python ablation.py --report                     # only aggregate the finished runs' summaries
+    python ablation.py --quick                      # minutes, on a tiny scale, in a temporary folder
 """
 import argparse
 import csv
+import hashlib
 import json
 import os
+import re
 import shlex
 import statistics
 import sys
+import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -40,26 +60,124 @@ from utils import UserError, atomic_write_json, cpu_model, get_device, run_cli, 
 
 DEFAULTS = dict(emsize=200, nhid=200, epochs=30, train_fraction=0.1, batch_size=20, bptt=35)
 QUICK = dict(emsize=32, nhid=32, epochs=2, train_fraction=0.02, batch_size=20, bptt=35)
+DEFAULT_OUT = Path("results/ablation")
+ALL_VARIANTS = ["baseline", "FD", "ELD", "PM", "RD"]
+KAPPAS = [0.0, 0.05, 0.15, 0.5, 1.5]
+MASK_SITES = "eiwo"  # the single layer has no between-layer site (h)
+SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
+              "w": "W_hh DropConnect (wdrop)", "o": "LSTM output (dropout)"}
+FULL_SEEDS = [321, 322, 323, 324]
+OTHER_SEEDS = [321, 322, 323]
+STUDIES = ("full", "seeds", "kappa", "masks")
+# Keys of a run's configuration that say where it ran, not what it computed.
+LOCATION_KEYS = ("save", "data", "device", "log_interval")
+BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
+END = "<!-- end of ablation.py's report -->"
+PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same W_hh mask 66.9 / 64.6"
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["baseline", "FD", "ELD", "PM", "RD"], choices=list(VARIANTS),
-                   help="regularizers to compare, each with its default kappa")
-    p.add_argument("--seeds", nargs="+", type=int, default=[321], help="one run per variant and seed")
-    for key, value in DEFAULTS.items():
-        p.add_argument(f"--{key}", type=type(value),
-                       help=f"default {value} ({QUICK[key]} with --quick)")
-    p.add_argument("--data", default="data/penn", help="the PTB folder (train / valid / test)")
-    p.add_argument("--out", default="results/ablation", help="folder for the study's outputs")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--quick", action="store_true", help="a tiny study (the test runs it); minutes, not an hour")
-    return p
+# ---------------------------------------------------------------- run specs and plans
 
+@lru_cache(maxsize=None)
+def default_kappa(variant):
+    """What main.py gives the single-layer preset without --kappa (config.py owns the table)."""
+    return resolve_train_config(build_train_parser().parse_args(["--preset", "single", "--model", variant]))["kappa"]
+
+
+def make_spec(variant, seed, kappa=None, same=""):
+    """A run: variant, seed, kappa (None: the variant's default) and shared mask sites."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    bad = set(same) - set(MASK_SITES)
+    if bad:
+        raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {MASK_SITES} ({SITE_NAMES})")
+    if kappa is not None and float(kappa) == default_kappa(variant):
+        kappa = None  # the default-kappa run has one name, so a sweep reuses it
+    return {"variant": variant, "seed": int(seed), "kappa": None if kappa is None else float(kappa),
+            "same": "".join(s for s in MASK_SITES if s in same)}
+
+
+def run_name(spec):
+    name = spec["variant"]
+    if spec["kappa"] is not None:
+        name += f"_kappa{spec['kappa']:g}"
+    if spec["same"]:
+        name += f"_same{spec['same']}"
+    return f"{name}_seed{spec['seed']}"
+
+
+NAME_RE = re.compile(r"^(?P<variant>[A-Za-z]+)(?:_kappa(?P<kappa>[0-9.e+-]+))?(?:_same(?P<same>[a-z]+))?"
+                     r"_seed(?P<seed>\d+)$")
+
+
+def parse_run(name):
+    m = NAME_RE.match(name)
+    if not m:
+        raise UserError(f"cannot read run name {name!r}: write VARIANT[_kappaK][_sameSITES]_seedN, "
+                        f"e.g. FD_seed322, FD_kappa0.5_seed321, FD_samew_seed321")
+    kappa = m["kappa"]
+    try:
+        kappa = None if kappa is None else float(kappa)
+    except ValueError:
+        raise UserError(f"run name {name!r}: kappa {m['kappa']!r} is not a number") from None
+    return make_spec(m["variant"], int(m["seed"]), kappa, m["same"] or "")
+
+
+def seeds_plan(variants, seeds):
+    return [make_spec(v, s) for s in seeds for v in variants]
+
+
+def kappa_plan(kappas, seeds):
+    return [make_spec("FD", s, k) for s in seeds for k in kappas]
+
+
+def masks_plan(seeds):
+    return [make_spec("FD", s, same=site) for s in seeds for site in ["", *MASK_SITES]]
+
+
+def full_plan():
+    """The committed study, most wanted runs first: a sitting that stops early has the useful ones."""
+    return (seeds_plan(["baseline", "FD"], FULL_SEEDS) + kappa_plan(KAPPAS, [321]) + masks_plan([321])
+            + seeds_plan(["ELD", "PM", "RD"], OTHER_SEEDS))
+
+
+def build_plan(args):
+    if args.runs:
+        plan = [parse_run(n) for n in args.runs]
+    elif args.study == "full":
+        given = [f for f in ("variants", "seeds", "kappas") if getattr(args, f) is not None]
+        if given:
+            raise UserError(f"--study full has its own variants, seeds and kappas, so --{given[0]} would do nothing: "
+                            f"use --study seeds, kappa or masks, or --runs")
+        plan = full_plan()
+    else:
+        seeds = args.seeds or [321]
+        plan = {"seeds": lambda: seeds_plan(args.variants or ALL_VARIANTS, seeds),
+                "kappa": lambda: kappa_plan(KAPPAS if args.kappas is None else args.kappas, seeds),
+                "masks": lambda: masks_plan(seeds)}[args.study]()
+    unique = {}
+    for spec in plan:
+        unique.setdefault(run_name(spec), spec)
+    return list(unique.values())
+
+
+def run_config(spec, study, corpus_dir, save, device):
+    """The run's configuration from main.py's own parser, exactly as ``python main.py ...`` builds it."""
+    argv = ["--preset", "single", "--model", spec["variant"], "--data", str(corpus_dir), "--save", str(save),
+            "--seed", str(spec["seed"]), "--device", device]
+    for key in ("emsize", "nhid", "epochs", "batch_size", "bptt"):
+        argv += [f"--{key}", str(study[key])]
+    if spec["kappa"] is not None:
+        argv += ["--kappa", repr(spec["kappa"])]
+    argv += [f"--same_mask_{s}" for s in spec["same"]]
+    return resolve_train_config(build_train_parser().parse_args(argv))
+
+
+# ---------------------------------------------------------------- running
 
 def cut_corpus(data, fraction, dest):
-    """The first ``fraction`` of the training text's lines; validation and test whole."""
+    """The first ``fraction`` of the training text's lines, validation and test whole; returns the
+    training text's SHA-256, which a reused run must share."""
     src = Path(data)
     for split in SPLITS:
         if not (src / f"{split}.txt").is_file():
@@ -72,29 +190,26 @@ def cut_corpus(data, fraction, dest):
         target = dest / f"{split}.txt"
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")
-    return dest
+    return hashlib.sha256(keep.encode("utf-8")).hexdigest()
 
 
-def run_config(variant, seed, study, corpus_dir, save, device):
-    argv = ["--preset", "single", "--model", variant, "--data", str(corpus_dir), "--save", str(save),
-            "--seed", str(seed), "--device", device]
-    for key in ("emsize", "nhid", "epochs", "batch_size", "bptt"):
-        argv += [f"--{key}", str(study[key])]
-    return resolve_train_config(build_train_parser().parse_args(argv))
+def finished(cfg, paths):
+    """True once the schedule ran to its end (not merely stopped by Ctrl-C, which still writes final.json)."""
+    if not (os.path.exists(paths["resume"]) and os.path.exists(paths["final"])):
+        return False
+    schedule = load_checkpoint(paths["resume"], "resume")["schedule"]
+    return schedule["stopped"] or schedule["epoch"] >= cfg["epochs"]
 
 
-def train_or_reuse(cfg):
-    """Run one training; reuse a finished run of the same configuration, resume an unfinished one."""
+def train(cfg):
+    """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one."""
     paths = run_paths(cfg["save"])
-    if os.path.exists(paths["final"]) and os.path.exists(paths["best"]):
-        if load_checkpoint(paths["best"], "best")["config"] == cfg:
-            print(f"Reusing the finished run {cfg['save']}")
+    if os.path.exists(paths["resume"]) and load_checkpoint(paths["resume"], "resume")["config"] == cfg:
+        if finished(cfg, paths) and os.path.exists(paths["best"]):
+            print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
             return json.load(open(paths["final"]))
-    if os.path.exists(paths["resume"]):
-        blob = load_checkpoint(paths["resume"], "resume")
-        if blob["config"] == cfg:
-            resumed, blob = resume_config(argparse.Namespace(resume=str(paths["resume"])))
-            return run(resumed, "training", resume=blob)
+        resumed, blob = resume_config(argparse.Namespace(resume=str(paths["resume"])))
+        return run(resumed, "training", resume=blob)
     return run(cfg, "training", overwrite=True)
 
 
@@ -106,120 +221,422 @@ def measure_mask_variance(save, data, device):
     return mask_variance(model, batchify(corpus.valid, 10, device), blob["config"]["bptt"], 10)
 
 
-def summarize(variant, seed, cfg, final, mvar):
+def comparable(cfg):
+    return {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+
+
+def summary_mismatch(summary, cfg, study, train_sha):
+    """Why a committed summary does not stand for this run ('' when it does)."""
+    if summary.get("study") != study:
+        return f"its scale {summary.get('study')} is not {study}"
+    if summary.get("train_sha256") != train_sha:
+        return "it trained on another cut of the training text"
+    old, new = comparable(summary.get("config", {})), comparable(cfg)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    return f"its configuration differs in {', '.join(keys)}" if keys else ""
+
+
+def summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env):
     rows = [json.loads(line) for line in open(run_paths(cfg["save"])["metrics"])]
     best = min(rows, key=lambda r: r["valid_loss"])
-    return {"variant": variant, "seed": seed, "kappa": cfg["kappa"], "best_valid_ppl": best["valid_ppl"],
-            "best_epoch": best["epoch"], "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"],
-            "epochs": len(rows), "wall_s": rows[-1]["elapsed"],
-            "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows),
-            "final_train_ppl": rows[-1]["train_ppl"], "mask_variance": mvar, "epoch_rows": rows}
+    return {"name": run_name(spec), "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
+            "same_mask": cfg["same_mask"], "best_valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"],
+            "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"], "epochs": len(rows),
+            "wall_s": rows[-1]["elapsed"], "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows),
+            "final_train_ppl": rows[-1]["train_ppl"], "mask_variance": mvar, "study": study,
+            "train_sha256": train_sha, "train_tokens": ntrain, "environment": env, "config": cfg,
+            "epoch_rows": rows}
+
+
+def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command):
+    """Reuse the run's committed summary when it matches; otherwise train (or resume) and write it."""
+    name = run_name(spec)
+    cfg = run_config(spec, study, corpus_dir, out / "runs" / f"{name}.pt", device)
+    path = out / "runs" / f"{name}.summary.json"
+    if path.is_file():
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        why = summary_mismatch(summary, cfg, study, train_sha)
+        if not why:
+            print(f"Reusing the committed summary of {name}")
+            return summary
+        print(f"The summary of {name} does not stand for this run ({why}): training it again")
+    print(f"=== {name} ===")
+    started = time.strftime("%Y-%m-%d %H:%M")
+    final = train(cfg)
+    if final is None or not finished(cfg, run_paths(cfg["save"])):
+        raise UserError(f"the run {name} did not finish (interrupted): rerun the same command to continue it")
+    mvar = measure_mask_variance(cfg["save"], corpus_dir, torch.device(device))
+    env = {"command": command, "torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
+           "started": started, "date": time.strftime("%Y-%m-%d")}
+    summary = summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env)
+    atomic_write_json(summary, path)
+    print(f"Wrote {path}")
+    return summary
+
+
+def check_out_folder(out, study):
+    """One scale per out folder: the tables never mix studies of different sizes."""
+    path = out / "study.json"
+    if path.is_file():
+        held = json.loads(path.read_text(encoding="utf-8")).get("study")
+        if held != study:
+            raise UserError(f"{out} holds a study at another scale ({held}); this one is {study}: "
+                            f"choose another --out (one folder holds one configuration)")
+
+
+# ---------------------------------------------------------------- aggregation
+
+def mean_sd(values):
+    """Mean and sample standard deviation (None for a single value)."""
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def paired(summaries, key, a="baseline", b="FD"):
+    """Per seed, b minus a of ``key`` for the default-setting runs; mean, sd, and the seeds where b is lower."""
+    by = {(s["variant"], s["seed"]): s[key] for s in summaries if is_default(s)}
+    seeds = sorted(seed for (v, seed) in by if v == b and (a, seed) in by)
+    rows = [(seed, by[(a, seed)], by[(b, seed)], by[(b, seed)] - by[(a, seed)]) for seed in seeds]
+    diffs = [r[3] for r in rows]
+    stats = mean_sd(diffs) if diffs else (None, None)
+    return {"rows": rows, "mean": stats[0], "sd": stats[1], "wins": sum(d < 0 for d in diffs), "n": len(diffs)}
+
+
+def is_default(s):
+    return s["kappa"] == default_kappa(s["variant"]) and not s["same_mask"]
 
 
 def fmt(values, digits):
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def write_table(summaries, variants, path, header):
-    lines = [header, "",
-             "| variant | kappa | best valid ppl | test ppl | epochs | wall time (min) | tokens/s | "
-             "train ppl (last epoch) | mask variance |",
+def seed_list(seeds):
+    return " ".join(str(s) for s in sorted(set(seeds)))
+
+
+def scale_text(study, ntrain):
+    return (f"single-layer PTB setup at {study['emsize']}/{study['nhid']} units, {study['train_fraction']:g} of the "
+            f"training text ({ntrain} tokens), {study['epochs']} epochs, batch {study['batch_size']}, "
+            f"bptt {study['bptt']}")
+
+
+def caption(runs, command, study, ntrain):
+    """Where a table's numbers come from: command, seeds, scale, torch, CPU (runs per CPU), dates."""
+    cpus = {}
+    for s in runs:
+        cpus.setdefault(s["environment"]["cpu"], []).append(s["name"])
+    cpu_text = "; ".join(f"{cpu} ({len(names)} run{'s' * (len(names) > 1)})" for cpu, names in cpus.items())
+    dates = sorted({s["environment"]["date"] for s in runs})
+    torches = sorted({s["environment"]["torch"] for s in runs})
+    threads = sorted({s["environment"]["threads"] for s in runs})
+    return (f"Command: `{command}`. Seeds: {seed_list(s['seed'] for s in runs)}. Scale: {scale_text(study, ntrain)}. "
+            f"torch {', '.join(torches)}; CPU: {cpu_text}; threads {', '.join(map(str, threads))}; "
+            f"run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.")
+
+
+def variants_table(summaries, study, ntrain):
+    runs = [s for s in summaries if is_default(s)]
+    if not runs:
+        return []
+    variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
+    seeds = seed_list(s["seed"] for s in runs)
+    lines = [caption(runs, f"python ablation.py --study seeds --variants {' '.join(variants)} --seeds {seeds}",
+                     study, ntrain), "",
+             "| variant | kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | "
+             "train ppl (last epoch) | wall time (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
-        s = [x for x in summaries if x["variant"] == v]
-        if not s:
-            continue
-        col = lambda key, d: fmt([x[key] for x in s], d)  # noqa: E731
-        lines.append(f"| {v} | {s[0]['kappa']:g} | {col('best_valid_ppl', 2)} | {col('test_ppl', 2)} | "
-                     f"{col('epochs', 0)} | {fmt([x['wall_s'] / 60 for x in s], 1)} | {col('tokens_per_s', 0)} | "
-                     f"{col('final_train_ppl', 2)} | {fmt([x['mask_variance'] for x in s], 4)} |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        s = [x for x in runs if x["variant"] == v]
+        lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | "
+                     f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
+                     f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
+                     f"{fmt([x['final_train_ppl'] for x in s], 2)} | {fmt([x['wall_s'] / 60 for x in s], 1)} |")
+    lines += ["", "Mean ± sample standard deviation over the seeds listed (one value: one seed)."]
+    return lines
 
 
-def write_csv(summaries, path):
-    keys = ["variant", "seed", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl", "penalty", "lr",
-            "tokens_per_s"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for s in summaries:
-            for r in s["epoch_rows"]:
-                w.writerow([s["variant"], s["seed"]] + [r[k] for k in keys[2:]])
+def paired_table(summaries, study, ntrain):
+    valid, test, mvar = (paired(summaries, k) for k in ("best_valid_ppl", "test_ppl", "mask_variance"))
+    if not valid["n"]:
+        return []
+    runs = [s for s in summaries if is_default(s) and s["variant"] in ("baseline", "FD")
+            and s["seed"] in {r[0] for r in valid["rows"]}]
+    lines = [caption(runs, f"python ablation.py --study seeds --variants baseline FD "
+                           f"--seeds {seed_list(r[0] for r in valid['rows'])}", study, ntrain), "",
+             "| seed | baseline valid / test | FD valid / test | FD − baseline, valid | FD − baseline, test | "
+             "FD − baseline, mask variance |", "|---|---|---|---|---|---|"]
+    for (seed, bv, fv, dv), (_, bt, ft, dt), (_, _, _, dm) in zip(valid["rows"], test["rows"], mvar["rows"]):
+        lines.append(f"| {seed} | {bv:.2f} / {bt:.2f} | {fv:.2f} / {ft:.2f} | {dv:+.2f} | {dt:+.2f} | {dm:+.4f} |")
+
+    def stat(p, d):
+        return f"{p['mean']:+.{d}f}" + ("" if p["sd"] is None else f" ± {p['sd']:.{d}f}")
+    lines.append(f"| mean ± sd | | | {stat(valid, 2)} | {stat(test, 2)} | {stat(mvar, 4)} |")
+    lines += ["", f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and the lower "
+                  f"test perplexity on {test['wins']} of {test['n']}; the lower mask variance on {mvar['wins']} of "
+                  f"{mvar['n']}."]
+    return lines
 
 
-def plot(summaries, variants, path, title):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no curves.png was drawn: pip install matplotlib "
-              "(only this study uses it); results.md and epochs.csv are written", file=sys.stderr)
-        return False
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = dict(zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+def kappa_rows(summaries):
+    """FD's runs per kappa, on the seeds the sweep covers (so every kappa averages the same seeds)."""
+    runs = [s for s in summaries if s["variant"] == "FD" and not s["same_mask"]]
+    swept = {s["seed"] for s in runs if s["kappa"] != default_kappa("FD")}
+    runs = [s for s in runs if s["seed"] in swept]
+    return {k: [s for s in runs if s["kappa"] == k] for k in sorted({s["kappa"] for s in runs})}
+
+
+def kappa_table(summaries, study, ntrain):
+    groups = kappa_rows(summaries)
+    if len(groups) < 2:
+        return []
+    runs = [s for g in groups.values() for s in g]
+    lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
+                           f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
+             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) |",
+             "|---|---|---|---|---|---|---|"]
+    for k, s in groups.items():
+        lines.append(f"| {k:g}{' (default)' if k == default_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
+                     f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
+                     f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
+                     f"{fmt([x['final_train_ppl'] for x in s], 2)} |")
+    lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss."]
+    return lines
+
+
+def masks_table(summaries, study, ntrain):
+    runs = [s for s in summaries if s["variant"] == "FD" and s["kappa"] == default_kappa("FD")]
+    if not any(s["same_mask"] for s in runs):
+        return []
+    seeds = seed_list(s["seed"] for s in runs if s["same_mask"])
+    runs = [s for s in runs if str(s["seed"]) in seeds.split()]
+    lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
+             "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
+             "tokens/s |", "|---|---|---|---|---|---|---|"]
+    for site in ["", *MASK_SITES]:
+        s = [x for x in runs if x["same_mask"] == site]
+        if s:
+            lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
+                         f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
+                         f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
+                         f"{fmt([x['tokens_per_s'] for x in s], 0)} |")
+    lines += ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
+                  "site (what the penalty of plain FD sees), so the rows compare the same quantity."]
+    return lines
+
+
+def runs_table(summaries):
+    lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | date |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        rows = s["epoch_rows"]
-        label = s["variant"] if s["seed"] == summaries[0]["seed"] else None
-        kw = dict(color=colors[s["variant"]], label=label, marker=".", lw=1.4)
-        ax1.plot([r["epoch"] for r in rows], [r["valid_ppl"] for r in rows], **kw)
-        ax2.plot([r["elapsed"] / 60 for r in rows], [r["valid_ppl"] for r in rows], **kw)
+        e = s["environment"]
+        lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
+                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | {e['date']} |")
+    return lines
+
+
+def plot_seeds(summaries, path, title):
+    """Validation perplexity per epoch: each seed faint, the mean over seeds bold; best per seed beside it."""
+    plt = pyplot()
+    runs = [s for s in summaries if is_default(s)]
+    if plt is None or not runs:
+        return False
+    variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
+    colors = dict(zip(ALL_VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for i, v in enumerate(variants):
+        group = [s for s in runs if s["variant"] == v]
+        for s in group:
+            ax1.plot([r["epoch"] for r in s["epoch_rows"]], [r["valid_ppl"] for r in s["epoch_rows"]],
+                     color=colors[v], lw=0.8, alpha=0.3)
+        n = min(len(s["epoch_rows"]) for s in group)
+        mean = [statistics.mean(s["epoch_rows"][e]["valid_ppl"] for s in group) for e in range(n)]
+        ax1.plot(range(1, n + 1), mean, color=colors[v], lw=2.2, label=f"{v} ({len(group)} seeds)")
+        best = [s["best_valid_ppl"] for s in group]
+        ax2.scatter([i] * len(best), best, color=colors[v], alpha=0.5, s=18)
+        ax2.errorbar([i + 0.2], [statistics.mean(best)], yerr=[mean_sd(best)[1] or 0], color=colors[v],
+                     fmt="o", capsize=4)
+    lows = [r["valid_ppl"] for s in runs for r in s["epoch_rows"]]
+    ax1.set_ylim(min(lows) * 0.97, min(max(lows), min(lows) * 1.5))
     ax1.set_xlabel("epoch")
-    ax2.set_xlabel("wall-clock minutes (training and validation)")
+    ax1.set_ylabel("validation perplexity")
+    ax1.legend()
+    ax2.set_xticks(range(len(variants)), variants)
+    ax2.set_ylabel("best validation perplexity (dots: seeds; mean ± sd)")
     for ax in (ax1, ax2):
-        ax.set_ylabel("validation perplexity")
         ax.grid(alpha=0.3)
-        ax.legend()
-    lows = [r["valid_ppl"] for s in summaries for r in s["epoch_rows"]]
-    ax1.set_ylim(min(lows) * 0.97, min(max(lows), min(lows) * 1.6))
-    ax2.set_ylim(*ax1.get_ylim())
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
+def plot_kappa(summaries, path, title):
+    plt = pyplot()
+    groups = kappa_rows(summaries)
+    if plt is None or len(groups) < 2:
+        return False
+    ks = list(groups)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("best_valid_ppl", "best validation"), ("test_ppl", "test")):
+        ax1.plot(ks, [statistics.mean(s[key] for s in groups[k]) for k in ks], marker="o", label=label)
+    ax2.plot(ks, [statistics.mean(s["mask_variance"] for s in groups[k]) for k in ks], marker="o", color="C2")
+    ax1.set_ylabel("perplexity")
+    ax2.set_ylabel("mask variance (validation)")
+    for ax in (ax1, ax2):
+        ax.set_xscale("symlog", linthresh=0.05)
+        ax.set_xticks(ks, [f"{k:g}" for k in ks])
+        ax.set_xlabel("kappa (FD)")
+        ax.grid(alpha=0.3)
+    ax1.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plots were drawn: pip install matplotlib "
+              "(only this study uses it); the tables are written", file=sys.stderr)
+        return None
+    return plt
+
+
+def write_csv(summaries, path):
+    keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
+            "penalty", "lr", "tokens_per_s"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for s in summaries:
+            for r in s["epoch_rows"]:
+                w.writerow([s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]] + [r[k] for k in keys[5:]])
+
+
+def load_summaries(out):
+    paths = sorted((out / "runs").glob("*.summary.json"))
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
+def sort_key(s):
+    return (ALL_VARIANTS.index(s["variant"]), s["kappa"], MASK_SITES.find(s["same_mask"]) if s["same_mask"] else -1,
+            s["seed"])
+
+
+def report_path(out):
+    return out.parent / "STUDY.md" if out.resolve() == DEFAULT_OUT.resolve() else out / "STUDY.md"
+
+
+def report(out, study, command):
+    """Every table and plot from the runs' summaries in ``out``: what --report does, and every study at its end."""
+    summaries = sorted((s for s in load_summaries(out) if s["study"] == study), key=sort_key)
+    if not summaries:
+        print(f"No finished runs at scale {study} in {out}/runs: nothing to report")
+        return None
+    ntrain = summaries[0]["train_tokens"]
+    title = scale_text(study, ntrain)
+    plotted = [name for name, draw in (("curves.png", plot_seeds), ("kappa.png", plot_kappa))
+               if draw(summaries, out / name, title)]
+    md = report_path(out)
+    rel = os.path.relpath(out, md.parent)
+    sections = [("Variants over seeds", variants_table(summaries, study, ntrain)),
+                ("FD minus baseline, paired by seed", paired_table(summaries, study, ntrain)),
+                ("FD's kappa", kappa_table(summaries, study, ntrain)),
+                ("FD sharing one mask site between the passes", masks_table(summaries, study, ntrain)),
+                ("Every run", runs_table(summaries))]
+    lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
+             f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
+    for heading, body in sections:
+        if body:
+            lines += ["", f"### {heading}", "", *body]
+            if heading == "Variants over seeds" and "curves.png" in plotted:
+                lines += ["", f"![validation perplexity per epoch, seeds faint, mean bold]({rel}/curves.png)"]
+            if heading == "FD's kappa" and "kappa.png" in plotted:
+                lines += ["", f"![perplexity and mask variance against kappa]({rel}/kappa.png)"]
+    generated = "\n".join(lines)
+    old = md.read_text(encoding="utf-8") if md.is_file() else ""
+    if BEGIN in old and END in old:
+        text = old[:old.index(BEGIN)] + BEGIN + "\n" + generated + "\n" + old[old.index(END):]
+    else:
+        text = f"# Ablation study\n\n{BEGIN}\n{generated}\n{END}\n" + old
+    md.write_text(text, encoding="utf-8")
+    table = variants_table(summaries, study, ntrain)
+    if table:
+        (out / "results.md").write_text(f"Ablation: {title}.\n\n" + "\n".join(table) + "\n", encoding="utf-8")
+    write_csv(summaries, out / "epochs.csv")
+    atomic_write_json({"study": study, "train_tokens": ntrain, "train_sha256": summaries[0]["train_sha256"],
+                       "report": {"command": command, "date": time.strftime("%Y-%m-%d")},
+                       "runs": [{k: v for k, v in s.items() if k not in ("epoch_rows", "config")} for s in summaries]},
+                      out / "study.json")
+    print("\n".join(table))
+    print(f"Wrote {md}, {out / 'results.md'}, {out / 'epochs.csv'}, {out / 'study.json'}"
+          + "".join(f", {out / p}" for p in plotted))
+    return summaries
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", choices=STUDIES, default="full",
+                   help="full: the committed study (baseline and FD on seeds 321-324, FD's kappa and same-mask "
+                        "sweeps on seed 321, ELD / PM / RD on seeds 321-323), in that order; seeds: --variants x "
+                        "--seeds; kappa: FD at each of --kappas; masks: FD sharing one mask site at a time")
+    p.add_argument("--runs", nargs="+", metavar="NAME",
+                   help="run exactly these, e.g. FD_seed322 FD_kappa0.5_seed321 FD_samew_seed321 (instead of --study)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="--study seeds: regularizers (default all)")
+    p.add_argument("--seeds", nargs="+", type=int, help="--study seeds / kappa / masks: seeds (default 321)")
+    p.add_argument("--kappas", nargs="+", type=float,
+                   help=f"--study kappa: FD's kappas (default {' '.join(f'{k:g}' for k in KAPPAS)})")
+    for key, value in DEFAULTS.items():
+        p.add_argument(f"--{key}", type=type(value), help=f"default {value} ({QUICK[key]} with --quick)")
+    p.add_argument("--data", default="data/penn", help="the PTB folder (train / valid / test)")
+    p.add_argument("--out", help=f"folder for the study's outputs (default {DEFAULT_OUT}; with --quick a new "
+                                 f"temporary folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for every run (default: PyTorch's choice)")
+    p.add_argument("--quick", action="store_true", help="a tiny study (the test runs it); minutes, not hours")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: rewrite the tables, plots and STUDY.md from the finished runs' summaries")
+    return p
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["ablation.py", *argv]))
     base = QUICK if args.quick else DEFAULTS
     study = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
     if not 0 < study["train_fraction"] <= 1:
         raise UserError(f"--train_fraction must be in (0, 1], got {study['train_fraction']}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.out:
+        out = Path(args.out)
+    elif args.quick:  # a toy study never lands in results/, which holds the committed real ones
+        out = Path(tempfile.mkdtemp(prefix="ablation-quick-"))
+        print(f"--quick writes to {out} (pass --out to choose)")
+    else:
+        out = DEFAULT_OUT
+    check_out_folder(out, study)
+    if args.report:
+        return report(out, study, command)
+    plan = build_plan(args)
+    if not (out / "study.json").is_file():  # claim the folder before the first run: an interrupted study guards it too
+        atomic_write_json({"study": study}, out / "study.json")
     device = str(get_device(args.device))
-    out = Path(args.out)
-    corpus_dir = cut_corpus(args.data, study["train_fraction"], out / "corpus")
-    started = time.time()
-    summaries = []
-    for seed in args.seeds:
-        for variant in args.variants:
-            print(f"=== {variant}, seed {seed} ===")
-            cfg = run_config(variant, seed, study, corpus_dir, out / "runs" / f"{variant}_seed{seed}.pt", device)
-            final = train_or_reuse(cfg)
-            if final is None:
-                raise UserError(f"the {variant} run finished no epoch; rerun the study to continue it")
-            mvar = measure_mask_variance(cfg["save"], corpus_dir, torch.device(device))
-            summaries.append(summarize(variant, seed, cfg, final, mvar))
-    ntrain = Corpus(corpus_dir).train.numel()
-    title = (f"single-layer PTB setup at {study['emsize']}/{study['nhid']} units, {study['train_fraction']:g} of "
-             f"the training text ({ntrain} tokens), {study['epochs']} epochs, batch {study['batch_size']}, "
-             f"seeds {' '.join(map(str, args.seeds))}")
-    env = {"command": "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["ablation.py", *argv])),
-           "torch": torch.__version__, "cpu": cpu_model(),
-           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-           "study_wall_s": round(time.time() - started, 1)}
-    write_table(summaries, args.variants, out / "results.md", f"Ablation: {title}.")
-    write_csv(summaries, out / "epochs.csv")
-    plotted = plot(summaries, args.variants, out / "curves.png", title)
-    atomic_write_json({"study": study, "variants": args.variants, "seeds": args.seeds, "environment": env,
-                       "train_tokens": ntrain,
-                       "runs": [{k: v for k, v in s.items() if k != "epoch_rows"} for s in summaries]},
-                      out / "study.json")
-    print((out / "results.md").read_text(encoding="utf-8"))
-    print(f"Wrote {out / 'results.md'}, {out / 'epochs.csv'}, {out / 'study.json'}"
-          + (f", {out / 'curves.png'}" if plotted else ""))
+    train_sha = cut_corpus(args.data, study["train_fraction"], out / "corpus")
+    ntrain = Corpus(out / "corpus").train.numel()
+    print(f"{len(plan)} runs: {' '.join(run_name(s) for s in plan)}")
+    summaries = [run_one(spec, study, out, out / "corpus", train_sha, ntrain, device, command) for spec in plan]
+    report(out, study, command)
     return summaries
 
 
