@@ -142,9 +142,10 @@ def full_plan():
 
 
 def build_plan(args):
+    study = args.study or ("kappa" if args.kappas else "seeds" if args.variants or args.seeds else "full")
     if args.runs:
         plan = [parse_run(n) for n in args.runs]
-    elif args.study == "full":
+    elif study == "full":
         given = [f for f in ("variants", "seeds", "kappas") if getattr(args, f) is not None]
         if given:
             raise UserError(f"--study full has its own variants, seeds and kappas, so --{given[0]} would do nothing: "
@@ -154,7 +155,7 @@ def build_plan(args):
         seeds = args.seeds or [321]
         plan = {"seeds": lambda: seeds_plan(args.variants or ALL_VARIANTS, seeds),
                 "kappa": lambda: kappa_plan(KAPPAS if args.kappas is None else args.kappas, seeds),
-                "masks": lambda: masks_plan(seeds)}[args.study]()
+                "masks": lambda: masks_plan(seeds)}[study]()
     unique = {}
     for spec in plan:
         unique.setdefault(run_name(spec), spec)
@@ -426,8 +427,8 @@ def masks_table(summaries, study, ntrain):
 
 
 def runs_table(summaries):
-    lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | date |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | "
+             "date |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         e = s["environment"]
         lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
@@ -451,7 +452,8 @@ def plot_seeds(summaries, path, title):
                      color=colors[v], lw=0.8, alpha=0.3)
         n = min(len(s["epoch_rows"]) for s in group)
         mean = [statistics.mean(s["epoch_rows"][e]["valid_ppl"] for s in group) for e in range(n)]
-        ax1.plot(range(1, n + 1), mean, color=colors[v], lw=2.2, label=f"{v} ({len(group)} seeds)")
+        label = f"{v} ({len(group)} seed{'s' * (len(group) > 1)})"
+        ax1.plot(range(1, n + 1), mean, color=colors[v], lw=2.2, label=label)
         best = [s["best_valid_ppl"] for s in group]
         ax2.scatter([i] * len(best), best, color=colors[v], alpha=0.5, s=18)
         ax2.errorbar([i + 0.2], [statistics.mean(best)], yerr=[mean_sd(best)[1] or 0], color=colors[v],
@@ -462,7 +464,7 @@ def plot_seeds(summaries, path, title):
     ax1.set_ylabel("validation perplexity")
     ax1.legend()
     ax2.set_xticks(range(len(variants)), variants)
-    ax2.set_ylabel("best validation perplexity (dots: seeds; mean ± sd)")
+    ax2.set_ylabel("best valid ppl (dots: seeds; mean ± sd)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
@@ -586,8 +588,9 @@ def report(out, study, command):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", choices=STUDIES, default="full",
-                   help="full: the committed study (baseline and FD on seeds 321-324, FD's kappa and same-mask "
+    p.add_argument("--study", choices=STUDIES,
+                   help="default: seeds when --variants or --seeds is given, kappa with --kappas, else full. "
+                        "full: the committed study (baseline and FD on seeds 321-324, FD's kappa and same-mask "
                         "sweeps on seed 321, ELD / PM / RD on seeds 321-323), in that order; seeds: --variants x "
                         "--seeds; kappa: FD at each of --kappas; masks: FD sharing one mask site at a time")
     p.add_argument("--runs", nargs="+", metavar="NAME",

@@ -96,6 +96,11 @@ def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
     full = [ablation.run_name(s) for s in ablation.build_plan(ablation.build_parser().parse_args([]))]
     assert len(full) == len(set(full)) == 25 and full[:4] == ["baseline_seed321", "FD_seed321",
                                                              "baseline_seed322", "FD_seed322"]
+    # --seeds alone means the seeds study (every variant), as before the other studies existed
+    plan = ablation.build_plan(ablation.build_parser().parse_args(["--seeds", "5"]))
+    assert [ablation.run_name(s) for s in plan] == [f"{v}_seed5" for v in ("baseline", "FD", "ELD", "PM", "RD")]
+    with pytest.raises(UserError, match="has its own"):
+        ablation.build_plan(ablation.build_parser().parse_args(["--study", "full", "--seeds", "5"]))
     with pytest.raises(UserError, match="cannot read run name"):
         ablation.parse_run("FD-seed1")
     with pytest.raises(UserError, match="runs no second pass"):
