@@ -394,13 +394,13 @@ def kappa_table(summaries, study, ntrain):
     runs = [s for g in groups.values() for s in g]
     lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
                            f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
-             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) |",
-             "|---|---|---|---|---|---|---|"]
+             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) | CPU |",
+             "|---|---|---|---|---|---|---|---|"]
     for k, s in groups.items():
         lines.append(f"| {k:g}{' (default)' if k == default_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
                      f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
                      f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
-                     f"{fmt([x['final_train_ppl'] for x in s], 2)} |")
+                     f"{fmt([x['final_train_ppl'] for x in s], 2)} | {cpus(s)} |")
     lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss."]
     return lines
 
@@ -413,17 +413,23 @@ def masks_table(summaries, study, ntrain):
     runs = [s for s in runs if str(s["seed"]) in seeds.split()]
     lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
              "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
-             "tokens/s |", "|---|---|---|---|---|---|---|"]
+             "CPU |", "|---|---|---|---|---|---|---|"]
     for site in ["", *MASK_SITES]:
         s = [x for x in runs if x["same_mask"] == site]
         if s:
             lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
                          f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
                          f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
-                         f"{fmt([x['tokens_per_s'] for x in s], 0)} |")
+                         f"{cpus(s)} |")
     lines += ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
                   "site (what the penalty of plain FD sees), so the rows compare the same quantity."]
     return lines
+
+
+def cpus(runs):
+    """Short CPU names of some runs: the sweeps' rows may come from machines whose kernels round differently."""
+    names = {" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in runs}
+    return ", ".join(sorted(names))
 
 
 def runs_table(summaries):
