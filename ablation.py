@@ -19,8 +19,10 @@ checkpoints are not: a run whose summary matches the configuration is reused, so
 finished over several sittings, on any checkout, by rerunning the same command.  An interrupted run
 continues from its resume checkpoint when this checkout still has it.
 
-An out folder holds one scale only (``study.json`` records it), and only an explicit ``--out`` puts a
-study into results/: ``--quick`` writes to a new temporary folder unless told otherwise.
+Committed results never change by accident: a summary that no longer matches its run's configuration
+stops the study (``--retrain`` replaces it); an out folder holds one scale only (``study.json`` records
+it, another scale is refused); and ``--quick`` writes to a new temporary folder unless ``--out`` says
+otherwise, never to results/.
 
 Outputs in --out: ``results.md`` (variants over seeds), ``epochs.csv`` (every epoch of every run),
 ``curves.png`` / ``kappa.png`` (need matplotlib, the only use of it in the project), ``study.json``;
@@ -249,8 +251,9 @@ def summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env):
             "epoch_rows": rows}
 
 
-def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command):
-    """Reuse the run's committed summary when it matches; otherwise train (or resume) and write it."""
+def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, retrain=False):
+    """Reuse the run's committed summary when it matches; otherwise train (or resume) and write it.
+    A summary that no longer matches is replaced only with ``retrain``: committed results never change silently."""
     name = run_name(spec)
     cfg = run_config(spec, study, corpus_dir, out / "runs" / f"{name}.pt", device)
     path = out / "runs" / f"{name}.summary.json"
@@ -260,6 +263,9 @@ def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command):
         if not why:
             print(f"Reusing the committed summary of {name}")
             return summary
+        if not retrain:
+            raise UserError(f"the committed summary {path} does not stand for this run ({why}): pass --retrain "
+                            f"to train it again and replace it, or choose another --out")
         print(f"The summary of {name} does not stand for this run ({why}): training it again")
     print(f"=== {name} ===")
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -613,6 +619,9 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for every run (default: PyTorch's choice)")
     p.add_argument("--quick", action="store_true", help="a tiny study (the test runs it); minutes, not hours")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again (and replace) runs whose summary no longer matches their configuration; "
+                        "without it such a run stops the study")
     p.add_argument("--report", action="store_true",
                    help="train nothing: rewrite the tables, plots and STUDY.md from the finished runs' summaries")
     return p
@@ -644,7 +653,8 @@ def main(argv=None):
     train_sha = cut_corpus(args.data, study["train_fraction"], out / "corpus")
     ntrain = Corpus(out / "corpus").train.numel()
     print(f"{len(plan)} runs: {' '.join(run_name(s) for s in plan)}")
-    summaries = [run_one(spec, study, out, out / "corpus", train_sha, ntrain, device, command) for spec in plan]
+    summaries = [run_one(spec, study, out, out / "corpus", train_sha, ntrain, device, command, args.retrain)
+                 for spec in plan]
     report(out, study, command)
     return summaries
 

@@ -45,12 +45,15 @@ def test_study_writes_tables_and_reuses_committed_summaries_without_checkpoints(
     assert [s["test_ppl"] for s in again] == [s["test_ppl"] for s in summaries]
     md = (out / "STUDY.md").read_text()
     assert md.startswith("# Notes kept") and md.endswith("Written by hand.\n") and md.count(ablation.BEGIN) == 1
-    # A summary whose configuration differs does not stand for the run: it trains again.
+    # A summary whose configuration differs does not stand for the run: refused, or trained again with --retrain.
     path = out / "runs" / "PM_seed321.summary.json"
     changed = json.loads(path.read_text())
     changed["config"]["lr"] = 20.0
     path.write_text(json.dumps(changed))
-    ablation.main(quick(tiny_corpus, out, "--runs", "PM_seed321"))
+    with pytest.raises(UserError, match="differs in lr"):
+        ablation.main(quick(tiny_corpus, out, "--runs", "PM_seed321"))
+    assert json.loads(path.read_text())["config"]["lr"] == 20.0
+    ablation.main(quick(tiny_corpus, out, "--runs", "PM_seed321", "--retrain"))
     assert "configuration differs in lr" in capsys.readouterr().out
     assert json.loads(path.read_text())["config"]["lr"] == 30.0
 
