@@ -21,8 +21,12 @@ class EmbeddingDropout(nn.Module):
         """Look up ``words`` (seq_len, batch) in ``weight`` (vocab, dim) with word-type dropout.
         With ``copies`` > 1 the batch stacks copies of one batch; each copy draws its own row mask
         unless ``share``."""
+        if not self.training:
+            # As the reference: eval mode looks words up in a detached weight, so ELD's eval-mode pass
+            # sends its penalty's gradient to the embedding only through the tied decoder.
+            return F.embedding(words, weight.detach())
         emb = F.embedding(words, weight)
-        if not self.training or self.p == 0:
+        if self.p == 0:
             return emb
         groups = 1 if (copies == 1 or share) else copies
         shape = (groups, weight.size(0))

@@ -59,6 +59,7 @@ def finetune_config(args, source):
     for name in DROPOUT_FLAGS:
         if not 0.0 <= cfg[name] < 1.0:
             raise UserError(f"--{name} must be in [0, 1), got {cfg[name]}")
+    cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
     cfg["dry_run"] = bool(args.dry_run)
     if cfg["dry_run"]:
         cfg["epochs"] = 1

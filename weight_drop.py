@@ -19,13 +19,21 @@ from utils import check_dropout_p, dropout_mask, stored_mask
 
 # cuDNN wants all weights in one flat buffer; a freshly dropped W_hh must be copied into one on
 # every call (unavoidable with new masks), and PyTorch would warn about that on every call.
-warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+_COMPACTION_WARNING = "RNN module weights are not part of single contiguous chunk"
+warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
 
 
-def fused_lstm(lstm, input, hx, weights):
-    """Run ``lstm``'s fused kernel with ``weights`` in place of its own parameters (same order)."""
-    output, h, c = torch._VF.lstm(input, hx, weights, lstm.bias, lstm.num_layers, lstm.dropout,
-                                  lstm.training, lstm.bidirectional, lstm.batch_first)
+def fused_lstm(lstm, input, hx, weights, train=None):
+    """Run ``lstm``'s fused kernel with ``weights`` in place of its own parameters (same order).
+
+    ``train`` (default ``lstm.training``) selects cuDNN's training kernel, the only one it can
+    back-propagate through.  The compaction warning is silenced here as well as globally, since
+    test runners and notebooks reset the global filters."""
+    train = lstm.training if train is None else train
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
+        output, h, c = torch._VF.lstm(input, hx, weights, lstm.bias, lstm.num_layers, lstm.dropout,
+                                      train, lstm.bidirectional, lstm.batch_first)
     return output, (h, c)
 
 
@@ -48,12 +56,13 @@ class WeightDropLSTM(nn.LSTM):
         """input: (seq_len, batch, features).  With ``copies`` > 1 the batch stacks that many copies
         of one batch; ``share`` runs them all with one mask in one kernel call, otherwise each copy
         gets its own mask and kernel call."""
-        if not self.training or self.weight_dropout == 0:
-            return super().forward(input, hx)
         N = input.size(1)
         if hx is None:
             zeros = input.new_zeros(self.num_layers, N, self.hidden_size)
             hx = (zeros, zeros)
+        if not self.training or self.weight_dropout == 0:
+            # An eval-mode pass that is back-propagated (ELD's second pass) needs the training kernel.
+            return fused_lstm(self, input, hx, self._flat_weights, train=self.training or torch.is_grad_enabled())
         groups = 1 if (copies == 1 or share) else copies
         w_hh = [self._flat_weights[i] for i in self._hh_index]
         shape = (groups, self.num_layers) + tuple(w_hh[0].shape)

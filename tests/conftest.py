@@ -7,6 +7,7 @@
   write into the real home directory.
 """
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def _mirror_path():
 
 
 @pytest.fixture(scope="session")
-def mirror():
+def mirror(tmp_path_factory):
+    """A read-only copy of the corpora's text files, whatever state the source folder is in: tests
+    never write into the user's data folder, and caches already there never change what they see."""
     path = _mirror_path()
     missing = [f"{c}/{s}.txt" for c in ("penn", "wikitext-2") for s in SPLITS
                if not (path / c / f"{s}.txt").is_file()]
@@ -50,7 +53,17 @@ def mirror():
         pytest.fail(f"corpus mirror not found at {path} (missing: {', '.join(missing)}): "
                     f"set FD_DATA_MIRROR=DIR to a folder holding penn/ and wikitext-2/ "
                     f"provide ../shared/data next to the repository, or run ./getdata.sh", pytrace=False)
-    return path
+    copy = tmp_path_factory.mktemp("mirror")
+    folders = [copy / c for c in ("penn", "wikitext-2")]
+    for folder in folders:
+        folder.mkdir()
+        for s in SPLITS:
+            shutil.copyfile(path / folder.name / f"{s}.txt", folder / f"{s}.txt")
+    for folder in folders + [copy]:
+        folder.chmod(0o555)
+    yield copy
+    for folder in folders + [copy]:
+        folder.chmod(0o755)
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PRESETS = ("single", "awd-ptb", "awd-wt2")
+PRESETS = ("single", "awd-ptb", "awd-wt2", "merity-ptb", "merity-wt2")
 MODELS = ("baseline", "FD")
 # bench.py --tiny: emsize 8, nhid 12, batch 3, bptt 5, vocabulary 50; layers as in the preset
 EMSIZE, NHID, BATCH, BPTT, VOCAB = 8, 12, 3, 5, 50
-NLAYERS = {"single": 1, "awd-ptb": 3, "awd-wt2": 3}
+NLAYERS = {"single": 1, "awd-ptb": 3, "awd-wt2": 3, "merity-ptb": 3, "merity-wt2": 3}
 
 
 def expected_flops(nlayers, passes):
@@ -39,7 +39,7 @@ def test_expected_flops_by_hand():
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, "bench.py", "--tiny", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "bench.py", "--tiny", "--quick", "--device", "cpu", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "training step" in proc.stdout and "torch.mm" in proc.stdout

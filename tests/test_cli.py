@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_args(data, save, *extra, epochs=2):
     return ["--preset", "awd-ptb", "--data", str(data), "--emsize", "16", "--nhid", "24", "--nlayers", "2",
             "--batch_size", "4", "--bptt", "12", "--eval_batch_size", "4", "--epochs", str(epochs),
-            "--log-interval", "50", "--save", str(save), *extra]
+            "--log-interval", "50", "--save", str(save), "--device", "cpu", *extra]
 
 
 def rows(path):
@@ -31,8 +31,9 @@ def rows(path):
 
 
 def cli(script, *args, **kw):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # the suite checks the CPU path; test_cuda.py the GPU
     return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], capture_output=True,
-                          text=True, cwd=kw.get("cwd", REPO), stdin=subprocess.DEVNULL, timeout=300)
+                          text=True, cwd=kw.get("cwd", REPO), stdin=subprocess.DEVNULL, timeout=300, env=env)
 
 
 def assert_one_line_error(proc, *needles):
@@ -93,7 +94,7 @@ def test_resume_reproduces_the_uninterrupted_run_and_seed_is_deterministic(train
     assert_saved_weights_are_asgd_averages(tmp_path / "r.pt", tmp_path / "r.resume.pt")
     full = rows(save.parent / "m.metrics.jsonl")
     assert first == full[:1]  # same seed, same metrics
-    resumed = main_cli.main(["--resume", str(tmp_path / "r.resume.pt"), "--epochs", "3"])
+    resumed = main_cli.main(["--resume", str(tmp_path / "r.resume.pt"), "--epochs", "3", "--device", "cpu"])
     assert rows(tmp_path / "r.metrics.jsonl") == full
     assert resumed["test_loss"] == result["test_loss"]
 
@@ -102,7 +103,7 @@ def test_dry_run_of_a_resumed_run_touches_none_of_its_files(trained, capsys):
     save, _ = trained
     files = sorted(save.parent.iterdir())
     before = {f: f.read_bytes() for f in files}
-    main_cli.main(["--resume", str(save.parent / "m.resume.pt"), "--dry_run"])
+    main_cli.main(["--resume", str(save.parent / "m.resume.pt"), "--dry_run", "--device", "cpu"])
     assert "| end of epoch   4 |" in capsys.readouterr().out
     assert sorted(save.parent.iterdir()) == files
     assert all(f.read_bytes() == data for f, data in before.items())
@@ -179,10 +180,28 @@ def test_preset_fills_unset_flags_and_explicit_flags_win():
     assert (rd["kappa"], rd["penalty"], rd["double_target"]) == (1.0, "kl", True)
 
 
+def test_merity_presets_are_awd_lstm_own_recipe():
+    """The "AWD-LSTM without FD" rows: AR 2, TAR 1, nonmono 5, bf0742c's README values, PTB batch 40."""
+    parse = build_train_parser().parse_args
+    ptb = resolve_train_config(parse(["--preset", "merity-ptb", "--model", "baseline"]))
+    wt2 = resolve_train_config(parse(["--preset", "merity-wt2", "--model", "baseline"]))
+    for cfg in (ptb, wt2):
+        assert (cfg["alpha"], cfg["beta"], cfg["nonmono"], cfg["optimizer"], cfg["kappa"]) == (2.0, 1.0, 5, "asgd-nt", 0.0)
+        assert (cfg["emsize"], cfg["nhid"], cfg["nlayers"], cfg["dropout"], cfg["dropoute"], cfg["wdrop"]) == \
+            (400, 1150, 3, 0.4, 0.1, 0.5)
+        assert cfg["max_seq_len"] == 0 and cfg["lr"] == 30.0 and cfg["clip"] == 0.25
+    assert (ptb["data"], ptb["batch_size"], ptb["dropouth"], ptb["dropouti"], ptb["seed"], ptb["epochs"]) == \
+        ("data/penn", 40, 0.25, 0.4, 141, 500)
+    assert (wt2["data"], wt2["batch_size"], wt2["dropouth"], wt2["dropouti"], wt2["seed"], wt2["epochs"]) == \
+        ("data/wikitext-2", 80, 0.2, 0.65, 1882, 750)
+    fd = resolve_train_config(parse(["--preset", "merity-ptb", "--model", "FD", "--kappa", "0"]))
+    assert fd["kappa"] == 0.0 and fd["double_target"]  # kappa 0 is kept: two passes, no penalty
+
+
 def test_help_lists_per_preset_defaults():
     text = "".join(build_train_parser().format_help().split())  # immune to line wrapping
-    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400)" in text
-    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65)" in text
+    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400;merity-ptb:400;merity-wt2:400)" in text
+    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65;merity-ptb:0.4;merity-wt2:0.65)" in text
     assert "--same_mask_w" in text and "--nonmono" in text and "--kappa" in text and "--wdrop" in text
 
 
@@ -265,7 +284,7 @@ def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained,
     atomic_torch_save(blob, save)
     before = save.read_bytes()
     out = tmp_path / "ft.pt"
-    result = finetune_cli.main(["--save", str(save), "--out", str(out), "--epochs", "1", "--batch_size", "4",
+    result = finetune_cli.main(["--save", str(save), "--out", str(out), "--device", "cpu", "--epochs", "1", "--batch_size", "4",
                                 "--eval_batch_size", "4", "--dropouti", "0.05"])
     assert save.read_bytes() == before
     assert "| End of fine-tuning | valid ppl" in capsys.readouterr().out
@@ -275,6 +294,7 @@ def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained,
     assert cfg["dropouti"] == 0.05  # explicit flag wins
     assert cfg["dropout"] == trained_cfg["dropout"] and cfg["wdrop"] == trained_cfg["wdrop"]  # kept
     assert cfg["finetuned_from"] == str(save)
+    assert trained_cfg["max_seq_len"] == 0 and cfg["max_seq_len"] == cfg["bptt"] + 10  # the reference's cap
     metrics = [json.loads(l) for l in open(tmp_path / "ft.metrics.jsonl")]
     assert metrics[0]["phase"] == "asgd" and metrics[0]["penalty"] == 0.0  # no FD term
     assert metrics[0]["best"], "one epoch of fine-tuning is expected to improve on this tiny model"
@@ -310,11 +330,11 @@ def test_evaluate_matches_the_end_of_training_and_prints_json(trained):
 def test_mc_with_dropout_off_equals_deterministic_and_mask_variance(trained):
     save, _ = trained
     off = ["--dropout", "0", "--dropouth", "0", "--dropouti", "0", "--dropoute", "0", "--wdrop", "0"]
-    res = evaluate_cli.main(["--save", str(save), "--mc", "1", "--mask_variance", "--max_batches", "6", *off])
+    res = evaluate_cli.main(["--save", str(save), "--device", "cpu", "--mc", "1", "--mask_variance", "--max_batches", "6", *off])
     assert res["mc_valid_loss"] == pytest.approx(res["valid_loss"], rel=1e-6)
     assert res["mc_test_loss"] == pytest.approx(res["test_loss"], rel=1e-6)
     assert res["mask_variance"] == 0.0
-    on = evaluate_cli.main(["--save", str(save), "--mc", "3", "--mc_batch", "2", "--mask_variance",
+    on = evaluate_cli.main(["--save", str(save), "--device", "cpu", "--mc", "3", "--mc_batch", "2", "--mask_variance",
                             "--max_batches", "6"])
     assert on["mask_variance"] > 0 and on["mc_valid_loss"] != pytest.approx(on["valid_loss"], rel=1e-6)
     assert on["valid_loss"] == pytest.approx(res["valid_loss"], rel=1e-9)  # deterministic part unchanged
@@ -324,7 +344,7 @@ def test_mc_with_dropout_off_equals_deterministic_and_mask_variance(trained):
 
 @pytest.mark.parametrize("preset, corpus", [("single", "penn"), ("awd-ptb", "penn"), ("awd-wt2", "wikitext-2")])
 def test_dry_run_of_each_preset_on_the_real_corpus(preset, corpus, mirror, capsys):
-    result = main_cli.main(["--preset", preset, "--dry_run", "--data", str(mirror / corpus)])
+    result = main_cli.main(["--preset", preset, "--dry_run", "--data", str(mirror / corpus), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "Model total parameters: " + {"single": "9997440", "awd-ptb": "24221600", "awd-wt2": "33556078"}[preset] in out
     assert "| End of training | test loss" in out and result["test_ppl"] > 0
@@ -333,12 +353,12 @@ def test_dry_run_of_each_preset_on_the_real_corpus(preset, corpus, mirror, capsy
 def test_finetune_resumes_where_it_stopped(trained, tmp_path):
     save, _ = trained
     out = tmp_path / "ft.pt"
-    args = ["--save", str(save), "--out", str(out), "--batch_size", "4", "--eval_batch_size", "4"]
+    args = ["--save", str(save), "--out", str(out), "--batch_size", "4", "--eval_batch_size", "4", "--device", "cpu"]
     finetune_cli.main(args + ["--epochs", "2"])
     full = rows(tmp_path / "ft.metrics.jsonl")
     out2 = tmp_path / "again.pt"
-    finetune_cli.main(["--save", str(save), "--out", str(out2), "--batch_size", "4", "--eval_batch_size", "4",
+    finetune_cli.main(["--save", str(save), "--out", str(out2), "--device", "cpu", "--batch_size", "4", "--eval_batch_size", "4",
                        "--epochs", "1"])
-    finetune_cli.main(["--resume", str(tmp_path / "again.resume.pt"), "--epochs", "2"])
+    finetune_cli.main(["--resume", str(tmp_path / "again.resume.pt"), "--epochs", "2", "--device", "cpu"])
     assert rows(tmp_path / "again.metrics.jsonl") == full
     assert torch.load(save, weights_only=True)["kind"] == "best"  # the input is still the trained model

@@ -99,6 +99,25 @@ def test_eld_second_pass_is_deterministic_eval_mode_with_gradient():
     assert model.rnns[0].weight_hh_l0.grad.abs().sum() > 0
 
 
+def test_eld_eval_pass_reaches_the_embedding_only_through_the_tied_decoder():
+    """As the reference: the eval-mode lookup uses a detached embedding weight."""
+    torch.manual_seed(0)
+    untied = RNNModel(V, 12, 16, 2, dropout=0.3, dropouth=0.2, dropouti=0.3, dropoute=0.1, wdrop=0.4,
+                      tie_weights=False).eval()
+    data, _ = batch()
+    logits, _ = untied(data, untied.init_hidden(B))
+    logits.pow(2).sum().backward()
+    assert untied.encoder.weight.grad is None  # no path through the lookup
+    assert untied.rnns[0].weight_ih_l0.grad.abs().sum() > 0  # the rest of the pass is differentiated
+    untied.zero_grad(set_to_none=True)
+    untied.train()
+    untied(data, untied.init_hidden(B))[0].pow(2).sum().backward()
+    assert untied.encoder.weight.grad.abs().sum() > 0  # in train mode the lookup is differentiated
+    tied = tiny_model().eval()
+    tied(data, tied.init_hidden(B))[0].pow(2).sum().backward()
+    assert tied.encoder.weight.grad.abs().sum() > 0  # tied: the decoder path remains
+
+
 def test_baseline_runs_one_pass_and_pi_model_without_kappa_skips_the_second():
     calls = []
     model, (data, targets) = tiny_model(), batch()
