@@ -1,0 +1,237 @@
+"""Data-parallel training: one run across the N processes that ``torchrun`` starts.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; ``session`` turns them into a process group (NCCL on
+CUDA, each rank on cuda:LOCAL_RANK; gloo on CPU) around one run, and without them every function here
+is a no-op, so the single-process code path is unchanged.  Every update equals the single-process
+update over the whole batch:
+
+- Each rank trains on its contiguous share of the batchified training stream's columns (``shard``).
+  Every term of the loss is a mean over equal shares (cross-entropy per token, the MSE / KL penalty
+  per element / token, AR and TAR per element), so the mean of the ranks' gradients is the gradient
+  of the whole batch; ``average_gradients`` all-reduces them after backward, before clipping.
+- numpy (the variable BPTT length, the hidden-state resets) is seeded alike on every rank, so all
+  ranks cut the same sequences; torch (the dropout masks) gets a different seed per rank, since equal
+  seeds would give column j of every shard the same locked-dropout masks: a correlation a single
+  process never has.  Masks drawn once per forward (W_hh DropConnect, embedding rows) are therefore
+  N independent draws per update where a single process draws one.
+- Weights and averaged-SGD state stay identical on every rank (same start, same averaged gradient),
+  so every rank validates the whole validation set itself and rank 0's value is broadcast: the
+  schedule (best model, NT-ASGD switch, annealing, stopping) decides alike everywhere.
+- Only rank 0 writes files, prints and draws progress bars; the test evaluation runs on rank 0 only.
+  A resume checkpoint holds every rank's dropout RNG, and a mid-epoch resume point the whole batch's
+  hidden state, so a resumed run continues exactly, with any number of processes.
+  A rank that fails prints why and leaves with ``os._exit``: torchrun then stops the other ranks, and
+  a rank still waiting in a collective gives up after ``TIMEOUT``.
+"""
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import checkpoint
+from utils import UserError, get_device
+
+TIMEOUT = timedelta(minutes=10)  # the longest wait in a collective: a checkpoint write on rank 0
+_world = None  # while a session runs: {"rank", "size", "device", "control"}
+
+
+def rank():
+    return _world["rank"] if _world else 0
+
+
+def is_main():
+    return rank() == 0
+
+
+@contextmanager
+def session(cfg):
+    """The process group around one run, when torchrun started this process (else nothing)."""
+    global _world
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        yield
+        return
+    me, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg["batch_size"] % size:
+        if me:
+            sys.exit(2)  # every rank has the same configuration: rank 0 says why, once
+        raise UserError(f"--batch_size {cfg['batch_size']} cannot be split into {size} equal shares (one per "
+                        f"process): choose a batch size divisible by {size}, or a process count that divides it")
+    device = get_device(cfg["device"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+    # Gradients go through the default group (NCCL on GPU); small values, decisions and resume points
+    # through a gloo group on the CPU, so agreeing on them never waits for the GPU's queued work.
+    control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else dist.group.WORLD
+    _world = {"rank": me, "size": size, "device": device, "control": control}
+    stdout = sys.stdout
+    if me:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        yield
+    except BaseException as e:  # noqa: B036 -- any failure must take the whole run down
+        _abort(e, me, size)
+    finally:
+        if me:
+            sys.stdout.close()
+            sys.stdout = stdout
+    _world = None
+    dist.destroy_process_group()
+
+
+def _abort(error, me, size):
+    """Say which rank failed and why, then exit without waiting on peers that may never answer."""
+    if isinstance(error, UserError):
+        print(f"error: rank {me} of {size}: {error}", file=sys.stderr)
+        code = 2
+    elif isinstance(error, KeyboardInterrupt):
+        print(f"interrupted (rank {me} of {size})", file=sys.stderr)
+        code = 130
+    else:
+        traceback.print_exception(error)
+        print(f"error: rank {me} of {size} failed ({type(error).__name__}: {error}); the run stops",
+              file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def local_device(device):
+    """The device this rank computes on: cuda:LOCAL_RANK for a CUDA run, whatever index was named."""
+    return _world["device"] if _world else device
+
+
+def shard(data):
+    """This rank's contiguous share of a batchified stream's columns."""
+    if not _world:
+        return data
+    share = data.size(1) // _world["size"]
+    return data.narrow(1, _world["rank"] * share, share).contiguous()
+
+
+def average_gradients(params):
+    """Replace every gradient by its mean over the ranks: one flat all-reduce after backward.
+
+    Not DistributedDataParallel: fraternal dropout runs two forwards before one backward and the
+    fused loss applies the decoder's weight outside the module's forward, which DDP's per-forward
+    reducer is not built for; this is exact and simple, at the price of not overlapping the
+    communication with backward.  Every rank runs the same code path, so the same parameters have
+    gradients everywhere."""
+    if not _world:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(_world["size"])
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def agree(value):
+    """Rank 0's value on every rank (validation loss, a decision), as the same Python type."""
+    if not _world:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.broadcast(t, 0, group=_world["control"])
+    return type(value)(t.item())
+
+
+def average_stats(stats):
+    """An epoch's training statistics over the whole batch: losses averaged over the equal shares,
+    batches as counted by every rank, tokens summed."""
+    if not _world:
+        return stats
+    t = torch.tensor([stats["train_loss"], stats["penalty"], stats["tokens"]], dtype=torch.float64)
+    dist.all_reduce(t, group=_world["control"])
+    size = _world["size"]
+    tokens = int(t[2].item())
+    return dict(stats, train_loss=t[0].item() / size, penalty=t[1].item() / size, tokens=tokens,
+                tokens_per_s=tokens / max(stats["seconds"], 1e-9))
+
+
+def broadcast_model(model):
+    """Rank 0's parameters and buffers on every rank."""
+    if not _world:
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t, 0)
+
+
+def load_best(model, path):
+    """Reload the best model (annealing): rank 0 reads it and sends it, so other nodes need no copy."""
+    if is_main():
+        model.load_state_dict(checkpoint.load_checkpoint(path, "best")["model"])
+    broadcast_model(model)
+
+
+def _own_rng():
+    state = {"torch": torch.get_rng_state()}
+    if _world["device"].type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(_world["device"])
+    return state
+
+
+def rng_state():
+    """``checkpoint.rng_state()`` plus every rank's dropout RNG under "ranks".  A collective: every
+    rank calls it at the same point, rank 0 saves it."""
+    state = checkpoint.rng_state()
+    if _world:
+        state["ranks"] = [None] * _world["size"]
+        dist.all_gather_object(state["ranks"], _own_rng(), group=_world["control"])
+    return state
+
+
+def merge_position(position):
+    """A mid-epoch resume point as one process over the whole batch would have saved it: hidden
+    states joined along the batch, running loss sums averaged over the equal shares, tokens summed.
+    A collective, so resume points and runs of any number of ranks continue each other."""
+    if not _world:
+        return position
+    parts = [None] * _world["size"]
+    dist.all_gather_object(parts, position, group=_world["control"])
+    merged = dict(position, tokens=sum(p["tokens"] for p in parts))
+    for key in ("total_ce", "total_pen", "interval_ce"):
+        merged[key] = sum(p[key] for p in parts) / _world["size"]
+    merged["hidden"] = [tuple(torch.cat([p["hidden"][layer][k] for p in parts], dim=1) for k in range(2))
+                        for layer in range(len(position["hidden"]))]
+    return merged
+
+
+def own_position(position):
+    """This rank's share of a mid-epoch resume point saved by ``merge_position`` (or one process)."""
+    if not _world or position is None:
+        return position
+    size, me = _world["size"], _world["rank"]
+
+    def share(t):
+        return t.narrow(1, me * (t.size(1) // size), t.size(1) // size)
+    return dict(position, tokens=position["tokens"] // size,
+                hidden=[tuple(share(t) for t in hc) for hc in position["hidden"]])
+
+
+def prepare(model, cfg, resume=None):
+    """Before the first step: rank 0's weights everywhere, and each rank's own dropout RNG: the one
+    saved for it by a resume checkpoint of as many ranks, else (rank > 0) a seed of its own."""
+    if not _world:
+        return
+    broadcast_model(model)
+    saved = resume["rng"].get("ranks") if resume is not None else None
+    if saved and len(saved) == _world["size"]:
+        mine = saved[_world["rank"]]
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and _world["device"].type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], _world["device"])
+    elif _world["rank"]:
+        epoch = resume["schedule"]["epoch"] if resume is not None else 0
+        torch.manual_seed(cfg["seed"] + _world["rank"] + 1_000_003 * epoch)
