@@ -54,10 +54,10 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from config import VARIANTS, build_train_parser, resolve_train_config
+from config import VARIANTS, build_config, build_train_parser, resolve_train_config
 from data import SPLITS, Corpus, batchify
 from mc_dropout import mask_variance
-from trainer import resume_config, run, run_paths
+from trainer import run, run_paths
 from utils import UserError, atomic_write_json, cpu_model, get_device, run_cli, set_seed
 
 DEFAULTS = dict(emsize=200, nhid=200, epochs=30, train_fraction=0.1, batch_size=20, bptt=35)
@@ -71,8 +71,8 @@ SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti
 FULL_SEEDS = [321, 322, 323, 324]
 OTHER_SEEDS = [321, 322, 323]
 STUDIES = ("full", "seeds", "kappa", "masks")
-# Keys of a run's configuration that say where it ran, not what it computed.
-LOCATION_KEYS = ("save", "data", "device", "log_interval")
+# Keys of a run's configuration that say where and how it ran, not what it computed.
+LOCATION_KEYS = ("save", "data", "device", "log_interval", "checkpoint_every", "fused_loss")
 BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
 END = "<!-- end of ablation.py's report -->"
 PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same W_hh mask 66.9 / 64.6"
@@ -211,8 +211,8 @@ def train(cfg):
         if finished(cfg, paths) and os.path.exists(paths["best"]):
             print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
             return json.load(open(paths["final"]))
-        resumed, blob = resume_config(argparse.Namespace(resume=str(paths["resume"])))
-        return run(resumed, "training", resume=blob)
+        blob = load_checkpoint(paths["resume"], "resume")
+        return run(build_config({"resume": paths["resume"]}, "resume", blob), "training", resume=blob)
     return run(cfg, "training", overwrite=True)
 
 

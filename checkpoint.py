@@ -25,6 +25,13 @@ def sidecar(save, what):
     return Path(f"{stem}.{what}")
 
 
+def run_paths(save):
+    """Every file of the run whose best model is ``save``."""
+    save = str(save)
+    return {"best": save, "resume": str(sidecar(save, "resume.pt")), "metrics": str(sidecar(save, "metrics.jsonl")),
+            "final": str(sidecar(save, "final.json")), "lock": str(sidecar(save, "lock"))}
+
+
 def vocab_info(dictionary):
     return {"size": len(dictionary), "sha256": dictionary.fingerprint()}
 
@@ -55,10 +62,47 @@ def load_checkpoint(path, kind=None):
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' marker): "
                         f"use a checkpoint written by main.py or finetune.py")
+    problem = _malformed(blob)
+    if problem:
+        raise UserError(f"{path} has the marker of this project's checkpoints but is damaged or hand-made "
+                        f"({problem}): use a checkpoint written by main.py or finetune.py")
     if kind is not None and blob["kind"] != kind:
         hint = "pass it to main.py --resume" if blob["kind"] == "resume" else "pass the .resume.pt file"
         raise UserError(f"{path} is a '{blob['kind']}' checkpoint, a '{kind}' one is needed here: {hint}")
     return blob
+
+
+MODEL_KEYS = ("emsize", "nhid", "nlayers", "dropout", "dropouth", "dropouti", "dropoute", "wdrop", "tied", "locked",
+              "bptt", "data", "preset")
+RESUME_KEYS = ("schedule", "optimizer", "rng")
+
+
+def _malformed(blob):
+    """What is missing or wrong in a checkpoint dict, or None."""
+    if blob.get("kind") not in ("best", "resume"):
+        return f"kind {blob.get('kind')!r}"
+    missing = [k for k in ("config", "vocab", "model") if not isinstance(blob.get(k), dict)]
+    missing += [k for k in RESUME_KEYS if blob["kind"] == "resume" and k not in blob]
+    if missing:
+        return f"no {', '.join(missing)}"
+    missing = [k for k in MODEL_KEYS if k not in blob["config"]] + [f"vocab {k}" for k in ("size", "sha256")
+                                                                      if k not in blob["vocab"]]
+    if missing:
+        return f"its config lacks {', '.join(missing)}"
+    if not all(isinstance(v, torch.Tensor) for v in blob["model"].values()):
+        return "its weights are not all tensors"
+    return None
+
+
+def load_weights(model, blob, what="the checkpoint"):
+    """``model.load_state_dict`` with a one-line error when the weights do not fit the model."""
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()
+        detail = detail[1].strip() if len(detail) > 1 else detail[0]
+        raise UserError(f"the weights in {what} do not fit the model its config describes ({detail[:160]}): "
+                        f"use an intact checkpoint written by main.py") from None
 
 
 def _first_sentence(error):
@@ -79,8 +123,12 @@ def build_model(cfg, ntoken):
 
 
 def model_from_checkpoint(blob, device):
-    model = build_model(blob["config"], blob["vocab"]["size"])
-    model.load_state_dict(blob["model"])
+    try:
+        model = build_model(blob["config"], blob["vocab"]["size"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the config in this checkpoint does not describe a model ({e}): "
+                        f"use an intact checkpoint written by main.py") from None
+    load_weights(model, blob)
     return model.to(device)
 
 

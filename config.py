@@ -4,8 +4,12 @@ Every hyper-parameter flag defaults to None; the chosen ``--preset`` fills what 
 give, so an explicit flag always wins and ``--help`` can show each preset's value.
 """
 import argparse
+import math
+import os
 
-from utils import UserError
+from checkpoint import run_paths, sidecar
+from fraternal import VARIANTS
+from utils import UserError, check_device_name
 
 PRESETS = {
     "single": dict(  # single-layer PTB ablation setup
@@ -31,17 +35,6 @@ PRESETS["merity-ptb"] = dict(PRESETS["awd-ptb"], batch_size=40, dropouth=0.25, d
 PRESETS["merity-wt2"] = dict(PRESETS["awd-ptb"], data="data/wikitext-2", batch_size=80, dropouth=0.2,
                              dropouti=0.65, seed=1882, epochs=750, nonmono=5, alpha=2.0, beta=1.0)
 
-# Default kappa of each regularizer variant; the single-layer setup's FD used 0.15.
-KAPPA = {"FD": 0.1, "ELD": 0.25, "PM": 0.15, "RD": 1.0, "baseline": 0.0}
-PRESET_KAPPA = {"single": {"FD": 0.15}}
-# What each variant does with the second pass: (double_target, eval_auxiliary, penalty).
-VARIANTS = {
-    "FD": (True, False, "mse"),
-    "ELD": (False, True, "mse"),
-    "PM": (False, False, "mse"),
-    "RD": (True, False, "kl"),
-    "baseline": (False, False, "mse"),
-}
 # The reference fine-tuning row: batch size, epoch limit and seed per preset (single: ours; merity-ptb:
 # the paper's batch 40, where the README's command says 20).
 FINETUNE = {
@@ -53,10 +46,6 @@ FINETUNE = {
 }
 
 
-def default_kappa(model, preset):
-    return PRESET_KAPPA.get(preset, {}).get(model, KAPPA[model])
-
-
 OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
 DROPOUT_FLAGS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 MASK_SITES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
@@ -66,6 +55,11 @@ MASK_SITES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti
 
 def per_preset(key, table=PRESETS):
     return "; ".join(f"{p}: {table[p][key]}" for p in table)
+
+
+def kappa_defaults():
+    return "; ".join(f"{name} {v.kappa:g}" + "".join(f", {p} {k:g}" for p, k in v.preset_kappa)
+                     for name, v in VARIANTS.items())
 
 
 def add_model_args(p):
@@ -92,6 +86,9 @@ def add_run_args(p):
     g.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)")
     g.add_argument("--log-interval", "--log_interval", dest="log_interval", type=int,
                    help="batches between progress lines (default 200)")
+    g.add_argument("--checkpoint_every", type=float,
+                   help="minutes between mid-epoch resume points written beside the checkpoint, 0 for none "
+                        "(default 10)")
     return g
 
 
@@ -108,9 +105,9 @@ def build_train_parser():
     add_model_args(p)
     g = p.add_argument_group("regularizer (default: set by --model)")
     g.add_argument("--kappa", type=float,
-                   help="weight of the penalty between the two passes (FD: 0.15 single, 0.1 3-layer; "
-                        "ELD 0.25; PM 0.15; RD 1.0; baseline 0). 0 keeps FD's two passes and averaged "
-                        "target without a penalty (the reference reset kappa <= 0 to the default)")
+                   help=f"weight of the penalty between the two passes ({kappa_defaults()}). 0 keeps FD's two "
+                        f"passes and averaged target without a penalty (the reference reset kappa <= 0 to the "
+                        f"default)")
     g.add_argument("--double_target", action=argparse.BooleanOptionalAction,
                    help="average the target loss of both passes (on for FD and RD)")
     g.add_argument("--eval_auxiliary", action=argparse.BooleanOptionalAction,
@@ -121,6 +118,9 @@ def build_train_parser():
     g.add_argument("--batch_passes", action=argparse.BooleanOptionalAction,
                    help="with --same_mask_w, run both passes as one forward of twice the batch (same values, "
                         "faster where the batch is small); on by default")
+    g.add_argument("--fused_loss", action=argparse.BooleanOptionalAction,
+                   help="decoder, cross-entropies and penalty in cache-sized chunks with gradients formed in the "
+                        "forward (fused_loss.py): the plain loss's values, less memory traffic; on by default")
     g.add_argument("--alpha", type=float, help=f"activation regularization (AR) weight ({per_preset('alpha')})")
     g.add_argument("--beta", type=float, help=f"temporal activation regularization (TAR) weight ({per_preset('beta')})")
     g = p.add_argument_group("optimization (default: the preset's value)")
@@ -158,37 +158,115 @@ def build_train_parser():
 
 
 # Flags a resumed run may change: they do not alter what the run computes.
-RESUME_OVERRIDES = ("epochs", "device", "log_interval", "dry_run", "data")
-RUN_DEFAULTS = dict(eval_batch_size=10, test_batch_size=1, device="auto", log_interval=200)
+RESUME_OVERRIDES = ("epochs", "device", "log_interval", "dry_run", "data", "checkpoint_every")
+RUN_DEFAULTS = dict(eval_batch_size=10, test_batch_size=1, device="auto", log_interval=200, checkpoint_every=10.0)
+
+
+def build_config(flags, stage="train", base=None):
+    """The run's complete configuration, for every entry point: a plain dict (it goes into every
+    checkpoint), validated once, here.
+
+    ``flags``: the command line's values (None where not given).  ``stage``:
+    - "train" (main.py): the preset's values, the variant's defaults, then the flags;
+    - "finetune" (finetune.py): the trained run's config ``base``, the reference's fine-tuning row,
+      then the flags (the trained dropout rates are kept unless overridden);
+    - "resume": the interrupted run's config ``base`` with the few flags a resumed run may change.
+    """
+    if stage == "train":
+        cfg, given = _train_config(flags)
+    elif stage == "finetune":
+        cfg, given = _finetune_config(flags, base)
+    elif stage == "resume":
+        cfg, given = _resume_config(flags, base)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    check_train_config(cfg, given)
+    return cfg
 
 
 def resolve_train_config(args):
-    """Fill the preset's values into every flag left unset and check the combination.
+    """main.py's configuration from its parsed command line."""
+    return build_config(vars(args))
 
-    Returns the run's complete configuration as a plain dict (it goes into every checkpoint)."""
-    preset = args.preset or "single"
-    model = args.model or "FD"
+
+def _train_config(flags):
+    given = {k: v for k, v in flags.items() if v is not None}
+    preset, model = given.get("preset") or "single", given.get("model") or "FD"
     cfg = dict(PRESETS[preset], preset=preset, model=model, **RUN_DEFAULTS)
-    given = {k: v for k, v in vars(args).items() if v is not None}
     cfg.update({k: v for k, v in given.items() if k in cfg})
-    double_target, eval_auxiliary, penalty = VARIANTS[model]
-    cfg["kappa"] = given.get("kappa", default_kappa(model, preset))
-    cfg["double_target"] = given.get("double_target", double_target)
-    cfg["eval_auxiliary"] = given.get("eval_auxiliary", eval_auxiliary)
-    cfg["penalty"] = penalty
+    variant = VARIANTS[model]
+    cfg["kappa"] = given.get("kappa", variant.default_kappa(preset))
+    cfg["double_target"] = given.get("double_target", variant.double_target)
+    cfg["eval_auxiliary"] = given.get("eval_auxiliary", variant.second_pass == "eval")
+    cfg["penalty"] = variant.penalty
+    cfg["fused_loss"] = given.get("fused_loss", True)
     cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
     cfg["batch_passes"] = given.get("batch_passes", True)
     cfg["dry_run"] = bool(given.get("dry_run"))
     # A dry run writes to a temporary folder unless told where.
     cfg["save"] = given.get("save") or (None if cfg["dry_run"] else f"runs/{preset}_{model}.pt")
+    if cfg["save"] is not None:  # resolved now, so a resumed run writes here from any folder
+        cfg["save"] = os.path.abspath(cfg["save"])
     if cfg["dry_run"]:
         cfg["epochs"] = 1
-    check_train_config(cfg, given)
-    return cfg
+    return cfg, given
+
+
+# What fine-tuning changes in the trained run's configuration (the reference's finetune.py).
+FINETUNE_RECIPE = dict(alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0, double_target=False,
+                       eval_auxiliary=False, same_mask="", stage="finetune")
+FINETUNE_FLAGS = ("data", "batch_size", "epochs", "seed", "alpha", "beta", "nonmono", "lr", "clip", "wdecay", "bptt",
+                  "eval_batch_size", "test_batch_size", "device", "log_interval", "checkpoint_every", *DROPOUT_FLAGS)
+
+
+def _finetune_config(flags, trained):
+    given = {k: v for k, v in flags.items() if v is not None and v is not False}
+    source = flags["save"]
+    preset = trained.get("preset", "awd-ptb")
+    if preset not in FINETUNE:
+        raise UserError(f"{source} was trained with an unknown preset {preset!r}: fine-tune a checkpoint written "
+                        f"by main.py")
+    cfg = dict(trained, **FINETUNE[preset], **FINETUNE_RECIPE, finetuned_from=str(source), **RUN_DEFAULTS)
+    cfg.update({k: given[k] for k in FINETUNE_FLAGS if k in given})
+    cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
+    cfg["dry_run"] = bool(given.get("dry_run"))
+    if cfg["dry_run"]:
+        cfg["epochs"] = 1
+    out = given.get("out") or (None if cfg["dry_run"] else str(sidecar(source, "finetune.pt")))
+    cfg["save"] = os.path.abspath(out) if out is not None else None
+    if cfg["save"] is not None:
+        own = run_paths(cfg["save"]).values()
+        if os.path.realpath(cfg["save"]) == os.path.realpath(source) or any(
+                os.path.exists(p) and os.path.samefile(p, source) for p in own):
+            raise UserError("--out names the input checkpoint (or a file of its run); fine-tuning never overwrites "
+                            "its input: choose another --out")
+    return cfg, {}
+
+
+def _resume_config(flags, blob):
+    """A resume file continues only the run it belongs to, writing where that run was started."""
+    cfg = dict(blob["config"])
+    own = run_paths(cfg["save"])["resume"]
+    if not (os.path.exists(own) and os.path.samefile(own, flags["resume"])):
+        raise UserError(f"{flags['resume']} belongs to the run saved at {cfg['save']}, whose resume file is {own}: "
+                        f"resume from that path (a resume file cannot continue another run's files)")
+    for key, value in flags.items():
+        if value is None or value is False or key in ("resume", "overwrite"):
+            continue
+        if key not in RESUME_OVERRIDES:
+            raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
+                            f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
+        cfg[key] = value
+    cfg.setdefault("checkpoint_every", 0.0)
+    if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
+        cfg["epochs"] = blob["schedule"]["epoch"] + 1
+        cfg["save"] = None
+    return cfg, {}
 
 
 def check_train_config(cfg, given):
-    model = cfg["model"]
+    """Variant-specific combinations that would silently do nothing, then every value (``validate``)."""
+    model = cfg.get("model")
     if model == "baseline":
         bad = [f"--{k} {given[k]}" for k in ("kappa",) if given.get(k)]
         bad += [f"--{k}" for k in ("double_target", "eval_auxiliary") if given.get(k)]
@@ -196,22 +274,73 @@ def check_train_config(cfg, given):
         if bad:
             raise UserError(f"--model baseline runs no second pass, so {' '.join(bad)} would do nothing: "
                             f"drop it or choose --model FD, ELD, PM or RD")
+    validate(cfg)
+
+
+POSITIVE_INT = ("emsize", "nhid", "nlayers", "batch_size", "bptt", "epochs", "eval_batch_size", "test_batch_size",
+                "log_interval", "nonmono", "patience")
+POSITIVE = ("lr", "clip", "anneal")
+NON_NEGATIVE = ("kappa", "alpha", "beta", "wdecay", "min_lr", "checkpoint_every")
+PROBABILITY = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "reset_hidden_prob")
+SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
+REQUIRED = POSITIVE_INT + POSITIVE + ("kappa", "alpha", "beta", "wdecay", "min_lr") + PROBABILITY + (
+    "seed", "max_seq_len", "device", "eval_auxiliary", "double_target", "same_mask", "optimizer", "data", "save",
+    "dry_run", "tied", "locked", "penalty")
+
+
+def check_numbers(values, positive_ints=(), optional_positive_ints=(), non_negative_ints=()):
+    """Numeric flags of the evaluation tools (which build no training configuration)."""
+    for key in positive_ints:
+        if values[key] is None or values[key] <= 0:
+            raise UserError(f"--{key} must be a positive integer, got {values[key]}")
+    for key in optional_positive_ints:
+        if values[key] is not None and values[key] <= 0:
+            raise UserError(f"--{key} must be a positive integer, got {values[key]}")
+    for key in non_negative_ints:
+        if values[key] < 0:
+            raise UserError(f"--{key} must be >= 0, got {values[key]}")
+
+
+def validate(cfg):
+    """Every value of a run's configuration, for every entry point (training, fine-tuning, resume):
+    the one place where a bad setting becomes a one-line error before any work."""
+    def bad(key, rule):
+        raise UserError(f"--{key} must be {rule}, got {cfg[key]}")
+
+    missing = [k for k in REQUIRED if k not in cfg]
+    if missing:
+        raise UserError(f"the run's configuration lacks {', '.join(missing)} (a damaged or hand-made checkpoint?): "
+                        f"use a checkpoint written by main.py or finetune.py")
+
+    for key in POSITIVE_INT:
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0:
+            bad(key, "a positive integer")
+    for key in POSITIVE + NON_NEGATIVE + PROBABILITY:
+        value = cfg.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            bad(key, "a finite number")
+    for key in POSITIVE:
+        if cfg[key] <= 0:
+            bad(key, "positive")
+    for key in NON_NEGATIVE:
+        if cfg.get(key, 0.0) < 0:
+            bad(key, ">= 0")
+    for key in PROBABILITY:
+        if not 0.0 <= cfg[key] < 1.0:
+            bad(key, "in [0, 1)")
+    if not 0 <= cfg["seed"] < 2**32:
+        bad("seed", "in [0, 2**32)")
+    if cfg["max_seq_len"] and cfg["max_seq_len"] < 5:
+        bad("max_seq_len", "0 (no cap) or at least 5")
+    check_device_name(cfg["device"])
     if cfg["eval_auxiliary"] and cfg["same_mask"]:
         raise UserError("the eval-mode second pass (--eval_auxiliary, ELD) has no dropout masks to share: "
                         "drop the --same_mask_* flags or --eval_auxiliary")
     if "h" in cfg["same_mask"] and cfg["nlayers"] < 2:
         raise UserError("--same_mask_h needs at least 2 layers (there is no dropout between layers)")
-    if cfg["kappa"] < 0:
-        raise UserError(f"--kappa must be >= 0, got {cfg['kappa']}")
-    for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "reset_hidden_prob"):
-        if not 0.0 <= cfg[k] < 1.0:
-            raise UserError(f"--{k} must be in [0, 1), got {cfg[k]}")
-    for k in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "epochs", "eval_batch_size",
-              "test_batch_size", "log_interval", "nonmono", "patience"):
-        if cfg[k] <= 0:
-            raise UserError(f"--{k} must be positive, got {cfg[k]}")
-    for k in ("lr", "clip", "anneal"):
-        if cfg[k] <= 0:
-            raise UserError(f"--{k} must be positive, got {cfg[k]}")
-    if cfg["max_seq_len"] and cfg["max_seq_len"] < 5:
-        raise UserError(f"--max_seq_len must be 0 (no cap) or at least 5, got {cfg['max_seq_len']}")
+    active = {s for s, rate in SITE_RATE.items() if cfg[rate] > 0 and (s != "h" or cfg["nlayers"] > 1)}
+    second_pass = cfg["kappa"] > 0 or cfg["double_target"]
+    if second_pass and not cfg["eval_auxiliary"] and active <= set(cfg["same_mask"]):
+        raise UserError(f"--same_mask_{' --same_mask_'.join(sorted(cfg['same_mask']) or ['*'])} shares every "
+                        f"active dropout mask, so the second pass repeats the first and the penalty is 0: "
+                        f"leave at least one site with its own mask")

@@ -127,6 +127,17 @@ class Corpus:
                 continue  # read-only data folder: fall back to the user cache
 
 
+def check_split_sizes(corpus, cfg):
+    """Every split must give at least one batch at its batch size (training needs 3 rows, an
+    evaluation 2), or a run would train nothing or divide by zero after hours of work."""
+    for split, key, rows in (("train", "batch_size", 3), ("valid", "eval_batch_size", 2),
+                             ("test", "test_batch_size", 2)):
+        n, bsz = getattr(corpus, split).numel(), cfg[key]
+        if n // bsz < rows:
+            raise UserError(f"the {split} split of {corpus.path} has {n} tokens, too few for --{key} {bsz} "
+                            f"(at least {rows * bsz} needed): use a smaller --{key} or a bigger corpus")
+
+
 def batchify(data, bsz, device=None):
     """Lay the token stream out as ``bsz`` columns (remainder trimmed): shape (nbatch, bsz)."""
     nbatch = data.size(0) // bsz
@@ -141,3 +152,18 @@ def get_batch(source, i, seq_len):
     data = source[i:i + seq_len]
     target = source[i + 1:i + 1 + seq_len].reshape(-1)
     return data, target
+
+
+def windows(source, bptt, max_batches=None):
+    """The evaluation windows of a stream: (inputs, targets) of ``bptt`` rows each, in order, the last
+    one shorter; at most ``max_batches`` of them.  Every evaluation loop walks the stream this way."""
+    starts = range(0, source.size(0) - 1, bptt)
+    for k, i in enumerate(starts):
+        if max_batches is not None and k >= max_batches:
+            return
+        yield get_batch(source, i, bptt)
+
+
+def count_windows(source, bptt, max_batches=None):
+    n = len(range(0, source.size(0) - 1, bptt))
+    return n if max_batches is None else min(n, max_batches)

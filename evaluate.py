@@ -8,11 +8,11 @@ import argparse
 import json
 
 from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
-from config import DROPOUT_FLAGS
-from data import Corpus, batchify
+from config import DROPOUT_FLAGS, check_numbers
+from data import Corpus, batchify, check_split_sizes
 from mc_dropout import mask_variance, mc_evaluate
 from trainer import evaluate, ppl
-from utils import UserError, get_device, run_cli, set_seed
+from utils import UserError, check_device_name, get_device, run_cli, set_seed
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -40,19 +40,23 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.mc < 0 or (args.mc_batch is not None and args.mc_batch < 1):
-        raise UserError("--mc and --mc_batch must be positive")
+    check_numbers(vars(args), positive_ints=("eval_batch_size", "test_batch_size"),
+                  optional_positive_ints=("bptt", "mc_batch", "max_batches"), non_negative_ints=("mc", "seed"))
+    check_device_name(args.device)
+    for k in DROPOUT_FLAGS:
+        v = getattr(args, k)
+        if v is not None and not 0.0 <= v < 1.0:
+            raise UserError(f"--{k} must be in [0, 1), got {v}")
     blob = load_checkpoint(args.save)
     cfg = blob["config"]
     device = get_device(args.device)
     data = args.data or cfg["data"]
     corpus = Corpus(data)
     check_vocab(blob, corpus.dictionary, args.save, data)
+    check_split_sizes(corpus, {"batch_size": 1, "eval_batch_size": args.eval_batch_size,
+                               "test_batch_size": args.test_batch_size})
     model = model_from_checkpoint(blob, device)
     rates = {k: getattr(args, k) for k in DROPOUT_FLAGS if getattr(args, k) is not None}
-    for k, v in rates.items():
-        if not 0.0 <= v < 1.0:
-            raise UserError(f"--{k} must be in [0, 1), got {v}")
     model.set_dropout(**rates)
     bptt = args.bptt or cfg["bptt"]
     splits = {"valid": (corpus.valid, args.eval_batch_size), "test": (corpus.test, args.test_batch_size)}

@@ -9,11 +9,10 @@ checkpoint is only read; the result goes to --out, evaluated on validation and t
     python finetune.py --save runs/awd-ptb_FD.pt            # writes runs/awd-ptb_FD.finetune.pt
 """
 import argparse
-import os
 
-from checkpoint import load_checkpoint, sidecar
-from config import DROPOUT_FLAGS, FINETUNE, RUN_DEFAULTS, add_run_args, per_preset
-from trainer import resume_config, run
+from checkpoint import load_checkpoint
+from config import DROPOUT_FLAGS, FINETUNE, add_run_args, build_config, per_preset
+from trainer import run
 from utils import UserError, run_cli
 
 def build_parser():
@@ -45,41 +44,18 @@ def build_parser():
     return p
 
 
-def finetune_config(args, source):
-    trained = source["config"]
-    preset = trained.get("preset", "awd-ptb")
-    cfg = dict(trained, **FINETUNE[preset], alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0,
-               double_target=False, eval_auxiliary=False, same_mask="", stage="finetune",
-               finetuned_from=str(args.save), **RUN_DEFAULTS)
-    given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
-    for key in ("data", "batch_size", "epochs", "seed", "alpha", "beta", "nonmono", "lr", "clip", "wdecay",
-                "bptt", "eval_batch_size", "test_batch_size", "device", "log_interval", *DROPOUT_FLAGS):
-        if key in given:
-            cfg[key] = given[key]
-    for name in DROPOUT_FLAGS:
-        if not 0.0 <= cfg[name] < 1.0:
-            raise UserError(f"--{name} must be in [0, 1), got {cfg[name]}")
-    cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
-    cfg["dry_run"] = bool(args.dry_run)
-    if cfg["dry_run"]:
-        cfg["epochs"] = 1
-    cfg["save"] = args.out or (None if cfg["dry_run"] else str(sidecar(args.save, "finetune.pt")))
-    if cfg["save"] is not None and os.path.abspath(cfg["save"]) == os.path.abspath(args.save):
-        raise UserError("--out names the input checkpoint; fine-tuning never overwrites its input: choose another --out")
-    return cfg
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.resume:
         if args.save or args.out:
             raise UserError("--resume continues a fine-tuning run with its saved paths: drop --save / --out")
-        cfg, blob = resume_config(args)
-        return run(cfg, "fine-tuning", resume=blob)
+        blob = load_checkpoint(args.resume, "resume")
+        return run(build_config(vars(args), "resume", blob), "fine-tuning", resume=blob)
     if not args.save:
         raise UserError("name the trained checkpoint to fine-tune with --save PATH")
     source = load_checkpoint(args.save, "best")
-    return run(finetune_config(args, source), "fine-tuning", source=source, overwrite=args.overwrite)
+    return run(build_config(vars(args), "finetune", source["config"]), "fine-tuning", source=source,
+               overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -104,5 +104,7 @@ def decoder_loss(x1, x2, weight, bias, targets, w1=1.0, w2=0.0, kappa=0.0, penal
     ``bias`` and return (loss, CE of pass 1, kappa * penalty); the last two are detached."""
     if x2 is None and (w2 != 0 or kappa != 0):
         raise ValueError("a second pass is needed for w2 or kappa")
+    if penalty not in ("mse", "kl"):  # the gradients below are derived for these two only
+        raise ValueError(f"the fused loss has no gradient for penalty {penalty!r}: use the plain loss (--no-fused_loss)")
     rows = rows or chunk_rows(weight.size(0), x1.device)
     return _DecoderLoss.apply(x1, x2, weight, bias, targets, float(w1), float(w2), float(kappa), penalty, rows)

@@ -3,18 +3,25 @@
     python main.py --model FD                      # single-layer PTB ablation setup, kappa 0.15
     python main.py --preset awd-ptb --model FD     # 3-layer AWD-LSTM on PTB, NT-ASGD
     python main.py --resume runs/single_FD.resume.pt
+    torchrun --nproc_per_node 4 main.py --preset awd-ptb --model FD   # one run on 4 GPUs (distributed.py)
 """
-from config import build_train_parser, resolve_train_config
-from trainer import resume_config, run
+import distributed
+from checkpoint import load_checkpoint
+from config import build_config, build_train_parser
+from trainer import run
 from utils import run_cli
 
 
 def main(argv=None):
     args = build_train_parser().parse_args(argv)
     if args.resume:
-        cfg, blob = resume_config(args)
-        return run(cfg, "training", resume=blob)
-    return run(resolve_train_config(args), "training", overwrite=args.overwrite)
+        blob = load_checkpoint(args.resume, "resume")
+        cfg = build_config(vars(args), "resume", blob)
+        with distributed.session(cfg):
+            return run(cfg, "training", resume=blob)
+    cfg = build_config(vars(args))
+    with distributed.session(cfg):
+        return run(cfg, "training", overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from data import get_batch
+from data import count_windows, windows
 from model import first_copy, tile_hidden
 
 
@@ -20,11 +20,6 @@ def mc_cross_entropy(target_logprobs):
     """Mean of -log(mean over samples of p(target)) from per-sample log-probs (samples, tokens)."""
     n = target_logprobs.size(0)
     return -(torch.logsumexp(target_logprobs, dim=0) - math.log(n)).mean()
-
-
-def _windows(source, bptt, max_batches):
-    starts = list(range(0, source.size(0) - 1, bptt))
-    return starts[:max_batches] if max_batches is not None else starts
 
 
 def auto_chunk(samples, seq_len, batch_size, ntoken, budget_bytes=256 << 20):
@@ -42,8 +37,8 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
     hiddens = [tile_hidden(model.init_hidden(batch_size), c) for c in sizes]
     total, count = torch.zeros((), device=source.device), 0
     try:
-        for i in tqdm(_windows(source, bptt, max_batches), desc=desc, unit="batch", leave=False, disable=None):
-            data, targets = get_batch(source, i, bptt)
+        for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
+                                  desc=desc, unit="batch", leave=False, disable=None):
             T = data.size(0)
             per_sample = []
             for k, c in enumerate(sizes):
@@ -65,8 +60,7 @@ def mask_variance(model, source, bptt, batch_size, max_batches=None):
     hidden = model.init_hidden(batch_size)
     total, count = torch.zeros((), device=source.device), 0
     try:
-        for i in _windows(source, bptt, max_batches):
-            data, _ = get_batch(source, i, bptt)
+        for data, _ in windows(source, bptt, max_batches):
             logits, pair_hidden = model(data.repeat(1, 2), tile_hidden(hidden, 2), copies=2)
             diff = logits[:, :batch_size] - logits[:, batch_size:]
             total += diff.pow(2).sum()

@@ -10,7 +10,6 @@ stack several copies of itself with independent or shared masks (``copies`` / ``
 how fraternal dropout's two passes, MC dropout and the mask-variance measure run batched.
 Sites: ``e`` embedding rows, ``i`` embedding output, ``h`` between layers, ``w`` W_hh, ``o`` output.
 """
-import torch
 import torch.nn as nn
 
 from embed_regularize import EmbeddingDropout

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
-from data import Corpus, batchify, get_batch
+from data import Corpus, batchify, count_windows, windows
 from trainer import ppl
 from utils import UserError, get_device, run_cli
 
@@ -98,9 +98,8 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
     log_wv = math.log(1 - lambdasm) if lambdasm < 1 else -math.inf   # log mixture weights
     log_wc = math.log(lambdasm) if lambdasm > 0 else -math.inf
     plain, mixed = [], []
-    starts = list(range(0, source.size(0) - 1, bptt))[:max_batches]
-    for i in tqdm(starts, desc="cache pointer", unit="chunk", leave=False, disable=None):
-        data, targets = get_batch(source, i, bptt)
+    for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
+                              desc="cache pointer", unit="chunk", leave=False, disable=None):
         logits, hidden, _, dropped = model(data, hidden, return_h=True)
         h = dropped[-1].view(-1, dropped[-1].size(-1)).float()   # eval mode: the last layer's output
         flat = logits.view(-1, model.ntoken).float()

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import (build_model, check_vocab, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                        sidecar, vocab_info)
-from config import RESUME_OVERRIDES
-from data import Corpus, batchify, get_batch
+import distributed
+from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, rng_state, run_paths,
+                        save_checkpoint, set_rng_state, vocab_info)
+from data import Corpus, batchify, check_split_sizes, get_batch, windows
 from fraternal import Regularizer, fraternal_loss
-from utils import UserError, atomic_write_json, atomic_write_jsonl, get_device, repackage_hidden, set_seed
+from utils import (RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path, get_device,
+                   remove_stale_temp_files, repackage_hidden, set_seed)
 
 RULE = "-" * 89
 
@@ -32,8 +33,8 @@ class NonFiniteLoss(UserError):
 
 
 def non_finite(which, value, where, best):
-    return NonFiniteLoss(f"the {which} loss became {value} in {where}; the best checkpoint {best} is intact: "
-                         f"retry with a lower --lr or --clip")
+    kept = f"the best checkpoint {best} is intact" if os.path.exists(best) else "no checkpoint had been saved yet"
+    return NonFiniteLoss(f"the {which} loss became {value} in {where}; {kept}: retry with a lower --lr or --clip")
 
 
 def ppl(loss):
@@ -47,10 +48,7 @@ def evaluate(model, source, bptt, batch_size, max_batches=None):
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), device=source.device)
     count = 0
-    for k, i in enumerate(range(0, source.size(0) - 1, bptt)):
-        if max_batches is not None and k >= max_batches:
-            break
-        data, targets = get_batch(source, i, bptt)
+    for data, targets in windows(source, bptt, max_batches):
         logits, hidden = model(data, hidden)
         total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
         count += targets.numel()
@@ -133,6 +131,7 @@ def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_le
     optimizer.zero_grad(set_to_none=True)
     out = fraternal_loss(model, data, targets, repackage_hidden(hidden), reg)
     out.loss.backward()
+    distributed.average_gradients(params)
     if cfg["clip"]:
         torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
     optimizer.step()
@@ -140,7 +139,10 @@ def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_le
     return out
 
 
-def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None):
+def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None):
+    """One pass over the training stream.  ``position``: where a mid-epoch resume point left off.
+    ``checkpoint(position)`` is called every ``cfg["checkpoint_every"]`` minutes with the state
+    needed to continue from the batch just done (so a kill costs minutes, not an epoch)."""
     model.train()
     params = list(model.parameters())
     bsz = train_data.size(1)
@@ -151,10 +153,17 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None)
     total_pen = torch.zeros((), device=train_data.device)
     interval_ce = torch.zeros((), device=train_data.device)
     batch, i, tokens = 0, 0, 0
-    start = interval_start = time.time()
+    start = interval_start = last_checkpoint = time.time()
+    if position is not None:
+        batch, i, tokens = position["batch"], position["i"], position["tokens"]
+        total_ce, total_pen, interval_ce = (position[k].to(train_data.device) for k in ("total_ce", "total_pen",
+                                                                                         "interval_ce"))
+        hidden = [tuple(t.to(train_data.device) for t in hc) for hc in position["hidden"]]
+        start -= position["seconds"]
+    every = cfg.get("checkpoint_every", 0) * 60
     approx = max(1, len(train_data) // cfg["bptt"])
     bar = tqdm(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}", unit="batch",
-               leave=False, dynamic_ncols=True, disable=None)
+               leave=False, dynamic_ncols=True, disable=None if distributed.is_main() else True)
     try:
         while i < train_data.size(0) - 1 - 1:
             if max_batches is not None and batch >= max_batches:
@@ -173,6 +182,11 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None)
             i += seq_len
             tokens += targets.numel()
             bar.update(1)
+            if checkpoint is not None and every and distributed.agree(time.time() - last_checkpoint >= every):
+                checkpoint({"epoch": epoch, "batch": batch, "i": i, "tokens": tokens, "seconds": time.time() - start,
+                            "total_ce": total_ce.cpu(), "total_pen": total_pen.cpu(), "interval_ce": interval_ce.cpu(),
+                            "hidden": [tuple(t.detach().cpu() for t in hc) for hc in hidden]})
+                last_checkpoint = time.time()
             if batch % sync_every == 0 or batch % cfg["log_interval"] == 0:
                 running = total_ce.item() / batch
                 if not math.isfinite(running):
@@ -201,27 +215,43 @@ def phase(cfg, state):
     return "adam" if cfg["optimizer"] == "adam" else "sgd"
 
 
-def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=None):
+def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=None, position=None):
     """Run epochs until the limit or the schedule stops; returns the schedule state.
 
     ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
-    Ctrl-C ends training early; what was saved stays saved."""
+    ``position``: a mid-epoch resume point to continue from.  Ctrl-C ends training early; what was
+    saved stays saved."""
     dry = cfg["dry_run"]
     optimizer = make_optimizer(cfg, state, model.parameters(), device)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"the optimizer state in the resume checkpoint does not fit the model ({e}): "
+                            f"use an intact resume checkpoint written by main.py") from None
+
+    def mid_epoch(pos):  # the schedule as of the epoch's start, plus where in the epoch we are
+        pos, rng = distributed.merge_position(pos), distributed.rng_state()
+        if distributed.is_main():
+            save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=state,
+                            optimizer=optimizer.state_dict(), rng=rng, position=pos)
+
     try:
         for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
             if state["stopped"]:
                 break
-            epoch_start = time.time()
-            stats = train_epoch(model, optimizer, splits["train"], cfg, reg, epoch, 2 if dry else None)
+            epoch_start = time.time() - (position["seconds"] if position else 0.0)
+            stats = distributed.average_stats(train_epoch(model, optimizer, splits["train"], cfg, reg, epoch,
+                                                          2 if dry else None, position=position,
+                                                          checkpoint=None if dry else mid_epoch))
+            position = None
             with averaged_weights(model, optimizer):
-                val_loss = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], 5 if dry else None)
+                val_loss = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"],
+                                                      5 if dry else None))
                 if not math.isfinite(val_loss):
                     raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
                 improved = val_loss < state["best_val"]
-                if improved:
+                if improved and distributed.is_main():
                     save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss)
             if improved:
                 state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
@@ -247,7 +277,7 @@ def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=No
             elif action == "anneal":
                 state["lr"] /= cfg["anneal"]
                 state["bad_epochs"] = 0
-                model.load_state_dict(load_checkpoint(paths["best"], "best")["model"])
+                distributed.load_best(model, paths["best"])
                 for group in optimizer.param_groups:
                     group["lr"] = state["lr"]
                 print(f"Annealing: reloaded the best model (epoch {state['best_epoch']}), lr now {state['lr']:g}")
@@ -256,10 +286,12 @@ def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=No
                 print(f"Stopping: the {cfg['optimizer']} schedule ended training after epoch {epoch}")
             state["epoch"] = epoch
             state["metrics"].append(row)
-            atomic_write_jsonl(state["metrics"], paths["metrics"])  # always matches the resume state
-            if not dry:
+            rng = distributed.rng_state() if not dry else None
+            if not dry and distributed.is_main():  # the resume point first: metrics are never ahead of it
                 save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=state,
-                                optimizer=optimizer.state_dict(), rng=rng_state())
+                                optimizer=optimizer.state_dict(), rng=rng)
+            if distributed.is_main():
+                atomic_write_jsonl(state["metrics"], paths["metrics"])
     except KeyboardInterrupt:
         print(RULE)
         print("Exiting from training early")
@@ -278,33 +310,15 @@ def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
     else:
         print(f"| End of {label} | valid ppl {ppl(valid):8.2f} | test ppl {ppl(test):8.2f} |")
     print(RULE)
+    if label != "training" and blob.get("epoch") == 0:
+        print(f"Note: {label} never improved on the input's validation perplexity, so {paths['best']} holds "
+              f"the input's weights.")
+    if cfg["dry_run"]:
+        print("Note: a dry run trains 2 batches, so perplexities in the thousands or millions are expected.")
     result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
               "best_epoch": blob.get("epoch"), "checkpoint": str(paths["best"])}
     atomic_write_json(result, paths["final"])
     return result
-
-
-def run_paths(save):
-    save = str(save)
-    return {"best": save, "resume": sidecar(save, "resume.pt"), "metrics": sidecar(save, "metrics.jsonl"),
-            "final": sidecar(save, "final.json")}
-
-
-def resume_config(args):
-    """The configuration saved in ``args.resume``, with the few flags a resumed run may change."""
-    blob = load_checkpoint(args.resume, "resume")
-    cfg = dict(blob["config"])
-    for key, value in vars(args).items():
-        if value is None or value is False or key in ("resume", "overwrite"):
-            continue
-        if key not in RESUME_OVERRIDES:
-            raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
-                            f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
-        cfg[key] = value
-    if cfg["dry_run"]:  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
-        cfg["epochs"] = blob["schedule"]["epoch"] + 1
-        cfg["save"] = None
-    return cfg, blob
 
 
 def run(cfg, label, resume=None, source=None, overwrite=False):
@@ -316,13 +330,34 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
     if cfg["dry_run"] and cfg.get("save") is None:
         with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
             return run(dict(cfg, save=os.path.join(tmp, "model.pt")), label, resume, source, overwrite)
-    device = get_device(cfg["device"])
+    device = distributed.local_device(get_device(cfg["device"]))
     paths = run_paths(cfg["save"])
-    if resume is None and not overwrite:
-        existing = [p for p in (paths["best"], paths["resume"]) if os.path.exists(p)]
-        if existing:
-            raise UserError(f"{existing[0]} already exists: continue that run with --resume {paths['resume']}, "
-                            f"choose another output path, or pass --overwrite")
+    if not distributed.is_main():  # rank 0 checks, locks and claims the run's files for every rank
+        return _run(cfg, label, device, paths, resume, source)
+    check_output_path(paths["best"], "--save" if label == "training" else "--out")
+    with RunLock(paths["lock"]):
+        for path in paths.values():
+            remove_stale_temp_files(path)
+        if resume is None:
+            claim_run_files(paths, overwrite)
+        return _run(cfg, label, device, paths, resume, source)
+
+
+def claim_run_files(paths, overwrite):
+    """A new run starts with none of an earlier run's files beside it: refused, or removed with
+    ``--overwrite`` (so a later ``--resume`` can never mix the two runs)."""
+    existing = [p for k, p in paths.items() if k != "lock" and os.path.exists(p)]
+    if not existing:
+        return
+    if not overwrite:
+        hint = (f"continue that run with --resume {paths['resume']}, " if os.path.exists(paths["resume"])
+                else "its run left no resume file; ")
+        raise UserError(f"{existing[0]} already exists: {hint}choose another output path, or pass --overwrite")
+    for path in existing:
+        os.unlink(path)
+
+
+def _run(cfg, label, device, paths, resume, source):
     print("Configuration: " + json.dumps(cfg, sort_keys=True))
     set_seed(cfg["seed"])
     corpus = Corpus(cfg["data"])
@@ -330,29 +365,39 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
     for blob, path in ((resume, "the resume checkpoint"), (source, "the input checkpoint")):
         if blob is not None:
             check_vocab(blob, corpus.dictionary, path, cfg["data"])
-    splits = {"train": batchify(corpus.train, cfg["batch_size"], device),
+    check_split_sizes(corpus, cfg)
+    splits = {"train": distributed.shard(batchify(corpus.train, cfg["batch_size"], device)),
               "valid": batchify(corpus.valid, cfg["eval_batch_size"], device),
               "test": batchify(corpus.test, cfg["test_batch_size"], device)}
     model = build_model(cfg, len(corpus.dictionary)).to(device)
     short = 5 if cfg["dry_run"] else None
-    optimizer_state = None
+    optimizer_state = position = None
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        load_weights(model, resume, "the resume checkpoint")
         state, optimizer_state = resume["schedule"], resume["optimizer"]
+        position = distributed.own_position(resume.get("position"))
         set_rng_state(resume["rng"])
-        print(f"Resuming after epoch {state['epoch']} (best so far: epoch {state['best_epoch']})")
+        if not cfg["dry_run"] and distributed.is_main():
+            atomic_write_jsonl(state["metrics"], paths["metrics"])  # exactly the resume point's epochs
+        where = f", inside epoch {position['epoch']} at batch {position['batch']}" if position else ""
+        print(f"Resuming after epoch {state['epoch']}{where} (best so far: epoch {state['best_epoch']})")
     elif source is not None:
-        model.load_state_dict(source["model"])
-        start = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short)
+        load_weights(model, source, "the input checkpoint")
+        start = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short))
         print(f"Starting from valid ppl {ppl(start):.2f}")
-        save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start)
+        if distributed.is_main():
+            save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start)
         state = new_schedule(cfg, best_val=start)
     else:
         state = new_schedule(cfg)
     print(f"Model total parameters: {sum(p.numel() for p in model.parameters())}")
     print(f"Device: {device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
           f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
-    state = fit(model, cfg, splits, Regularizer.from_config(cfg), state, paths, vocab, device, optimizer_state)
+    distributed.prepare(model, cfg, resume)
+    state = fit(model, cfg, splits, Regularizer.from_config(cfg), state, paths, vocab, device, optimizer_state,
+                position)
+    if not distributed.is_main():  # the test evaluation is rank 0's alone
+        return None
     if not os.path.exists(paths["best"]):
         print("No best model was saved by this run, so there is nothing to evaluate on test.")
         return None

@@ -1,8 +1,11 @@
 """Small helpers shared by the entry points: errors a user can fix, seeding, devices, atomic writes."""
+import errno
 import json
 import os
 import platform
 import random
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -40,16 +43,96 @@ def set_seed(seed):
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name):
+    if not DEVICE_PATTERN.fullmatch(str(name)):
+        raise UserError(f"--device {name} is not a device this code runs on: use auto, cpu, cuda or cuda:N")
+    return name
+
+
 def get_device(name="auto"):
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but this PyTorch sees no CUDA device: use --device cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but this PyTorch sees no CUDA device: use --device cpu")
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
+
+
+def check_output_path(path, flag="--save"):
+    """Fail before any work if ``path`` cannot be written: a folder, a parent that is a file, or a
+    folder that refuses new files (read-only, immutable, another user's)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a file path such as {path / 'model.pt'}")
+    parent = path.parent
+    for above in [parent, *parent.parents]:
+        if above.exists():
+            if not above.is_dir():
+                raise UserError(f"{flag} {path}: {above} is a file, not a folder: choose another {flag}")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}): "
+                        f"choose a writable {flag}") from None
+
+
+def remove_stale_temp_files(path):
+    """Temp files an atomic write of ``path`` left when its process was killed."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+class RunLock:
+    """An exclusive lock on a run's files (``fcntl.flock`` on ``path``), so two processes never
+    write the same run.  Released when the process ends, however it ends."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.file = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: nothing to hold
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise UserError(f"another process is running the run whose lock is {self.path}: wait for it to end, "
+                            f"or choose another --save") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _disk_full(error):
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and ("file write failed" in str(error) or "No space" in str(error))
 
 
 def _atomic_write(target, write):
@@ -64,9 +147,15 @@ def _atomic_write(target, write):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _disk_full(e):
+            free = shutil.disk_usage(target.parent).free
+            kept = f"the previous {target.name} is intact" if target.exists() else f"{target.name} was not written"
+            raise UserError(f"no space left on the device to write {target} ({free / 2**20:.0f} MiB free, more than "
+                            f"{written / 2**20:.0f} MiB needed); {kept}: free some space and rerun") from None
         raise
 
 

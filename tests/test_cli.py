@@ -12,7 +12,7 @@ import evaluate as evaluate_cli
 import finetune as finetune_cli
 import main as main_cli
 import trainer
-from config import build_train_parser, resolve_train_config
+from config import build_config, build_train_parser, resolve_train_config
 from utils import UserError, atomic_torch_save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,10 +112,10 @@ def test_dry_run_of_a_resumed_run_touches_none_of_its_files(trained, capsys):
 def test_ctrl_c_still_evaluates_the_best_model(tiny_corpus, tmp_path, monkeypatch, capsys):
     real = trainer.train_epoch
 
-    def interrupted(model, optimizer, train_data, cfg, reg, epoch, max_batches=None):
+    def interrupted(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, **kw):
         if epoch == 2:
             raise KeyboardInterrupt
-        return real(model, optimizer, train_data, cfg, reg, epoch, max_batches)
+        return real(model, optimizer, train_data, cfg, reg, epoch, max_batches, **kw)
 
     monkeypatch.setattr(trainer, "train_epoch", interrupted)
     result = main_cli.main(tiny_args(tiny_corpus, tmp_path / "c.pt", epochs=5))
@@ -304,9 +304,8 @@ def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained,
 
 def test_finetune_default_output_and_no_overwrite(trained, tmp_path):
     save, _ = trained
-    assert finetune_cli.finetune_config(
-        finetune_cli.build_parser().parse_args(["--save", str(save)]),
-        torch.load(save, weights_only=True))["save"] == str(save.parent / "m.finetune.pt")
+    assert build_config(vars(finetune_cli.build_parser().parse_args(["--save", str(save)])), "finetune",
+                        torch.load(save, weights_only=True)["config"])["save"] == str(save.parent / "m.finetune.pt")
     proc = cli("finetune.py", "--save", save, "--out", save)
     assert_one_line_error(proc, "never overwrites its input")
     existing = tmp_path / "exists.pt"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import trainer
 from config import PRESETS
 from data import batchify
-from fraternal import Regularizer, fraternal_loss, fraternal_penalty
+from fraternal import VARIANTS, Regularizer, fraternal_loss, fraternal_penalty
 from model import RNNModel
 from mc_dropout import mc_cross_entropy
 
@@ -80,6 +80,49 @@ def test_loss_of_each_variant_matches_the_reference_formula(variant):
         assert torch.equal(h, h_ref) and torch.equal(c, c_ref)
     if variant != "baseline":
         assert not torch.allclose(l1, l2)  # the second pass really differs
+
+
+@pytest.mark.parametrize("variant", ["FD", "ELD", "PM", "RD", "baseline"])
+@pytest.mark.parametrize("alpha_beta", [(0.0, 0.0), (2.0, 1.0)])
+def test_plain_and_fused_losses_agree_in_value_and_gradient(variant, alpha_beta):
+    """The fused chunked loss is an optimization behind the plain formula, nothing more."""
+    v = VARIANTS[variant]
+    grads = []
+    for fused in (False, True):
+        reg = Regularizer(kappa=v.kappa or 0.0, double_target=v.double_target, eval_auxiliary=v.second_pass == "eval",
+                          penalty=v.penalty, alpha=alpha_beta[0], beta=alpha_beta[1], fused=fused)
+        model, (data, targets) = tiny_model(), batch()
+        torch.manual_seed(5)
+        out = fraternal_loss(model, data, targets, model.init_hidden(B), reg)
+        out.loss.backward()
+        grads.append((out.loss.detach(), out.ce, out.penalty, [p.grad.clone() for p in model.parameters()]))
+    (l0, c0, p0, g0), (l1, c1, p1, g1) = grads
+    assert torch.allclose(l0, l1, rtol=1e-5) and torch.allclose(c0, c1, rtol=1e-5)
+    assert torch.allclose(p0, p1, rtol=1e-4, atol=1e-7)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_penalty_fails_everywhere():
+    with pytest.raises(ValueError, match="unknown penalty"):
+        Regularizer(kappa=0.1, penalty="kld")
+    with pytest.raises(ValueError, match="unknown penalty"):
+        fraternal_penalty(torch.zeros(2, 3), torch.zeros(2, 3), "kld")
+    from fused_loss import decoder_loss
+    with pytest.raises(ValueError, match="no gradient for penalty"):
+        decoder_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4),
+                     torch.zeros(2, dtype=torch.long), 0.5, 0.5, 0.1, "kld")
+
+
+def test_each_variant_is_declared_once_with_its_defaults():
+    from config import build_train_parser, resolve_train_config
+    for name, v in VARIANTS.items():
+        for preset in PRESETS:
+            cfg = resolve_train_config(build_train_parser().parse_args(["--preset", preset, "--model", name]))
+            assert (cfg["kappa"], cfg["double_target"], cfg["penalty"]) == (v.default_kappa(preset), v.double_target,
+                                                                             v.penalty)
+            assert cfg["eval_auxiliary"] == (v.second_pass == "eval")
+    assert VARIANTS["FD"].default_kappa("single") == 0.15 and VARIANTS["FD"].default_kappa("awd-wt2") == 0.1
 
 
 def test_eld_second_pass_is_deterministic_eval_mode_with_gradient():
@@ -278,7 +321,7 @@ def test_hidden_state_reset_probability(monkeypatch):
         assert all(s == 0.0 for s in seen[1:]) == expect_zero
 
 
-def test_non_finite_loss_stops_the_epoch(monkeypatch):
+def test_non_finite_loss_stops_the_epoch(monkeypatch, tmp_path):
     real = trainer.fraternal_loss
 
     def poisoned(*args):
@@ -288,8 +331,9 @@ def test_non_finite_loss_stops_the_epoch(monkeypatch):
     monkeypatch.setattr(trainer, "fraternal_loss", poisoned)
     model = tiny_model()
     train = batchify(torch.randint(0, V, (600,)), B)
-    cfg = dict(step_cfg(), max_seq_len=0, log_interval=1000, reset_hidden_prob=0.0, save="best.pt")
-    with pytest.raises(trainer.NonFiniteLoss, match="best checkpoint best.pt is intact"):
+    (tmp_path / "best.pt").write_bytes(b"an earlier epoch's best model")
+    cfg = dict(step_cfg(), max_seq_len=0, log_interval=1000, reset_hidden_prob=0.0, save=str(tmp_path / "best.pt"))
+    with pytest.raises(trainer.NonFiniteLoss, match="best checkpoint .*best.pt is intact"):
         trainer.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), train, cfg, Regularizer(), 1,
                             max_batches=12)
 

@@ -1,0 +1,74 @@
+"""What a run decides after each epoch: a new best model, the NT-ASGD switch, annealing, stopping.
+
+Kept apart from the training loop so each rule can be read (and tested) on its own:
+- ``asgd-nt``: switch to averaged SGD once more than ``nonmono`` validation losses are recorded and
+  the current one is worse than the best of all but the last ``nonmono`` (Merity et al.'s rule); the
+  averaged optimizer restarts from the initial learning rate, as the reference's did;
+- ``asgd``: averaged SGD from the start, stopping by the same rule (the fine-tuning recipe);
+- ``sgd-anneal``: after more than ``patience`` epochs without a new best, divide the learning rate by
+  ``anneal`` (the loop reloads the best model), stopping once it would fall below ``min_lr``;
+- ``sgd``, ``adam``: never switch, anneal or stop.
+"""
+SWITCH, ANNEAL, STOP = "switch", "anneal", "stop"
+
+
+def nonmono_triggered(history, val_loss, nonmono):
+    """More than ``nonmono`` losses recorded and ``val_loss`` worse than the best of all but the last
+    ``nonmono``."""
+    return len(history) > nonmono and val_loss > min(history[:-nonmono])
+
+
+class Schedule:
+    """The epoch-level state of a run; ``state_dict()`` is a plain dict (saved in resume checkpoints)."""
+
+    def __init__(self, cfg, best_val=float("inf")):
+        self.cfg = {k: cfg[k] for k in ("optimizer", "lr", "nonmono", "patience", "anneal", "min_lr")}
+        self.epoch, self.lr, self.averaging = 0, cfg["lr"], cfg["optimizer"] == "asgd"
+        self.val_history, self.metrics = [], []
+        self.best_val, self.best_epoch, self.bad_epochs = best_val, 0, 0
+        self.stopped, self.elapsed = False, 0.0
+
+    def improves(self, val_loss):
+        return val_loss < self.best_val
+
+    def decide(self, val_loss):
+        """The rule's verdict on ``val_loss`` before it is recorded: None, SWITCH, ANNEAL or STOP."""
+        c = self.cfg
+        if c["optimizer"] == "asgd-nt" and not self.averaging:
+            return SWITCH if nonmono_triggered(self.val_history, val_loss, c["nonmono"]) else None
+        if c["optimizer"] == "asgd":
+            return STOP if nonmono_triggered(self.val_history, val_loss, c["nonmono"]) else None
+        if c["optimizer"] == "sgd-anneal" and self.bad_epochs > c["patience"]:
+            return STOP if self.lr / c["anneal"] < c["min_lr"] else ANNEAL
+        return None
+
+    def update(self, epoch, val_loss):
+        """Record epoch ``epoch``'s validation loss and apply the rule; returns the action taken."""
+        if self.improves(val_loss):
+            self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        action = self.decide(val_loss)
+        self.val_history.append(val_loss)
+        if action == SWITCH:
+            self.averaging, self.lr = True, self.cfg["lr"]
+        elif action == ANNEAL:
+            self.lr, self.bad_epochs = self.lr / self.cfg["anneal"], 0
+        elif action == STOP:
+            self.stopped = True
+        self.epoch = epoch
+        return action
+
+    @property
+    def phase(self):
+        if self.averaging:
+            return "asgd"
+        return "adam" if self.cfg["optimizer"] == "adam" else "sgd"
+
+    def state_dict(self):
+        return {k: v for k, v in vars(self).items() if k != "cfg"}
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            setattr(self, key, value)
+        return self

@@ -1,0 +1,273 @@
+"""Nothing lost, nothing silently wrong: inputs checked before any work, runs that never touch each
+other's files, mid-epoch resume points, and one-line errors for every damaged input."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import evaluate as evaluate_cli
+import finetune as finetune_cli
+import main as main_cli
+import trainer
+import utils
+from test_cli import assert_one_line_error, cli, rows, tiny_args
+from utils import RunLock, UserError, atomic_torch_save
+
+
+@pytest.fixture(scope="module")
+def run_a(tiny_corpus, tmp_path_factory):
+    """A finished 1-epoch run started from its own folder with a relative --save."""
+    folder = tmp_path_factory.mktemp("run-a")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        main_cli.main(tiny_args(tiny_corpus, "a.pt", epochs=1))
+    finally:
+        os.chdir(old)
+    return folder / "a.pt"
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# --- 1. resume writes where its run was started -----------------------------------------------------
+
+def test_resume_from_another_folder_writes_where_the_run_started(run_a, tiny_corpus, tmp_path, monkeypatch):
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "a.resume.pt").write_bytes(b"run B's files")  # same names, another run
+    (other / "a.metrics.jsonl").write_text("B\n")
+    monkeypatch.chdir(other)
+    main_cli.main(["--resume", str(run_a.parent / "a.resume.pt"), "--epochs", "2", "--device", "cpu"])
+    assert (other / "a.resume.pt").read_bytes() == b"run B's files"
+    assert (other / "a.metrics.jsonl").read_text() == "B\n"
+    assert [r["epoch"] for r in rows(run_a.parent / "a.metrics.jsonl")] == [1, 2]
+
+
+def test_a_resume_file_copied_to_another_run_is_refused(run_a, tmp_path):
+    copy = tmp_path / "c.resume.pt"
+    shutil.copyfile(run_a.parent / "a.resume.pt", copy)
+    assert_one_line_error(cli("main.py", "--resume", copy), "belongs to the run saved at", "a.resume.pt")
+
+
+# --- 2. fine-tuning never replaces its input ---------------------------------------------------------
+
+def test_finetune_out_reaching_the_input_through_a_symlink_is_refused(run_a, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(run_a.parent, target_is_directory=True)
+    before = run_a.read_bytes()
+    proc = cli("finetune.py", "--save", run_a, "--out", link / "a.pt", "--overwrite", "--device", "cpu")
+    assert_one_line_error(proc, "input checkpoint")
+    assert run_a.read_bytes() == before
+
+
+# --- 3. every output path checked before training -----------------------------------------------------
+
+@pytest.mark.parametrize("case", ["parent-is-file", "folder", "read-only"])
+def test_unwritable_save_is_found_before_any_training(tiny_corpus, tmp_path, monkeypatch, case):
+    if case == "parent-is-file":
+        (tmp_path / "f").write_text("x")
+        save = tmp_path / "f" / "m.pt"
+    elif case == "folder":
+        save = tmp_path / "dir.pt"
+        save.mkdir()
+    else:
+        save = tmp_path / "ro" / "m.pt"
+        save.parent.mkdir()
+
+        def refuse(*a, **k):  # what a read-only or immutable folder does, even to root
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(utils.tempfile, "mkstemp", refuse)
+    trained = []
+    monkeypatch.setattr(trainer, "train_epoch", lambda *a, **k: trained.append(1))
+    with pytest.raises(UserError, match="--save"):
+        main_cli.main(tiny_args(tiny_corpus, save, epochs=1))
+    assert not trained
+
+
+def test_unwritable_save_is_one_line_and_exits_non_zero(tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert_one_line_error(cli("main.py", "--save", tmp_path / "f" / "m.pt", "--data", tmp_path), "is a file")
+
+
+# --- 4. corpus sizes against batch sizes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("split, flag", [("valid", "--eval_batch_size"), ("test", "--test_batch_size"),
+                                         ("train", "--batch_size")])
+def test_too_small_split_is_refused_before_training(tiny_corpus, tmp_path, split, flag):
+    folder = tmp_path / "small"
+    shutil.copytree(tiny_corpus, folder)
+    (folder / f"{split}.txt").write_text("" if split != "train" else "a b\n")
+    proc = cli("main.py", *tiny_args(folder, tmp_path / "m.pt", epochs=1))
+    assert_one_line_error(proc, f"{split} split", flag)
+    assert "Configuration" not in proc.stdout or "end of epoch" not in proc.stdout
+    assert not (tmp_path / "m.pt").exists()
+
+
+# --- 5. a full disk ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, error):
+    target = tmp_path / "m.pt"
+    atomic_torch_save({"v": 1}, target)
+
+    def full(obj, f):
+        f.write(b"x" * 1000)
+        raise error
+    monkeypatch.setattr(utils.torch, "save", full)
+    with pytest.raises(UserError, match="no space left on the device to write .*m.pt.*previous m.pt is intact"):
+        atomic_torch_save({"v": 2}, target)
+    assert torch.load(target, weights_only=True) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left
+
+
+# --- 6. every numeric flag validated at parse time -------------------------------------------------------
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--device", "gpu"], "--device gpu"), (["--device", "mps"], "--device mps"), (["--seed", "-1"], "--seed"),
+    (["--wdecay", "-1"], "--wdecay"), (["--log_interval", "0"], "--log_interval"), (["--lr", "nan"], "--lr"),
+    (["--clip", "inf"], "--clip"), (["--checkpoint_every", "-1"], "--checkpoint_every"),
+])
+def test_bad_training_flags_are_refused(flags, needle):
+    with pytest.raises(UserError, match=needle.replace("-", r"\-")):
+        main_cli.main(["--dry_run", *flags])
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--eval_batch_size", "0"], "--eval_batch_size"), (["--test_batch_size", "-2"], "--test_batch_size"),
+    (["--bptt", "-5"], "--bptt"), (["--max_batches", "0"], "--max_batches"), (["--mc", "-1"], "--mc"),
+    (["--device", "gpu"], "--device"), (["--dropout", "1.5"], "--dropout"),
+])
+def test_bad_evaluation_flags_are_refused(run_a, flags, needle):
+    with pytest.raises(UserError, match=needle.replace("-", r"\-")):
+        evaluate_cli.main(["--save", str(run_a), *flags])
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--epochs", "0"], "--epochs"), (["--lr", "nan"], "--lr"), (["--batch_size", "-4"], "--batch_size"),
+    (["--seed", "-3"], "--seed"), (["--dropouti", "1"], "--dropouti"), (["--bptt", "0"], "--bptt"),
+])
+def test_bad_finetune_flags_are_refused_and_leave_no_output(run_a, tmp_path, flags, needle):
+    out = tmp_path / "ft.pt"
+    with pytest.raises(UserError, match=needle.replace("-", r"\-")):
+        finetune_cli.main(["--save", str(run_a), "--out", str(out), "--device", "cpu", *flags])
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- 7. --overwrite starts clean; one process per run ----------------------------------------------------
+
+def test_overwrite_removes_the_old_runs_resume_and_final_files(tiny_corpus, tmp_path, monkeypatch):
+    save = tmp_path / "o.pt"
+    main_cli.main(tiny_args(tiny_corpus, save, epochs=1))
+    old_resume = (tmp_path / "o.resume.pt").read_bytes()
+
+    def killed(*a, **k):  # the new run dies in its first epoch
+        raise SystemExit(137)
+    monkeypatch.setattr(trainer, "train_epoch", killed)
+    with pytest.raises(SystemExit):
+        main_cli.main(tiny_args(tiny_corpus, save, "--overwrite", epochs=1))
+    for name in ("o.pt", "o.resume.pt", "o.final.json", "o.metrics.jsonl"):
+        assert not (tmp_path / name).exists(), name  # nothing of the old run to resume by mistake
+    assert old_resume
+
+
+def test_two_processes_never_run_the_same_save(tiny_corpus, tmp_path):
+    save = tmp_path / "l.pt"
+    with RunLock(tmp_path / "l.lock"):
+        proc = cli("main.py", *tiny_args(tiny_corpus, save, epochs=1))
+    assert_one_line_error(proc, "another process", "l.lock")
+    assert not save.exists()
+
+
+# --- 8. hand-made checkpoints --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["no-config-key", "wrong-shape", "config-not-dict"])
+def test_hand_made_checkpoints_are_one_line_in_every_entry_point(run_a, tmp_path, damage):
+    blob = torch.load(run_a, weights_only=True)
+    if damage == "no-config-key":
+        del blob["config"]["nhid"]
+    elif damage == "wrong-shape":
+        blob["model"]["decoder.bias"] = torch.zeros(7)
+    else:
+        blob["config"] = [1, 2]
+    bad = tmp_path / "bad.pt"
+    atomic_torch_save(blob, bad)
+    for script, args in (("evaluate.py", ()), ("finetune.py", ("--out", tmp_path / "ft.pt")),
+                         ("generate.py", ("--words", "3"))):
+        proc = cli(script, "--save", bad, "--device", "cpu", *args)
+        assert_one_line_error(proc, "bad.pt" if damage != "wrong-shape" else "do not fit")
+    resume = torch.load(run_a.parent / "a.resume.pt", weights_only=True)
+    del resume["schedule"]
+    atomic_torch_save(resume, tmp_path / "bad.resume.pt")
+    assert_one_line_error(cli("main.py", "--resume", tmp_path / "bad.resume.pt"), "schedule")
+
+
+# --- 9. kills: no dead ends, no stale temp files, metrics never ahead of the resume point ----------------
+
+def test_a_run_killed_before_its_first_resume_point_gives_no_dead_end(tiny_corpus, tmp_path):
+    save = tmp_path / "k.pt"
+    atomic_torch_save({"x": 1}, save)  # a best checkpoint whose run left no resume file
+    (tmp_path / ".k.resume.pt.123.tmp").write_bytes(b"half a file")
+    proc = cli("main.py", *tiny_args(tiny_corpus, save, epochs=1))
+    assert_one_line_error(proc, "no resume file", "--overwrite")
+    assert "--resume" not in proc.stderr
+    main_cli.main(tiny_args(tiny_corpus, save, "--overwrite", epochs=1))
+    assert not list(tmp_path.glob(".*.tmp"))  # the killed write's temp file is gone
+
+
+def test_resume_rewrites_metrics_to_match_its_resume_point(tiny_corpus, tmp_path):
+    save = tmp_path / "m.pt"
+    main_cli.main(tiny_args(tiny_corpus, save, epochs=1))
+    good = rows(tmp_path / "m.metrics.jsonl")
+    with open(tmp_path / "m.metrics.jsonl", "a") as f:  # a kill after metrics, before the resume point
+        f.write(json.dumps(dict(json.loads((tmp_path / "m.metrics.jsonl").read_text()), epoch=2)) + "\n")
+    main_cli.main(["--resume", str(tmp_path / "m.resume.pt"), "--epochs", "1", "--device", "cpu"])
+    assert rows(tmp_path / "m.metrics.jsonl") == good
+
+
+# --- 10. NaN in the first epoch -------------------------------------------------------------------------
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tiny_corpus, tmp_path, monkeypatch):
+    real = trainer.fraternal_loss
+    monkeypatch.setattr(trainer, "fraternal_loss", lambda *a: real(*a)._replace(ce=torch.tensor(float("nan"))))
+    with pytest.raises(trainer.NonFiniteLoss) as e:
+        main_cli.main(tiny_args(tiny_corpus, tmp_path / "n.pt", epochs=1))
+    assert "no checkpoint had been saved yet" in str(e.value) and "intact" not in str(e.value)
+
+
+# --- 11. masks all shared ----------------------------------------------------------------------------------
+
+def test_sharing_every_active_mask_is_refused():
+    with pytest.raises(UserError, match="penalty is 0"):
+        main_cli.main(["--dry_run", *(f"--same_mask_{s}" for s in "eiwo")])
+    with pytest.raises(UserError, match="penalty is 0"):
+        main_cli.main(["--preset", "awd-ptb", "--dry_run", *(f"--same_mask_{s}" for s in "eihwo")])
+    with pytest.raises(UserError, match="penalty is 0"):  # the one site with dropout is shared
+        main_cli.main(["--dry_run", "--same_mask_w", "--dropout", "0", "--dropouti", "0", "--dropoute", "0"])
+
+
+# --- mid-epoch resume points ------------------------------------------------------------------------------
+
+def test_mid_epoch_resume_reproduces_the_uninterrupted_run(tiny_corpus, tmp_path, monkeypatch):
+    args = ("--optimizer", "asgd", "--nonmono", "50", "--checkpoint_every", "1e-9")
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "full.pt", *args, epochs=2))
+    full = rows(tmp_path / "full.metrics.jsonl")
+    real, calls = trainer.train_step, []
+
+    def killed_in_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 200:  # epoch 1 has about 140 batches
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(trainer, "train_step", killed_in_epoch_2)
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "cut.pt", *args, epochs=2))
+    blob = torch.load(tmp_path / "cut.resume.pt", weights_only=True)
+    assert blob["position"]["epoch"] == 2 and blob["position"]["batch"] >= 1
+    monkeypatch.setattr(trainer, "train_step", real)
+    resumed = main_cli.main(["--resume", str(tmp_path / "cut.resume.pt"), "--device", "cpu"])
+    assert rows(tmp_path / "cut.metrics.jsonl") == full
+    assert resumed["test_loss"] == json.load(open(tmp_path / "full.final.json"))["test_loss"]
