@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed
-from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, rng_state, run_paths,
-                        save_checkpoint, set_rng_state, vocab_info)
+from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
+                        set_rng_state, vocab_info)
 from data import Corpus, batchify, check_split_sizes, get_batch, windows
 from fraternal import Regularizer, fraternal_loss
+from schedule import ANNEAL, STOP, SWITCH, Schedule
 from utils import (RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path, get_device,
                    remove_stale_temp_files, repackage_hidden, set_seed)
 
@@ -74,44 +75,14 @@ def averaged_weights(model, optimizer):
                 p.copy_(value)
 
 
-def make_optimizer(cfg, state, params, device):
+def make_optimizer(cfg, schedule, params, device):
     """SGD (or Adam) until averaging starts, then averaged SGD with t0 = 0, lambda = 0."""
-    if state["averaging"]:
-        return torch.optim.ASGD(params, lr=state["lr"], t0=0, lambd=0.0, weight_decay=cfg["wdecay"],
+    if schedule.averaging:
+        return torch.optim.ASGD(params, lr=schedule.lr, t0=0, lambd=0.0, weight_decay=cfg["wdecay"],
                                 capturable=device.type == "cuda")
     if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=state["lr"], weight_decay=cfg["wdecay"])
-    return torch.optim.SGD(params, lr=state["lr"], weight_decay=cfg["wdecay"])
-
-
-def new_schedule(cfg, best_val=float("inf")):
-    """Everything the epoch loop decides with; a plain dict, saved in the resume checkpoint."""
-    return {"epoch": 0, "lr": cfg["lr"], "averaging": cfg["optimizer"] == "asgd", "val_history": [],
-            "best_val": best_val, "best_epoch": 0, "bad_epochs": 0, "stopped": False, "metrics": [],
-            "elapsed": 0.0}
-
-
-def nonmono_triggered(history, val_loss, nonmono):
-    """NT-ASGD's rule: more than ``nonmono`` losses recorded and this one worse than the best of all
-    but the last ``nonmono``."""
-    return len(history) > nonmono and val_loss > min(history[:-nonmono])
-
-
-def epoch_decision(cfg, state, val_loss):
-    """What the schedule does after an epoch: None, "switch" (to averaged SGD), "anneal" or "stop".
-    Records ``val_loss`` in the history (after deciding, as the reference did)."""
-    action = None
-    opt = cfg["optimizer"]
-    if opt == "asgd-nt" and not state["averaging"]:
-        if nonmono_triggered(state["val_history"], val_loss, cfg["nonmono"]):
-            action = "switch"
-    elif opt == "asgd":
-        if nonmono_triggered(state["val_history"], val_loss, cfg["nonmono"]):
-            action = "stop"
-    elif opt == "sgd-anneal" and state["bad_epochs"] > cfg["patience"]:
-        action = "stop" if state["lr"] / cfg["anneal"] < cfg["min_lr"] else "anneal"
-    state["val_history"].append(val_loss)
-    return action
+        return torch.optim.Adam(params, lr=schedule.lr, weight_decay=cfg["wdecay"])
+    return torch.optim.SGD(params, lr=schedule.lr, weight_decay=cfg["wdecay"])
 
 
 def draw_seq_len(cfg):
@@ -209,20 +180,14 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
-def phase(cfg, state):
-    if state["averaging"]:
-        return "asgd"
-    return "adam" if cfg["optimizer"] == "adam" else "sgd"
-
-
-def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=None, position=None):
-    """Run epochs until the limit or the schedule stops; returns the schedule state.
+def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None):
+    """Run epochs until the limit or the schedule stops; returns the schedule.
 
     ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
     ``position``: a mid-epoch resume point to continue from.  Ctrl-C ends training early; what was
     saved stays saved."""
     dry = cfg["dry_run"]
-    optimizer = make_optimizer(cfg, state, model.parameters(), device)
+    optimizer = make_optimizer(cfg, schedule, model.parameters(), device)
     if optimizer_state is not None:
         try:
             optimizer.load_state_dict(optimizer_state)
@@ -230,72 +195,61 @@ def fit(model, cfg, splits, reg, state, paths, vocab, device, optimizer_state=No
             raise UserError(f"the optimizer state in the resume checkpoint does not fit the model ({e}): "
                             f"use an intact resume checkpoint written by main.py") from None
 
-    def mid_epoch(pos):  # the schedule as of the epoch's start, plus where in the epoch we are
-        pos, rng = distributed.merge_position(pos), distributed.rng_state()
+    def save_resume_point(pos=None):  # collective: every rank joins, rank 0 writes
+        pos = distributed.merge_position(pos) if pos is not None else None
+        rng = distributed.rng_state()
         if distributed.is_main():
-            save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=state,
-                            optimizer=optimizer.state_dict(), rng=rng, position=pos)
+            save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=schedule.state_dict(),
+                            optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}))
 
     try:
-        for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
-            if state["stopped"]:
+        for epoch in range(schedule.epoch + 1, cfg["epochs"] + 1):
+            if schedule.stopped:
                 break
             epoch_start = time.time() - (position["seconds"] if position else 0.0)
             stats = distributed.average_stats(train_epoch(model, optimizer, splits["train"], cfg, reg, epoch,
                                                           2 if dry else None, position=position,
-                                                          checkpoint=None if dry else mid_epoch))
+                                                          checkpoint=None if dry else save_resume_point))
             position = None
             with averaged_weights(model, optimizer):
                 val_loss = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"],
                                                       5 if dry else None))
                 if not math.isfinite(val_loss):
                     raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
-                improved = val_loss < state["best_val"]
+                improved = schedule.improves(val_loss)
                 if improved and distributed.is_main():
                     save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss)
-            if improved:
-                state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
             row = {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
                    "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
-                   "penalty": stats["penalty"], "lr": state["lr"], "phase": phase(cfg, state),
+                   "penalty": stats["penalty"], "lr": schedule.lr, "phase": schedule.phase,
                    "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved,
-                   "elapsed": round(state["elapsed"] + time.time() - epoch_start, 3)}
-            state["elapsed"] = row["elapsed"]  # wall clock of training and validation so far
-            action = epoch_decision(cfg, state, val_loss)
+                   "elapsed": round(schedule.elapsed + time.time() - epoch_start, 3)}
+            schedule.elapsed = row["elapsed"]  # wall clock of training and validation so far
+            weights = "averaged" if schedule.averaging else "raw"
+            action = schedule.update(epoch, val_loss)
             print(RULE)
             print(f"| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
-                  f"valid ppl {ppl(val_loss):8.2f} | {'averaged' if state['averaging'] else 'raw'} weights"
-                  f"{' | saved' if improved else ''}")
+                  f"valid ppl {ppl(val_loss):8.2f} | {weights} weights{' | saved' if improved else ''}")
             print(RULE)
-            if action == "switch":
+            if action == SWITCH:
                 print("Switching to ASGD")
-                state["averaging"] = True
-                state["lr"] = cfg["lr"]  # the reference restarted averaged SGD from the initial lr
-                optimizer = make_optimizer(cfg, state, model.parameters(), device)
-            elif action == "anneal":
-                state["lr"] /= cfg["anneal"]
-                state["bad_epochs"] = 0
+                optimizer = make_optimizer(cfg, schedule, model.parameters(), device)
+            elif action == ANNEAL:
                 distributed.load_best(model, paths["best"])
                 for group in optimizer.param_groups:
-                    group["lr"] = state["lr"]
-                print(f"Annealing: reloaded the best model (epoch {state['best_epoch']}), lr now {state['lr']:g}")
-            elif action == "stop":
-                state["stopped"] = True
+                    group["lr"] = schedule.lr
+                print(f"Annealing: reloaded the best model (epoch {schedule.best_epoch}), lr now {schedule.lr:g}")
+            elif action == STOP:
                 print(f"Stopping: the {cfg['optimizer']} schedule ended training after epoch {epoch}")
-            state["epoch"] = epoch
-            state["metrics"].append(row)
-            rng = distributed.rng_state() if not dry else None
-            if not dry and distributed.is_main():  # the resume point first: metrics are never ahead of it
-                save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=state,
-                                optimizer=optimizer.state_dict(), rng=rng)
+            schedule.metrics.append(row)
+            if not dry:  # the resume point first: metrics are never ahead of it
+                save_resume_point()
             if distributed.is_main():
-                atomic_write_jsonl(state["metrics"], paths["metrics"])
+                atomic_write_jsonl(schedule.metrics, paths["metrics"])
     except KeyboardInterrupt:
         print(RULE)
         print("Exiting from training early")
-    return state
+    return schedule
 
 
 def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
@@ -374,28 +328,27 @@ def _run(cfg, label, device, paths, resume, source):
     optimizer_state = position = None
     if resume is not None:
         load_weights(model, resume, "the resume checkpoint")
-        state, optimizer_state = resume["schedule"], resume["optimizer"]
+        schedule, optimizer_state = Schedule(cfg).load_state_dict(resume["schedule"]), resume["optimizer"]
         position = distributed.own_position(resume.get("position"))
         set_rng_state(resume["rng"])
         if not cfg["dry_run"] and distributed.is_main():
-            atomic_write_jsonl(state["metrics"], paths["metrics"])  # exactly the resume point's epochs
+            atomic_write_jsonl(schedule.metrics, paths["metrics"])  # exactly the resume point's epochs
         where = f", inside epoch {position['epoch']} at batch {position['batch']}" if position else ""
-        print(f"Resuming after epoch {state['epoch']}{where} (best so far: epoch {state['best_epoch']})")
+        print(f"Resuming after epoch {schedule.epoch}{where} (best so far: epoch {schedule.best_epoch})")
     elif source is not None:
         load_weights(model, source, "the input checkpoint")
         start = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short))
         print(f"Starting from valid ppl {ppl(start):.2f}")
         if distributed.is_main():
             save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start)
-        state = new_schedule(cfg, best_val=start)
+        schedule = Schedule(cfg, best_val=start)
     else:
-        state = new_schedule(cfg)
+        schedule = Schedule(cfg)
     print(f"Model total parameters: {sum(p.numel() for p in model.parameters())}")
     print(f"Device: {device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
           f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
     distributed.prepare(model, cfg, resume)
-    state = fit(model, cfg, splits, Regularizer.from_config(cfg), state, paths, vocab, device, optimizer_state,
-                position)
+    fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device, optimizer_state, position)
     if not distributed.is_main():  # the test evaluation is rank 0's alone
         return None
     if not os.path.exists(paths["best"]):

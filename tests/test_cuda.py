@@ -17,7 +17,8 @@ import main as main_cli
 from checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from config import PRESETS, build_train_parser, resolve_train_config
 from fraternal import Regularizer, fraternal_loss
-from trainer import make_optimizer, new_schedule
+from schedule import Schedule
+from trainer import make_optimizer
 from weight_drop import WeightDropLSTM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -133,7 +134,7 @@ def test_averaged_sgd_state_matches_the_cpu():
     runs = {}
     for device in ("cpu", "cuda"):
         ps = [p.clone().to(device).requires_grad_(True) for p in params]
-        opt = make_optimizer(cfg, new_schedule(cfg) | {"averaging": True, "lr": 30.0}, ps, torch.device(device))
+        opt = make_optimizer(cfg, Schedule(cfg).load_state_dict({"averaging": True}), ps, torch.device(device))
         for step in grads:
             for p, g in zip(ps, step):
                 p.grad = g.to(device)

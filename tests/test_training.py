@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import trainer
+from schedule import Schedule
 from config import PRESETS
 from data import batchify
 from fraternal import VARIANTS, Regularizer, fraternal_loss, fraternal_penalty
@@ -340,64 +341,6 @@ def test_non_finite_loss_stops_the_epoch(monkeypatch, tmp_path):
 
 # --- schedules -----------------------------------------------------------------------------------
 
-def decide(optimizer, losses, **kw):
-    cfg = dict(optimizer=optimizer, nonmono=3, patience=2, anneal=3.0, min_lr=0.1, lr=30.0, **kw)
-    state = trainer.new_schedule(cfg)
-    actions = []
-    for loss in losses:
-        improved = loss < state["best_val"]
-        state["best_val"] = min(state["best_val"], loss)
-        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
-        action = trainer.epoch_decision(cfg, state, loss)
-        actions.append(action)
-        if action == "switch":
-            state["averaging"] = True
-        if action == "anneal":
-            state["lr"] /= cfg["anneal"]
-            state["bad_epochs"] = 0
-    return actions, state
-
-
-def test_nt_asgd_switches_when_worse_than_the_best_before_the_last_nonmono():
-    # history must hold more than nonmono (3) losses; then a loss above min(history[:-3]) switches
-    actions, state = decide("asgd-nt", [5, 4, 3, 2.5, 4.9])
-    assert actions == [None] * 5  # 4.9 is not worse than min([5])
-    actions, state = decide("asgd-nt", [5, 4, 3, 2.5, 5.5, 6, 7])
-    assert actions == [None, None, None, None, "switch", None, None]  # switches once, never again
-    assert state["averaging"] and state["val_history"] == [5, 4, 3, 2.5, 5.5, 6, 7]
-    actions, _ = decide("asgd-nt", [5, 4, 3, 6.0])  # only 3 losses recorded before: too early
-    assert actions == [None] * 4
-
-
-def test_nonmono_rule_boundary():
-    assert not trainer.nonmono_triggered([1.0, 2.0, 3.0], 9.0, 3)  # not more than nonmono recorded
-    assert trainer.nonmono_triggered([1.0, 2.0, 3.0, 4.0], 1.01, 3)
-    assert not trainer.nonmono_triggered([1.0, 2.0, 3.0, 4.0], 1.0, 3)  # equal is not worse
-
-
-def test_averaged_sgd_from_the_start_stops_by_the_nonmono_rule():
-    actions, state = decide("asgd", [5, 4, 3, 2.5, 2.4, 4.5, 1.0])
-    assert actions == [None, None, None, None, None, "stop", None]
-    assert state["averaging"]
-
-
-def test_sgd_anneal_divides_lr_after_more_than_patience_bad_epochs_then_stops_below_min_lr():
-    # patience 2: the third epoch without a new best anneals
-    actions, state = decide("sgd-anneal", [5, 6, 6, 6, 6, 6, 6])
-    assert actions == [None, None, None, "anneal", None, None, "anneal"]
-    assert state["lr"] == pytest.approx(30 / 9)
-    actions, _ = decide("sgd-anneal", [5] + [6] * 20)
-    # lr 30 -> 10 -> 3.3 -> 1.1 -> 0.37 -> 0.12; one more division would fall below min_lr 0.1: stop
-    assert [i for i, a in enumerate(actions) if a == "anneal"] == [3, 6, 9, 12, 15]
-    assert actions.index("stop") == 18
-
-
-def test_sgd_and_adam_never_switch_or_stop():
-    for opt in ("sgd", "adam"):
-        actions, _ = decide(opt, [1, 2, 3, 4, 5, 6, 7, 8])
-        assert actions == [None] * 8
-
-
 def test_averaged_weights_swap_in_asgd_averages_and_restore():
     model = tiny_model()
     opt = torch.optim.ASGD(model.parameters(), lr=0.5, t0=0, lambd=0.0)
@@ -421,14 +364,14 @@ def test_averaged_weights_swap_in_asgd_averages_and_restore():
 
 def test_make_optimizer_follows_the_phase():
     model = tiny_model()
-    cfg = dict(optimizer="asgd-nt", wdecay=1.2e-6, lr=30.0)
-    state = trainer.new_schedule(cfg)
+    cfg = dict(optimizer="asgd-nt", wdecay=1.2e-6, lr=30.0, nonmono=5, patience=20, anneal=3.0, min_lr=0.1)
+    state = Schedule(cfg)
     opt = trainer.make_optimizer(cfg, state, model.parameters(), torch.device("cpu"))
     assert type(opt) is torch.optim.SGD and opt.defaults["weight_decay"] == 1.2e-6
-    state["averaging"] = True
+    state.averaging = True
     opt = trainer.make_optimizer(cfg, state, model.parameters(), torch.device("cpu"))
     assert type(opt) is torch.optim.ASGD and opt.defaults["t0"] == 0 and opt.defaults["lambd"] == 0
-    assert trainer.new_schedule(dict(cfg, optimizer="asgd"))["averaging"]
+    assert Schedule(dict(cfg, optimizer="asgd")).averaging
 
 
 # --- evaluation ----------------------------------------------------------------------------------
