@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data import Corpus
 from model import RNNModel
-from utils import UserError, atomic_torch_save
+from utils import UserError, atomic_torch_save, get_device
 
 FORMAT = "fraternal-dropout-checkpoint-v1"
 
@@ -130,6 +131,17 @@ def model_from_checkpoint(blob, device):
                         f"use an intact checkpoint written by main.py") from None
     load_weights(model, blob)
     return model.to(device)
+
+
+def open_checkpoint(path, data=None, device="auto"):
+    """What every evaluation tool starts from: the checkpoint, the corpus it was trained on (``data``
+    overrides the recorded folder, whose vocabulary must then be the same) and its model on ``device``."""
+    blob = load_checkpoint(path)
+    device = get_device(device)
+    data = data or blob["config"]["data"]
+    corpus = Corpus(data)
+    check_vocab(blob, corpus.dictionary, path, data)
+    return blob, corpus, model_from_checkpoint(blob, device), device
 
 
 def rng_state():

@@ -6,9 +6,10 @@ give, so an explicit flag always wins and ``--help`` can show each preset's valu
 import argparse
 import math
 import os
+from typing import Optional, TypedDict, get_type_hints
 
 from checkpoint import run_paths, sidecar
-from fraternal import VARIANTS
+from fraternal import PENALTIES, VARIANTS
 from utils import UserError, check_device_name
 
 PRESETS = {
@@ -62,23 +63,49 @@ def kappa_defaults():
                      for name, v in VARIANTS.items())
 
 
+def add_flags(group, specs, table=PRESETS):
+    """Flags given as (name, type, help); with a ``table``, the help ends with each preset's value."""
+    for name, kind, text in specs:
+        group.add_argument(f"--{name}", type=kind, help=f"{text} ({per_preset(name, table)})" if table else text)
+
+
+MODEL_FLAGS = [
+    ("emsize", int, "word embedding size"), ("nhid", int, "hidden units per LSTM layer"),
+    ("nlayers", int, "number of LSTM layers"), ("dropout", float, "dropout on the last layer's output"),
+    ("dropouth", float, "dropout between LSTM layers"), ("dropouti", float, "dropout on the embedding output"),
+    ("dropoute", float, "dropout of whole embedding rows"), ("wdrop", float, "DropConnect on every W_hh")]
+OPTIMIZATION_FLAGS = [
+    ("lr", float, "initial learning rate"), ("clip", float, "gradient norm clipping"),
+    ("wdecay", float, "weight decay"), ("epochs", int, "upper epoch limit"),
+    ("batch_size", int, "training batch size"), ("bptt", int, "base sequence length"),
+    ("max_seq_len", int, "cap on the drawn sequence length, 0 for none"),
+    ("reset_hidden_prob", float, "probability of zeroing the hidden state before a batch"),
+    ("nonmono", int, "non-monotone interval of NT-ASGD"),
+    ("patience", int, "sgd-anneal: epochs without a new best before annealing"),
+    ("anneal", float, "sgd-anneal: divide lr by this"), ("min_lr", float, "sgd-anneal: stop once lr falls below"),
+    ("seed", int, "random seed")]
+EVAL_BATCH_FLAGS = [("eval_batch_size", int, "validation batch size (10)"), ("test_batch_size", int, "test batch size (1)")]
+
+
 def add_model_args(p):
-    """Architecture and dropout flags, shared by training, fine-tuning and evaluation."""
+    """Architecture and dropout flags."""
     g = p.add_argument_group("model (default: the preset's value)")
-    g.add_argument("--emsize", type=int, help=f"word embedding size ({per_preset('emsize')})")
-    g.add_argument("--nhid", type=int, help=f"hidden units per LSTM layer ({per_preset('nhid')})")
-    g.add_argument("--nlayers", type=int, help=f"number of LSTM layers ({per_preset('nlayers')})")
-    g.add_argument("--dropout", type=float, help=f"dropout on the last layer's output ({per_preset('dropout')})")
-    g.add_argument("--dropouth", type=float, help=f"dropout between LSTM layers ({per_preset('dropouth')})")
-    g.add_argument("--dropouti", type=float, help=f"dropout on the embedding output ({per_preset('dropouti')})")
-    g.add_argument("--dropoute", type=float, help=f"dropout of whole embedding rows ({per_preset('dropoute')})")
-    g.add_argument("--wdrop", type=float, help=f"DropConnect on every W_hh ({per_preset('wdrop')})")
+    add_flags(g, MODEL_FLAGS)
     g.add_argument("--locked", action=argparse.BooleanOptionalAction,
                    help=f"one dropout mask per sequence, reused over time; --no-locked draws full-shape masks "
                         f"({per_preset('locked')})")
     g.add_argument("--tied", action=argparse.BooleanOptionalAction,
                    help=f"tie embedding and softmax weights ({per_preset('tied')})")
     return g
+
+
+def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)"):
+    """The command line every tool that reads a checkpoint starts from."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p
 
 
 def add_run_args(p):
@@ -129,24 +156,8 @@ def build_train_parser():
                         "(reloading the best model), stop below --min_lr; asgd-nt: SGD switching to averaged "
                         "SGD by the non-monotone rule; sgd: plain SGD; asgd: averaged SGD from the start, "
                         f"stopping by the non-monotone rule; adam ({per_preset('optimizer')})")
-    g.add_argument("--lr", type=float, help=f"initial learning rate ({per_preset('lr')})")
-    g.add_argument("--clip", type=float, help=f"gradient norm clipping ({per_preset('clip')})")
-    g.add_argument("--wdecay", type=float, help=f"weight decay ({per_preset('wdecay')})")
-    g.add_argument("--epochs", type=int, help=f"upper epoch limit ({per_preset('epochs')})")
-    g.add_argument("--batch_size", type=int, help=f"training batch size ({per_preset('batch_size')})")
-    g.add_argument("--bptt", type=int, help=f"base sequence length ({per_preset('bptt')})")
-    g.add_argument("--max_seq_len", type=int,
-                   help=f"cap on the drawn sequence length, 0 for none ({per_preset('max_seq_len')})")
-    g.add_argument("--reset_hidden_prob", type=float,
-                   help=f"probability of zeroing the hidden state before a batch ({per_preset('reset_hidden_prob')})")
-    g.add_argument("--nonmono", type=int, help=f"non-monotone interval of NT-ASGD ({per_preset('nonmono')})")
-    g.add_argument("--patience", type=int,
-                   help=f"sgd-anneal: epochs without a new best before annealing ({per_preset('patience')})")
-    g.add_argument("--anneal", type=float, help=f"sgd-anneal: divide lr by this ({per_preset('anneal')})")
-    g.add_argument("--min_lr", type=float, help=f"sgd-anneal: stop once lr falls below ({per_preset('min_lr')})")
-    g.add_argument("--seed", type=int, help=f"random seed ({per_preset('seed')})")
-    g.add_argument("--eval_batch_size", type=int, help="validation batch size (10)")
-    g.add_argument("--test_batch_size", type=int, help="test batch size (1)")
+    add_flags(g, OPTIMIZATION_FLAGS)
+    add_flags(g, EVAL_BATCH_FLAGS, table=None)
     g = add_run_args(p)
     g.add_argument("--save", help="best-model checkpoint (default runs/<preset>_<model>.pt); metrics, final "
                                   "results and the resume checkpoint are written beside it")
@@ -257,7 +268,8 @@ def _resume_config(flags, blob):
             raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
                             f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
         cfg[key] = value
-    cfg.setdefault("checkpoint_every", 0.0)
+    for key, value in (("checkpoint_every", 0.0), ("fused_loss", True), ("batch_passes", True)):
+        cfg.setdefault(key, value)  # settings added since older checkpoints were written
     if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
         cfg["save"] = None
@@ -277,16 +289,70 @@ def check_train_config(cfg, given):
     validate(cfg)
 
 
+class RunConfig(TypedDict, total=False):
+    """Every setting of a run and its type: what ``build_config`` returns, ``validate`` checks and every
+    checkpoint stores (a plain dict, so checkpoints load with ``weights_only=True``)."""
+    preset: str  # a key of PRESETS
+    model: str  # a key of fraternal.VARIANTS
+    data: str  # corpus folder
+    save: Optional[str]  # best-model checkpoint, absolute; None for a dry run's temporary folder
+    # model
+    emsize: int
+    nhid: int
+    nlayers: int
+    dropout: float
+    dropouth: float
+    dropouti: float
+    dropoute: float
+    wdrop: float
+    locked: bool  # one mask per sequence (3-layer) or full-shape masks (single-layer)
+    tied: bool
+    # regularizer
+    kappa: float
+    double_target: bool
+    eval_auxiliary: bool
+    penalty: str  # a key of fraternal.PENALTIES
+    same_mask: str  # sites of pass 1's masks that pass 2 reuses, a subset of "eihwo"
+    batch_passes: bool
+    fused_loss: bool
+    alpha: float
+    beta: float
+    # optimization
+    optimizer: str  # one of OPTIMIZERS
+    lr: float
+    clip: float
+    wdecay: float
+    epochs: int
+    batch_size: int
+    bptt: int
+    max_seq_len: int  # 0 for no cap
+    reset_hidden_prob: float
+    nonmono: int
+    patience: int
+    anneal: float
+    min_lr: float
+    seed: int
+    eval_batch_size: int
+    test_batch_size: int
+    # running
+    device: str
+    log_interval: int
+    checkpoint_every: float  # minutes; 0 for no mid-epoch resume points
+    dry_run: bool
+    # fine-tuning only
+    stage: str
+    finetuned_from: str
+
+
+OPTIONAL = ("stage", "finetuned_from")
+
+
 POSITIVE_INT = ("emsize", "nhid", "nlayers", "batch_size", "bptt", "epochs", "eval_batch_size", "test_batch_size",
                 "log_interval", "nonmono", "patience")
 POSITIVE = ("lr", "clip", "anneal")
 NON_NEGATIVE = ("kappa", "alpha", "beta", "wdecay", "min_lr", "checkpoint_every")
 PROBABILITY = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "reset_hidden_prob")
 SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
-REQUIRED = POSITIVE_INT + POSITIVE + ("kappa", "alpha", "beta", "wdecay", "min_lr") + PROBABILITY + (
-    "seed", "max_seq_len", "device", "eval_auxiliary", "double_target", "same_mask", "optimizer", "data", "save",
-    "dry_run", "tied", "locked", "penalty")
-
 
 def check_numbers(values, positive_ints=(), optional_positive_ints=(), non_negative_ints=()):
     """Numeric flags of the evaluation tools (which build no training configuration)."""
@@ -301,16 +367,35 @@ def check_numbers(values, positive_ints=(), optional_positive_ints=(), non_negat
             raise UserError(f"--{key} must be >= 0, got {values[key]}")
 
 
+def _has_type(value, kind):
+    if kind is Optional[str]:
+        return value is None or isinstance(value, str)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def validate(cfg):
     """Every value of a run's configuration, for every entry point (training, fine-tuning, resume):
     the one place where a bad setting becomes a one-line error before any work."""
     def bad(key, rule):
         raise UserError(f"--{key} must be {rule}, got {cfg[key]}")
 
-    missing = [k for k in REQUIRED if k not in cfg]
+    missing = [k for k in RunConfig.__annotations__ if k not in cfg and k not in OPTIONAL]
     if missing:
         raise UserError(f"the run's configuration lacks {', '.join(missing)} (a damaged or hand-made checkpoint?): "
                         f"use a checkpoint written by main.py or finetune.py")
+    for key, kind in get_type_hints(RunConfig).items():
+        if key in cfg and not _has_type(cfg[key], kind):
+            raise UserError(f"--{key} must be of type {getattr(kind, '__name__', kind)}, got {cfg[key]!r}")
+    for key, allowed in (("preset", PRESETS), ("model", VARIANTS), ("optimizer", OPTIMIZERS),
+                         ("penalty", PENALTIES)):
+        if cfg[key] not in allowed:
+            raise UserError(f"--{key} {cfg[key]!r} is unknown: choose from {', '.join(allowed)}")
+    if set(cfg["same_mask"]) - set(MASK_SITES):
+        raise UserError(f"unknown mask sites {cfg['same_mask']!r}: a subset of {''.join(MASK_SITES)}")
 
     for key in POSITIVE_INT:
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0:

@@ -4,21 +4,17 @@ checkpoint alone; optionally train perplexity, Monte Carlo dropout and the mask 
     python evaluate.py --save runs/awd-ptb_FD.pt
     python evaluate.py --save runs/single_FD.pt --mc 50 --mask_variance --json
 """
-import argparse
 import json
 
-from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
-from config import DROPOUT_FLAGS, check_numbers
-from data import Corpus, batchify, check_split_sizes
+from checkpoint import open_checkpoint
+from config import DROPOUT_FLAGS, check_numbers, tool_parser
+from data import batchify, check_split_sizes
 from mc_dropout import mask_variance, mc_evaluate
 from trainer import evaluate, ppl
-from utils import UserError, check_device_name, get_device, run_cli, set_seed
+from utils import UserError, check_device_name, run_cli, set_seed
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
-    p.add_argument("--data", help="corpus folder (default: the one recorded in the checkpoint)")
+    p = tool_parser(__doc__)
     p.add_argument("--bptt", type=int, help="sequence length of evaluation windows (default: the run's)")
     p.add_argument("--eval_batch_size", type=int, default=10, help="validation batch size")
     p.add_argument("--test_batch_size", type=int, default=1, help="test batch size")
@@ -33,7 +29,6 @@ def build_parser():
     for name in DROPOUT_FLAGS:
         p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the checkpoint's)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return p
 
@@ -47,15 +42,10 @@ def main(argv=None):
         v = getattr(args, k)
         if v is not None and not 0.0 <= v < 1.0:
             raise UserError(f"--{k} must be in [0, 1), got {v}")
-    blob = load_checkpoint(args.save)
-    cfg = blob["config"]
-    device = get_device(args.device)
-    data = args.data or cfg["data"]
-    corpus = Corpus(data)
-    check_vocab(blob, corpus.dictionary, args.save, data)
+    blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
+    cfg, data = blob["config"], corpus.path
     check_split_sizes(corpus, {"batch_size": 1, "eval_batch_size": args.eval_batch_size,
                                "test_batch_size": args.test_batch_size})
-    model = model_from_checkpoint(blob, device)
     rates = {k: getattr(args, k) for k in DROPOUT_FLAGS if getattr(args, k) is not None}
     model.set_dropout(**rates)
     bptt = args.bptt or cfg["bptt"]

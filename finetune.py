@@ -10,8 +10,9 @@ checkpoint is only read; the result goes to --out, evaluated on validation and t
 """
 import argparse
 
+import distributed
 from checkpoint import load_checkpoint
-from config import DROPOUT_FLAGS, FINETUNE, add_run_args, build_config, per_preset
+from config import DROPOUT_FLAGS, EVAL_BATCH_FLAGS, FINETUNE, add_flags, add_run_args, build_config
 from trainer import run
 from utils import UserError, run_cli
 
@@ -23,19 +24,15 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
     p.add_argument("--data", help="corpus folder (default: the one recorded in the checkpoint)")
     g = p.add_argument_group("fine-tuning (defaults: the reference's fine-tuning row)")
-    g.add_argument("--batch_size", type=int, help=f"batch size ({per_preset('batch_size', FINETUNE)})")
-    g.add_argument("--epochs", type=int, help=f"upper epoch limit ({per_preset('epochs', FINETUNE)})")
-    g.add_argument("--seed", type=int, help=f"random seed ({per_preset('seed', FINETUNE)})")
-    g.add_argument("--alpha", type=float, help="AR weight (2)")
-    g.add_argument("--beta", type=float, help="TAR weight (1)")
-    g.add_argument("--nonmono", type=int, help="stop once the averaged validation loss breaks the "
-                                               "non-monotone rule over this many epochs (5)")
-    g.add_argument("--lr", type=float, help="learning rate of averaged SGD (the training run's, 30)")
-    g.add_argument("--clip", type=float, help="gradient norm clipping (the training run's)")
-    g.add_argument("--wdecay", type=float, help="weight decay (the training run's)")
-    g.add_argument("--bptt", type=int, help="base sequence length (the training run's)")
-    g.add_argument("--eval_batch_size", type=int, help="validation batch size (10)")
-    g.add_argument("--test_batch_size", type=int, help="test batch size (1)")
+    add_flags(g, [("batch_size", int, "batch size"), ("epochs", int, "upper epoch limit"),
+                  ("seed", int, "random seed")], FINETUNE)
+    add_flags(g, [("alpha", float, "AR weight (2)"), ("beta", float, "TAR weight (1)"),
+                  ("nonmono", int, "stop once the averaged validation loss breaks the non-monotone rule over this "
+                                   "many epochs (5)"),
+                  ("lr", float, "learning rate of averaged SGD (the training run's, 30)"),
+                  ("clip", float, "gradient norm clipping (the training run's)"),
+                  ("wdecay", float, "weight decay (the training run's)"),
+                  ("bptt", int, "base sequence length (the training run's)"), *EVAL_BATCH_FLAGS], table=None)
     for name in DROPOUT_FLAGS:
         g.add_argument(f"--{name}", type=float, help=f"override the checkpoint's {name} rate")
     g = add_run_args(p)
@@ -50,12 +47,15 @@ def main(argv=None):
         if args.save or args.out:
             raise UserError("--resume continues a fine-tuning run with its saved paths: drop --save / --out")
         blob = load_checkpoint(args.resume, "resume")
-        return run(build_config(vars(args), "resume", blob), "fine-tuning", resume=blob)
+        cfg = build_config(vars(args), "resume", blob)
+        with distributed.session(cfg):
+            return run(cfg, "fine-tuning", resume=blob)
     if not args.save:
         raise UserError("name the trained checkpoint to fine-tune with --save PATH")
     source = load_checkpoint(args.save, "best")
-    return run(build_config(vars(args), "finetune", source["config"]), "fine-tuning", source=source,
-               overwrite=args.overwrite)
+    cfg = build_config(vars(args), "finetune", source["config"])
+    with distributed.session(cfg):
+        return run(cfg, "fine-tuning", source=source, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fused_loss import decoder_loss
-from model import first_copy, tile_hidden
+from model import Features, Masks, first_copy, tile_hidden
 
 
 def mse_penalty(logits1, logits2):
@@ -111,28 +111,26 @@ def fraternal_penalty(logits1, logits2, kind="mse"):
 
 
 def _two_passes(model, data, hidden, reg):
-    """Pass 1 (with its hidden state and per-layer outputs) and pass 2's output, or None."""
+    """Pass 1's features (hidden state, per-layer outputs) and pass 2's decoder input, or None."""
     if not reg.second_pass:
-        out1, hidden1, raw, dropped = model(data, hidden, return_h=True, decode=False)
-        return out1, None, hidden1, raw, dropped
+        return model.features(data, hidden), None
     if reg.batched:
         # One forward of twice the batch: the shared W_hh mask lets both halves go through one
         # LSTM kernel call; every other site gives each half its own mask unless it is shared too.
         B = data.size(1)
-        out, hid, raw, dropped = model(data.repeat(1, 2), tile_hidden(hidden, 2), return_h=True, copies=2,
-                                       share=tuple(reg.same_mask), decode=False)
-        return (out[:, :B], out[:, B:], first_copy(hid, 2), [r[:, :B] for r in raw],
-                [d[:, :B] for d in dropped])
-    out1, hidden1, raw, dropped = model(data, hidden, return_h=True, decode=False)
+        f = model.features(data.repeat(1, 2), tile_hidden(hidden, 2), Masks(copies=2, share=reg.same_mask))
+        first = Features(first_copy(f.hidden, 2), [r[:, :B] for r in f.raw_outputs], [o[:, :B] for o in f.outputs])
+        return first, f.outputs[-1][:, B:]
+    first = model.features(data, hidden)
     if reg.eval_auxiliary:
         model.eval()
         try:
-            out2, _ = model(data, hidden, decode=False)
+            second = model.features(data, hidden)
         finally:
             model.train()
     else:
-        out2, _ = model(data, hidden, reuse=tuple(reg.same_mask), decode=False)
-    return out1, out2, hidden1, raw, dropped
+        second = model.features(data, hidden, Masks(reuse=reg.same_mask))
+    return first, second.outputs[-1]
 
 
 def fraternal_loss(model, data, targets, hidden, reg):
@@ -143,7 +141,8 @@ def fraternal_loss(model, data, targets, hidden, reg):
     with (w1, w2) = (1/2, 1/2) for a double target, else (1, 0).  ``reg.fused`` computes the same
     values with the decoder and every loss in cache-sized chunks (fused_loss.py; a test holds the
     two equal), far less memory traffic than the plain code below."""
-    out1, out2, hidden1, raw_outputs, outputs = _two_passes(model, data, hidden, reg)
+    first, out2 = _two_passes(model, data, hidden, reg)
+    out1, raw_outputs, outputs = first.outputs[-1], first.raw_outputs, first.outputs
     w1, w2 = (0.5, 0.5) if reg.double_target else (1.0, 0.0)
     kappa = reg.kappa if out2 is not None else 0.0
     flat = lambda t: t.reshape(-1, t.size(-1))  # noqa: E731
@@ -165,4 +164,4 @@ def fraternal_loss(model, data, targets, hidden, reg):
     if reg.beta:
         raw = raw_outputs[-1]
         loss = loss + reg.beta * (raw[1:] - raw[:-1]).pow(2).mean()
-    return LossOutput(loss, ce1, penalty, hidden1)
+    return LossOutput(loss, ce1, penalty, first.hidden)

@@ -8,7 +8,6 @@ after an '<eos>', i.e. at the start of a sentence; every sampled '<eos>' becomes
     python generate.py --save runs/awd-ptb_FD.pt --words 200 --temperature 0.8 --seed 1
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -17,22 +16,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
-from data import Corpus
-from utils import UserError, get_device, run_cli
+from checkpoint import open_checkpoint
+from config import tool_parser
+from utils import UserError, run_cli
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
-    p.add_argument("--data", help="corpus folder, for its vocabulary (default: the one recorded in the checkpoint)")
+    p = tool_parser(__doc__, "corpus folder, for its vocabulary (default: the one recorded in the checkpoint)")
     p.add_argument("--words", type=int, default=1000, help="number of words to sample, '<eos>' included")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits: lower is more conservative")
     p.add_argument("--seed", type=int, default=1111, help="seed of the sampler")
     p.add_argument("--outf", help="file to write the text to (default: standard output)")
     p.add_argument("--overwrite", action="store_true", help="allow --outf to replace an existing file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
 
 
@@ -97,12 +92,7 @@ def to_text(words):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    blob = load_checkpoint(args.save)
-    device = get_device(args.device)
-    data = args.data or blob["config"]["data"]
-    corpus = Corpus(data)
-    check_vocab(blob, corpus.dictionary, args.save, data)
-    model = model_from_checkpoint(blob, device)
+    _, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
     out, tmp = open_output(args.outf) if args.outf else (sys.stdout, None)
     try:
         text = to_text(sample(model, corpus.dictionary, args.words, args.temperature, args.seed, device))

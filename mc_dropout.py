@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from data import count_windows, windows
-from model import first_copy, tile_hidden
+from model import Masks, first_copy, tile_hidden
 
 
 def mc_cross_entropy(target_logprobs):
@@ -42,7 +42,7 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
             T = data.size(0)
             per_sample = []
             for k, c in enumerate(sizes):
-                logits, hiddens[k] = model(data.repeat(1, c), hiddens[k], copies=c)
+                logits, hiddens[k] = model(data.repeat(1, c), hiddens[k], Masks(copies=c))
                 tgt = targets.view(T, 1, batch_size).expand(T, c, batch_size).reshape(T, c * batch_size, 1)
                 logp = logits.gather(-1, tgt).squeeze(-1) - torch.logsumexp(logits, dim=-1)
                 per_sample.append(logp.view(T, c, batch_size).transpose(0, 1).reshape(c, -1))
@@ -61,7 +61,7 @@ def mask_variance(model, source, bptt, batch_size, max_batches=None):
     total, count = torch.zeros((), device=source.device), 0
     try:
         for data, _ in windows(source, bptt, max_batches):
-            logits, pair_hidden = model(data.repeat(1, 2), tile_hidden(hidden, 2), copies=2)
+            logits, pair_hidden = model(data.repeat(1, 2), tile_hidden(hidden, 2), Masks(copies=2))
             diff = logits[:, :batch_size] - logits[:, batch_size:]
             total += diff.pow(2).sum()
             count += diff.numel()

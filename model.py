@@ -5,11 +5,13 @@ One ``RNNModel`` builds both setups of the paper:
 - 3-layer AWD-LSTM: 400 / 1150 / 3 layers, the last layer sized to the embedding for weight tying,
   locked dropout between layers, DropConnect on every layer's W_hh.
 
-Every dropout site keeps its last mask, so a second pass can reuse it (``reuse``), and a batch can
-stack several copies of itself with independent or shared masks (``copies`` / ``share``): that is
-how fraternal dropout's two passes, MC dropout and the mask-variance measure run batched.
+Every dropout site keeps its last mask, so a second pass can reuse it, and a batch can stack several
+copies of itself with independent or shared masks (``Masks``): that is how fraternal dropout's two
+passes, MC dropout and the mask-variance measure run batched.
 Sites: ``e`` embedding rows, ``i`` embedding output, ``h`` between layers, ``w`` W_hh, ``o`` output.
 """
+from typing import NamedTuple
+
 import torch.nn as nn
 
 from embed_regularize import EmbeddingDropout
@@ -17,6 +19,21 @@ from locked_dropout import LockedDropout
 from weight_drop import WeightDropLSTM
 
 SITES = ("e", "i", "h", "w", "o")
+
+
+class Masks(NamedTuple):
+    """How one forward draws its dropout masks.  The batch stacks ``copies`` copies of one batch, each
+    drawing its own masks except at the sites in ``share`` (one mask for all copies); the sites in
+    ``reuse`` apply the previous forward's masks instead of drawing (fraternal dropout's same_mask)."""
+    copies: int = 1
+    share: str = ""
+    reuse: str = ""
+
+
+class Features(NamedTuple):
+    hidden: list  # each layer's final (h, c)
+    raw_outputs: list  # each layer's output before dropout
+    outputs: list  # each layer's output after dropout
 
 
 class RNNModel(nn.Module):
@@ -65,17 +82,13 @@ class RNNModel(nn.Module):
         return [(w.new_zeros(1, bsz, rnn.hidden_size), w.new_zeros(1, bsz, rnn.hidden_size))
                 for rnn in self.rnns]
 
-    def forward(self, input, hidden, return_h=False, copies=1, share=(), reuse=(), decode=True):
-        """input (seq_len, batch) -> logits (seq_len, batch, ntoken) before softmax, new hidden.
-        With ``decode=False`` the last dropped output (seq_len, batch, emsize) instead of the logits,
-        for a loss that applies the decoder itself (fused_loss.py).
+    def features(self, input, hidden, masks=None):
+        """input (seq_len, batch) -> each layer's outputs before and after dropout, new hidden state.
+        ``outputs[-1]`` is what the decoder reads (and AR penalizes); ``raw_outputs[-1]`` what TAR does."""
+        masks = masks or Masks()
 
-        ``reuse``: sites that apply the previous forward's mask.  ``copies`` > 1: the batch stacks
-        that many copies of one batch; sites in ``share`` give all copies one mask, the others draw
-        one per copy.  With ``return_h`` also each layer's raw and dropped outputs (for AR / TAR).
-        """
         def kw(site):
-            return dict(copies=copies, share=site in share, reuse=site in reuse)
+            return dict(copies=masks.copies, share=site in masks.share, reuse=site in masks.reuse)
 
         emb = self.embedding_dropout(self.encoder.weight, input, **kw("e"))
         output = self.input_dropout(emb, **kw("i"))
@@ -87,12 +100,13 @@ class RNNModel(nn.Module):
             if l != self.nlayers - 1:
                 output = self.hidden_dropouts[l](output, **kw("h"))
                 outputs.append(output)
-        output = self.output_dropout(output, **kw("o"))
-        outputs.append(output)
-        logits = self.decoder(output) if decode else output
-        if return_h:
-            return logits, new_hidden, raw_outputs, outputs
-        return logits, new_hidden
+        outputs.append(self.output_dropout(output, **kw("o")))
+        return Features(new_hidden, raw_outputs, outputs)
+
+    def forward(self, input, hidden, masks=None):
+        """input (seq_len, batch) -> logits (seq_len, batch, ntoken) before softmax, new hidden state."""
+        f = self.features(input, hidden, masks)
+        return self.decoder(f.outputs[-1]), f.hidden
 
 
 def tile_hidden(hidden, copies):

@@ -14,7 +14,6 @@ After fine-tuning, on a GPU:
     python pointer.py --save runs/awd-ptb_FD.finetune.pt    # PTB defaults: window 500, theta 1.0, lambdasm 0.1
     python pointer.py --save runs/awd-wt2_FD.finetune.pt    # WT2 defaults: window 3785, theta 0.662, lambdasm 0.1279
 """
-import argparse
 import json
 import math
 from pathlib import Path
@@ -22,10 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import check_vocab, load_checkpoint, model_from_checkpoint
-from data import Corpus, batchify, count_windows, windows
+from checkpoint import open_checkpoint
+from config import tool_parser
+from data import batchify, count_windows, windows
 from trainer import ppl
-from utils import UserError, get_device, run_cli
+from utils import UserError, run_cli
 
 # The awd-lstm-lm README's pointer commands (salesforce/awd-lstm-lm, "Finally, run the pointer").
 DEFAULTS = {
@@ -35,17 +35,13 @@ DEFAULTS = {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
-    p.add_argument("--data", help="corpus folder (default: the one recorded in the checkpoint)")
+    p = tool_parser(__doc__)
     p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, WT2 3785)")
     p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
     p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture, 0 = model alone "
                                                   "(PTB 0.1, WT2 0.1279)")
     p.add_argument("--bptt", type=int, help="tokens per forward; memory only, same result (PTB 5000, WT2 2000)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many --bptt chunks of each split (quick checks)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return p
 
@@ -100,7 +96,8 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
     plain, mixed = [], []
     for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
                               desc="cache pointer", unit="chunk", leave=False, disable=None):
-        logits, hidden, _, dropped = model(data, hidden, return_h=True)
+        hidden, _, dropped = model.features(data, hidden)
+        logits = model.decoder(dropped[-1])
         h = dropped[-1].view(-1, dropped[-1].size(-1)).float()   # eval mode: the last layer's output
         flat = logits.view(-1, model.ntoken).float()
         vocab = flat.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(flat, 1)   # log p_vocab(target)
@@ -116,15 +113,10 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    blob = load_checkpoint(args.save)
-    cfg = blob["config"]
-    device = get_device(args.device)
-    data = args.data or cfg["data"]
-    corpus = Corpus(data)
-    check_vocab(blob, corpus.dictionary, args.save, data)
+    blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
+    cfg, data = blob["config"], args.data or blob["config"]["data"]
     which = corpus_of(cfg, data)
     opts = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in DEFAULTS[which].items()}
-    model = model_from_checkpoint(blob, device)
     print(f"| cache pointer | window {opts['window']} | theta {opts['theta']} | lambdasm {opts['lambdasm']} | "
           f"bptt {opts['bptt']} | defaults: {which} |")
     results = {"checkpoint": args.save, "data": str(data), **opts}

@@ -12,8 +12,8 @@ import evaluate as evaluate_cli
 import finetune as finetune_cli
 import main as main_cli
 import trainer
-from config import build_config, build_train_parser, resolve_train_config
-from utils import UserError, atomic_torch_save
+from config import build_config
+from utils import atomic_torch_save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,62 +160,6 @@ def test_atomic_write_leaves_the_previous_file_when_interrupted(tmp_path):
         atomic_torch_save({"v": 2, "x": torch.zeros(1000), "boom": Boom()}, target)
     assert torch.load(target, weights_only=True) == {"v": 1}
     assert os.listdir(tmp_path) == ["ckpt.pt"]
-
-
-# --- configuration ---------------------------------------------------------------------------------
-
-def test_preset_fills_unset_flags_and_explicit_flags_win():
-    parse = build_train_parser().parse_args
-    cfg = resolve_train_config(parse(["--preset", "awd-wt2", "--dropouti", "0.5"]))
-    assert (cfg["batch_size"], cfg["dropouth"], cfg["dropouti"], cfg["kappa"]) == (40, 0.2, 0.5, 0.1)
-    assert cfg["data"] == "data/wikitext-2" and cfg["optimizer"] == "asgd-nt" and cfg["nonmono"] == 60
-    cfg = resolve_train_config(parse([]))
-    assert (cfg["preset"], cfg["model"], cfg["kappa"], cfg["emsize"], cfg["locked"]) == ("single", "FD", 0.15, 655, False)
-    assert (cfg["max_seq_len"], cfg["reset_hidden_prob"], cfg["optimizer"]) == (45, 0.01, "sgd-anneal")
-    eld = resolve_train_config(parse(["--model", "ELD"]))
-    assert (eld["kappa"], eld["eval_auxiliary"], eld["double_target"]) == (0.25, True, False)
-    pm = resolve_train_config(parse(["--model", "PM", "--kappa", "0.3", "--same_mask_w"]))
-    assert (pm["kappa"], pm["double_target"], pm["same_mask"]) == (0.3, False, "w")
-    rd = resolve_train_config(parse(["--model", "RD"]))
-    assert (rd["kappa"], rd["penalty"], rd["double_target"]) == (1.0, "kl", True)
-
-
-def test_merity_presets_are_awd_lstm_own_recipe():
-    """The "AWD-LSTM without FD" rows: AR 2, TAR 1, nonmono 5, bf0742c's README values, PTB batch 40."""
-    parse = build_train_parser().parse_args
-    ptb = resolve_train_config(parse(["--preset", "merity-ptb", "--model", "baseline"]))
-    wt2 = resolve_train_config(parse(["--preset", "merity-wt2", "--model", "baseline"]))
-    for cfg in (ptb, wt2):
-        assert (cfg["alpha"], cfg["beta"], cfg["nonmono"], cfg["optimizer"], cfg["kappa"]) == (2.0, 1.0, 5, "asgd-nt", 0.0)
-        assert (cfg["emsize"], cfg["nhid"], cfg["nlayers"], cfg["dropout"], cfg["dropoute"], cfg["wdrop"]) == \
-            (400, 1150, 3, 0.4, 0.1, 0.5)
-        assert cfg["max_seq_len"] == 0 and cfg["lr"] == 30.0 and cfg["clip"] == 0.25
-    assert (ptb["data"], ptb["batch_size"], ptb["dropouth"], ptb["dropouti"], ptb["seed"], ptb["epochs"]) == \
-        ("data/penn", 40, 0.25, 0.4, 141, 500)
-    assert (wt2["data"], wt2["batch_size"], wt2["dropouth"], wt2["dropouti"], wt2["seed"], wt2["epochs"]) == \
-        ("data/wikitext-2", 80, 0.2, 0.65, 1882, 750)
-    fd = resolve_train_config(parse(["--preset", "merity-ptb", "--model", "FD", "--kappa", "0"]))
-    assert fd["kappa"] == 0.0 and fd["double_target"]  # kappa 0 is kept: two passes, no penalty
-
-
-def test_help_lists_per_preset_defaults():
-    text = "".join(build_train_parser().format_help().split())  # immune to line wrapping
-    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400;merity-ptb:400;merity-wt2:400)" in text
-    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65;merity-ptb:0.4;merity-wt2:0.65)" in text
-    assert "--same_mask_w" in text and "--nonmono" in text and "--kappa" in text and "--wdrop" in text
-
-
-@pytest.mark.parametrize("argv, needle", [
-    (["--model", "baseline", "--kappa", "0.2"], "--kappa 0.2"),
-    (["--model", "baseline", "--same_mask_w"], "--same_mask_w"),
-    (["--model", "ELD", "--same_mask_i"], "--eval_auxiliary"),
-    (["--same_mask_h"], "2 layers"),
-    (["--dropout", "1.0"], "--dropout"),
-    (["--kappa", "-1"], "--kappa"),
-])
-def test_contradictory_flags_are_refused(argv, needle):
-    with pytest.raises(UserError, match=needle.replace("-", r"\-")):
-        resolve_train_config(build_train_parser().parse_args(argv))
 
 
 # --- user errors as the user sees them ------------------------------------------------------------

@@ -17,6 +17,7 @@ import main as main_cli
 from checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from config import PRESETS, build_train_parser, resolve_train_config
 from fraternal import Regularizer, fraternal_loss
+from model import Masks
 from schedule import Schedule
 from trainer import make_optimizer
 from weight_drop import WeightDropLSTM
@@ -110,7 +111,7 @@ def test_two_forwards_one_backward_gives_the_cpu_gradients(model_name):
         else:
             for module, mask in recorded:
                 twin[module].mask = mask.cpu()
-            lg, _ = cpu(data, cpu.init_hidden(3), reuse=("e", "i", "h", "w", "o"))
+            lg, _ = cpu(data, cpu.init_hidden(3), Masks(reuse="eihwo"))
         logits.append(lg.view(-1, 50))
     ce = [F.cross_entropy(lg, targets) for lg in logits]
     target = (ce[0] + ce[1]) / 2 if reg.double_target else ce[0]

@@ -4,7 +4,7 @@ import torch
 
 from embed_regularize import EmbeddingDropout
 from locked_dropout import LockedDropout
-from model import SITES, RNNModel, first_copy, tile_hidden
+from model import SITES, Masks, RNNModel, first_copy, tile_hidden
 from weight_drop import WeightDropLSTM
 
 
@@ -105,7 +105,9 @@ def test_output_and_hidden_shapes(setup):
 
 def test_return_h_raw_and_dropped_outputs():
     model = small().train()
-    logits, hidden, raw, dropped = model(words(), model.init_hidden(BSZ), return_h=True)
+    inp = words()
+    hidden, raw, dropped = model.features(inp, model.init_hidden(BSZ))
+    logits, _ = model(inp, model.init_hidden(BSZ), Masks(reuse=SITES))  # forward = decoder(features)
     assert len(raw) == 3 and len(dropped) == 3
     assert [tuple(r.shape) for r in raw] == [(SEQ, BSZ, 24), (SEQ, BSZ, 24), (SEQ, BSZ, 16)]
     assert [tuple(d.shape) for d in dropped] == [(SEQ, BSZ, 24), (SEQ, BSZ, 24), (SEQ, BSZ, 16)]
@@ -116,7 +118,7 @@ def test_return_h_raw_and_dropped_outputs():
     assert torch.equal(raw[-1][-1:], hidden[-1][0])  # last raw output is the last layer's h
 
     single = RNNModel(V, **SETUPS["single-layer"]).train()
-    logits, hidden, raw, dropped = single(words(), single.init_hidden(BSZ), return_h=True)
+    hidden, raw, dropped = single.features(words(), single.init_hidden(BSZ))
     assert len(raw) == 1 and len(dropped) == 1
     assert torch.equal(dropped[0], raw[0] * single.output_dropout.mask)
 
@@ -189,7 +191,7 @@ def test_reuse_all_sites_reproduces_logits():
     model = small().train()
     inp, hidden = words(), random_hidden(model, BSZ)
     first, _ = model(inp, hidden)
-    same, _ = model(inp, hidden, reuse=SITES)
+    same, _ = model(inp, hidden, Masks(reuse=SITES))
     assert torch.equal(first, same)
     other, _ = model(inp, hidden)
     assert not torch.allclose(first, other, atol=1e-4)
@@ -202,7 +204,7 @@ def test_reuse_one_site(site):
     model(inp, hidden)
     before = site_masks(model)
     values = {s: [m.clone() for m in ms] for s, ms in before.items()}
-    model(inp, hidden, reuse=(site,))
+    model(inp, hidden, Masks(reuse=(site,)))
     after = site_masks(model)
     for s in SITES:
         for k, (old, new) in enumerate(zip(values[s], after[s])):
@@ -218,7 +220,7 @@ def test_reuse_single_layer_same_mask_flags():
     model = RNNModel(V, **SETUPS["single-layer"]).train()
     inp, hidden = words(), random_hidden(model, BSZ)
     first, _ = model(inp, hidden)
-    same, _ = model(inp, hidden, reuse=("e", "i", "w", "o"))
+    same, _ = model(inp, hidden, Masks(reuse="eiwo"))
     assert torch.equal(first, same)
 
 
@@ -228,7 +230,7 @@ def test_copies_shared_masks_give_identical_halves():
     model = small().train()
     inp = words()
     hidden = random_hidden(model, BSZ)
-    logits, new_hidden = model(torch.cat([inp, inp], 1), tile_hidden(hidden, 2), copies=2, share=SITES)
+    logits, new_hidden = model(torch.cat([inp, inp], 1), tile_hidden(hidden, 2), Masks(copies=2, share=SITES))
     assert logits.shape == (SEQ, 2 * BSZ, V)
     assert torch.allclose(logits[:, :BSZ], logits[:, BSZ:], atol=1e-6)
     for h, c in new_hidden:
@@ -242,7 +244,7 @@ def test_copies_independent_masks_give_different_halves():
     model = small().train()
     inp = words()
     hidden = random_hidden(model, BSZ)
-    logits, _ = model(torch.cat([inp, inp], 1), tile_hidden(hidden, 2), copies=2, share=())
+    logits, _ = model(torch.cat([inp, inp], 1), tile_hidden(hidden, 2), Masks(copies=2))
     assert not torch.allclose(logits[:, :BSZ], logits[:, BSZ:], atol=1e-4)
     assert tuple(model.embedding_dropout.mask.shape) == (2, V)
     assert all(r.mask.shape[0] == 2 for r in model.rnns)
@@ -254,7 +256,7 @@ def test_copies_share_one_site_only(site):
     model = small().train()
     inp = words()
     logits, _ = model(torch.cat([inp, inp], 1), tile_hidden(random_hidden(model, BSZ), 2),
-                      copies=2, share=(site,))
+                      Masks(copies=2, share=(site,)))
     assert not torch.allclose(logits[:, :BSZ], logits[:, BSZ:], atol=1e-4)
 
 

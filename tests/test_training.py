@@ -12,7 +12,7 @@ from schedule import Schedule
 from config import PRESETS
 from data import batchify
 from fraternal import VARIANTS, Regularizer, fraternal_loss, fraternal_penalty
-from model import RNNModel
+from model import Masks, RNNModel
 from mc_dropout import mc_cross_entropy
 
 V, T, B = 50, 7, 3
@@ -37,13 +37,14 @@ def ce(logits, targets):
 
 def reference_passes(model, data, hidden, second="train", reuse=()):
     """Replay the two passes by hand, drawing masks in the same order as fraternal_loss."""
-    l1, h1, raw, dropped = model(data, hidden, return_h=True)
+    f = model.features(data, hidden)
+    l1, h1, raw, dropped = model.decoder(f.outputs[-1]), f.hidden, f.raw_outputs, f.outputs
     if second == "eval":
         model.eval()
         l2, _ = model(data, hidden)
         model.train()
     else:
-        l2, _ = model(data, hidden, reuse=reuse)
+        l2, _ = model(data, hidden, Masks(reuse=reuse))
     return l1, l2, h1, raw, dropped
 
 
@@ -165,7 +166,7 @@ def test_eld_eval_pass_reaches_the_embedding_only_through_the_tied_decoder():
 def test_baseline_runs_one_pass_and_pi_model_without_kappa_skips_the_second():
     calls = []
     model, (data, targets) = tiny_model(), batch()
-    model.register_forward_hook(lambda *a: calls.append(1))
+    model.rnns[0].register_forward_hook(lambda *a: calls.append(1))  # once per pass
     fraternal_loss(model, data, targets, model.init_hidden(B), Regularizer())
     fraternal_loss(model, data, targets, model.init_hidden(B), Regularizer(kappa=0.0))
     assert len(calls) == 2
@@ -217,7 +218,8 @@ def test_batched_passes_equal_two_separate_passes_with_the_same_masks(same_mask)
     for k in range(2):
         for module in drawn:
             module.mask = half(module, k)
-        logits.append(model(data, hidden, return_h=True, reuse=tuple("eihwo")))
+        f = model.features(data, hidden, Masks(reuse="eihwo"))
+        logits.append((model.decoder(f.outputs[-1]), f.hidden, f.raw_outputs, f.outputs))
     (l1, h1, raw, dropped), (l2, _, _, _) = logits
     expected = ((ce(l1, targets) + ce(l2, targets)) / 2 + 0.3 * F.mse_loss(l1, l2)
                 + 0.5 * dropped[-1].pow(2).mean() + 0.5 * (raw[-1][1:] - raw[-1][:-1]).pow(2).mean())
@@ -251,7 +253,7 @@ def test_ar_on_dropped_output_and_tar_on_raw_output_of_the_last_layer():
     torch.manual_seed(9)
     plain = fraternal_loss(model, data, targets, hidden, Regularizer()).loss
     torch.manual_seed(9)
-    _, _, raw, dropped = model(data, hidden, return_h=True)
+    _, raw, dropped = model.features(data, hidden)
     torch.manual_seed(9)
     reg = fraternal_loss(model, data, targets, hidden, Regularizer(alpha=2.0, beta=1.5)).loss
     ar = dropped[-1].pow(2).mean()

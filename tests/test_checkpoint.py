@@ -1,0 +1,77 @@
+"""checkpoint.py: weights_only round trips, the run's file names, checks on load, RNG states."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import (FORMAT, build_model, load_checkpoint, load_weights, model_from_checkpoint, rng_state,
+                        run_paths, save_checkpoint, set_rng_state)
+from config import build_config, build_train_parser
+from utils import UserError
+
+VOCAB = {"size": 30, "sha256": "0" * 64}
+
+
+def small_config():
+    return build_config(vars(build_train_parser().parse_args(
+        ["--preset", "awd-ptb", "--emsize", "8", "--nhid", "12", "--nlayers", "2", "--save", "/tmp/x/m.pt"])))
+
+
+def test_round_trip_loads_weights_only_and_rebuilds_the_same_model(tmp_path):
+    cfg = small_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, VOCAB["size"]).eval()
+    save_checkpoint(tmp_path / "m.pt", "best", model, cfg, VOCAB, epoch=3)
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)  # no pickled classes
+    assert blob["format"] == FORMAT and blob["config"] == cfg and blob["epoch"] == 3
+    again = model_from_checkpoint(load_checkpoint(tmp_path / "m.pt", "best"), torch.device("cpu")).eval()
+    data = torch.randint(0, VOCAB["size"], (5, 2))
+    with torch.no_grad():
+        assert torch.equal(model(data, model.init_hidden(2))[0], again(data, again.init_hidden(2))[0])
+
+
+def test_run_files_sit_beside_the_best_checkpoint():
+    paths = run_paths("/runs/a.pt")
+    assert paths == {"best": "/runs/a.pt", "resume": "/runs/a.resume.pt", "metrics": "/runs/a.metrics.jsonl",
+                     "final": "/runs/a.final.json", "lock": "/runs/a.lock"}
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda b: b.update(kind="other"), "kind"), (lambda b: b.pop("vocab"), "no vocab"),
+    (lambda b: b["config"].pop("nhid"), "lacks nhid"), (lambda b: b["vocab"].pop("sha256"), "vocab sha256"),
+    (lambda b: b["model"].update(x=[1, 2]), "not all tensors"), (lambda b: b.pop("optimizer"), "no optimizer"),
+])
+def test_damaged_or_hand_made_checkpoints_are_refused_on_load(tmp_path, damage, needle):
+    cfg = small_config()
+    save_checkpoint(tmp_path / "r.pt", "resume", build_model(cfg, 30), cfg, VOCAB, schedule={}, optimizer={}, rng={})
+    blob = torch.load(tmp_path / "r.pt", weights_only=True)
+    damage(blob)
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=needle):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_kind_mismatch_says_which_file_to_pass(tmp_path):
+    cfg = small_config()
+    save_checkpoint(tmp_path / "m.pt", "best", build_model(cfg, 30), cfg, VOCAB)
+    with pytest.raises(UserError, match="'best' checkpoint, a 'resume' one is needed"):
+        load_checkpoint(tmp_path / "m.pt", "resume")
+
+
+def test_weights_that_do_not_fit_are_one_line():
+    cfg = small_config()
+    model = build_model(cfg, 30)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["decoder.bias"] = torch.zeros(31)
+    with pytest.raises(UserError, match="do not fit the model"):
+        load_weights(model, {"model": state})
+
+
+def test_rng_state_round_trip_repeats_every_stream():
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    saved = rng_state()
+    first = (random.random(), np.random.normal(), torch.rand(3))
+    set_rng_state(saved)
+    again = (random.random(), np.random.normal(), torch.rand(3))
+    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
