@@ -271,3 +271,23 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(tiny_corpus, tmp_path
     resumed = main_cli.main(["--resume", str(tmp_path / "cut.resume.pt"), "--device", "cpu"])
     assert rows(tmp_path / "cut.metrics.jsonl") == full
     assert resumed["test_loss"] == json.load(open(tmp_path / "full.final.json"))["test_loss"]
+
+
+# --- what a new user is told ----------------------------------------------------------------------------
+
+def test_dry_run_says_its_perplexities_mean_nothing(tiny_corpus, capsys):
+    main_cli.main(["--preset", "awd-ptb", "--data", str(tiny_corpus), "--emsize", "16", "--nhid", "24", "--nlayers",
+                   "2", "--batch_size", "4", "--bptt", "12", "--eval_batch_size", "4", "--device", "cpu", "--dry_run"])
+    assert "a dry run trains 2 batches, so perplexities in the thousands or millions are expected" in \
+        capsys.readouterr().out
+
+
+def test_finetune_that_never_improves_says_the_output_holds_the_input(run_a, tmp_path, monkeypatch, capsys):
+    import schedule
+    monkeypatch.setattr(schedule.Schedule, "improves", lambda self, loss: False)
+    out = tmp_path / "ft.pt"
+    finetune_cli.main(["--save", str(run_a), "--out", str(out), "--device", "cpu", "--epochs", "1",
+                       "--batch_size", "4", "--eval_batch_size", "4"])
+    assert "fine-tuning never improved on the input's validation perplexity" in capsys.readouterr().out
+    assert torch.equal(torch.load(out, weights_only=True)["model"]["decoder.bias"],
+                       torch.load(run_a, weights_only=True)["model"]["decoder.bias"])
