@@ -258,40 +258,21 @@ dest_given=0
 corpus=all
 while (($#)); do
   case $1 in
+    --*=*)  # --opt=value: the same as --opt value
+      set -- "${1%%=*}" "${1#*=}" "${@:2}"
+      continue
+      ;;
     -h | --help)
       usage
       exit 0
       ;;
-    --from)
-      need_arg "$@"
-      mirror=$2 from_given=1
-      shift 2
-      ;;
-    --from=*)
-      mirror=${1#*=} from_given=1
-      shift
-      ;;
-    --dest)
-      need_arg "$@"
-      dest=$2 dest_given=1
-      shift 2
-      ;;
-    --dest=*)
-      dest=${1#*=} dest_given=1
-      shift
-      ;;
-    --corpus)
-      need_arg "$@"
-      corpus=$2
-      shift 2
-      ;;
-    --corpus=*)
-      corpus=${1#*=}
-      shift
-      ;;
+    --from) need_arg "$@"; mirror=$2 from_given=1 ;;
+    --dest) need_arg "$@"; dest=$2 dest_given=1 ;;
+    --corpus) need_arg "$@"; corpus=$2 ;;
     -*) usage_error "unknown option '$1'" ;;
     *) usage_error "unexpected argument '$1'" ;;
   esac
+  shift 2
 done
 
 case $corpus in
