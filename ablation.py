@@ -355,12 +355,17 @@ def variants_table(summaries, study, ntrain):
              "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         s = [x for x in runs if x["variant"] == v]
-        lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | "
-                     f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
-                     f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
-                     f"{fmt([x['final_train_ppl'] for x in s], 2)} | {fmt([x['wall_s'] / 60 for x in s], 1)} |")
+        lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | {result_cells(s)} | "
+                     f"{fmt([x['wall_s'] / 60 for x in s], 1)} |")
     lines += ["", "Mean ± sample standard deviation over the seeds listed (one value: one seed)."]
     return lines
+
+
+def result_cells(runs):
+    """Best valid ppl | test ppl | mask variance | best epoch | last train ppl, as mean ± sd over ``runs``."""
+    return (f"{fmt([x['best_valid_ppl'] for x in runs], 2)} | {fmt([x['test_ppl'] for x in runs], 2)} | "
+            f"{fmt([x['mask_variance'] for x in runs], 4)} | {fmt([x['best_epoch'] for x in runs], 1)} | "
+            f"{fmt([x['final_train_ppl'] for x in runs], 2)}")
 
 
 def paired_table(summaries, study, ntrain):
@@ -404,9 +409,7 @@ def kappa_table(summaries, study, ntrain):
              "|---|---|---|---|---|---|---|---|"]
     for k, s in groups.items():
         lines.append(f"| {k:g}{' (default)' if k == default_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
-                     f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
-                     f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
-                     f"{fmt([x['final_train_ppl'] for x in s], 2)} | {cpus(s)} |")
+                     f"{result_cells(s)} | {cpus(s)} |")
     lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss."]
     return lines
 
