@@ -348,8 +348,10 @@ def variants_table(summaries, study, ntrain):
         return []
     variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
     seeds = seed_list(s["seed"] for s in runs)
-    lines = [caption(runs, f"python ablation.py --study seeds --variants {' '.join(variants)} --seeds {seeds}",
-                     study, ntrain), "",
+    same_seeds = all(seed_list(s["seed"] for s in runs if s["variant"] == v) == seeds for v in variants)
+    command = (f"python ablation.py --study seeds --variants {' '.join(variants)} --seeds {seeds}" if same_seeds
+               else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
+    lines = [caption(runs, command, study, ntrain), "",
              "| variant | kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | "
              "train ppl (last epoch) | wall time (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
