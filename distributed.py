@@ -21,7 +21,8 @@ update over the whole batch:
   A resume checkpoint holds every rank's dropout RNG, and a mid-epoch resume point the whole batch's
   hidden state, so a resumed run continues exactly, with any number of processes.
   A rank that fails prints why and leaves with ``os._exit``: torchrun then stops the other ranks, and
-  a rank still waiting in a collective gives up after ``TIMEOUT``.
+  a rank still waiting in a collective gives up after ``TIMEOUT``.  After a run, the ranks wait for
+  each other (rank 0's test evaluation) and leave the process group together.
 """
 import os
 import sys
@@ -36,6 +37,7 @@ import checkpoint
 from utils import UserError, get_device
 
 TIMEOUT = timedelta(minutes=10)  # the longest wait in a collective: a checkpoint write on rank 0
+FAREWELL = timedelta(hours=6)  # the other ranks' wait at the end of a run: rank 0's test evaluation
 _world = None  # while a session runs: {"rank", "size", "device", "control"}
 
 
@@ -76,6 +78,10 @@ def session(cfg):
         sys.stdout = open(os.devnull, "w")
     try:
         yield
+        # Leave together: a rank that tore its connections down while rank 0 still evaluated the test
+        # set was once aborted at exit ("terminate called without an active exception").  A monitored
+        # barrier (gloo, the control group) because it takes a timeout of its own, longer than TIMEOUT.
+        dist.monitored_barrier(group=control, timeout=FAREWELL)
     except BaseException as e:  # noqa: B036 -- any failure must take the whole run down
         _abort(e, me, size)
     finally:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -118,3 +119,25 @@ def test_mid_epoch_resume_point_splits_and_joins_across_ranks():
             "total_pen": torch.tensor(0.5), "interval_ce": torch.tensor(6.0),
             "hidden": [(torch.randn(1, 4, 3), torch.randn(1, 4, 3))]}
     torch.multiprocessing.spawn(_position_roundtrip, args=(port, full), nprocs=2)
+
+
+def _leave(rank, port, folder):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    with distributed.session({"batch_size": 4, "device": "cpu"}):
+        if rank == 0:
+            time.sleep(1.5)  # rank 0's test evaluation, which the other ranks skip
+    with open(os.path.join(folder, f"left{rank}"), "w") as f:
+        f.write(repr(time.time()))
+
+
+def test_ranks_leave_the_process_group_together(tmp_path):
+    """Rank 1 waits for rank 0's work at the end of a run before tearing its connections down: a rank
+    that left early was once aborted at exit (and torchrun reported a finished run as failed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.time()
+    torch.multiprocessing.spawn(_leave, args=(port, str(tmp_path)), nprocs=2)
+    left = [float((tmp_path / f"left{r}").read_text()) for r in (0, 1)]
+    assert left[1] - start >= 1.5 and abs(left[1] - left[0]) < 1.0, (start, left)
