@@ -1,6 +1,6 @@
-"""ablation.py on a tiny corpus at --quick scale: runs through trainer.run, committed summaries reused
-without checkpoints, --quick kept out of results/, the run specs' configurations, and the seed
-aggregation on known numbers."""
+"""ablation.py and its report (study_report.py) on a tiny corpus at --quick scale: runs through
+trainer.run, committed summaries reused without checkpoints, --quick kept out of results/, the run
+specs' configurations, and the seed aggregation on known numbers."""
 import csv
 import importlib.util
 import json
@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 import ablation
+import study_report
 from utils import UserError
 
 
@@ -33,7 +34,7 @@ def test_study_writes_tables_and_reuses_committed_summaries_without_checkpoints(
     assert study["study"]["emsize"] == 32 and len(study["runs"]) == 5
     assert (out / "curves.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
     md = (out / "STUDY.md").read_text()
-    assert ablation.BEGIN in md and "FD minus baseline, paired by seed" in md and "torch " in md
+    assert study_report.BEGIN in md and "FD minus baseline, paired by seed" in md and "torch " in md
     # What git keeps: summaries, metrics, final results; the checkpoints are ignored, so drop them.
     for p in (out / "runs").glob("*.pt"):
         p.unlink()
@@ -44,7 +45,7 @@ def test_study_writes_tables_and_reuses_committed_summaries_without_checkpoints(
     assert not list((out / "runs").glob("*.pt"))
     assert [s["test_ppl"] for s in again] == [s["test_ppl"] for s in summaries]
     md = (out / "STUDY.md").read_text()
-    assert md.startswith("# Notes kept") and md.endswith("Written by hand.\n") and md.count(ablation.BEGIN) == 1
+    assert md.startswith("# Notes kept") and md.endswith("Written by hand.\n") and md.count(study_report.BEGIN) == 1
     # A summary whose configuration differs does not stand for the run: refused, or trained again with --retrain.
     path = out / "runs" / "PM_seed321.summary.json"
     changed = json.loads(path.read_text())
@@ -111,7 +112,7 @@ def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
 
 
 def fake(variant, seed, valid, test, mvar, kappa=None, same=""):
-    kappa = ablation.default_kappa(variant) if kappa is None else kappa
+    kappa = study_report.default_kappa(variant) if kappa is None else kappa
     return {"name": f"{variant}_{seed}", "variant": variant, "seed": seed, "kappa": kappa, "same_mask": same,
             "best_valid_ppl": valid, "test_ppl": test, "mask_variance": mvar}
 
@@ -122,18 +123,18 @@ def test_seed_aggregation_and_paired_differences_on_known_numbers():
             fake("baseline", 3, 120.0, 110.0, 0.7), fake("FD", 3, 118.0, 105.0, 0.5),
             fake("FD", 4, 50.0, 50.0, 0.1),  # no baseline on seed 4: not paired
             fake("FD", 1, 10.0, 10.0, 0.1, kappa=1.5), fake("FD", 1, 10.0, 10.0, 0.1, same="w")]  # not default
-    mean, sd = ablation.mean_sd([100.0, 110.0, 120.0])
+    mean, sd = study_report.mean_sd([100.0, 110.0, 120.0])
     assert mean == 110.0 and sd == pytest.approx(10.0)
-    assert ablation.mean_sd([5.0]) == (5.0, None)
-    assert ablation.fmt([100.0, 110.0, 120.0], 2) == "110.00 ± 10.00" and ablation.fmt([3.0], 1) == "3.0"
-    valid = ablation.paired(runs, "best_valid_ppl")
+    assert study_report.mean_sd([5.0]) == (5.0, None)
+    assert study_report.fmt([100.0, 110.0, 120.0], 2) == "110.00 ± 10.00" and study_report.fmt([3.0], 1) == "3.0"
+    valid = study_report.paired(runs, "best_valid_ppl")
     assert [r[0] for r in valid["rows"]] == [1, 2, 3]
     assert [r[3] for r in valid["rows"]] == [-5.0, -9.0, -2.0]
     assert valid["mean"] == pytest.approx(-16 / 3) and valid["sd"] == pytest.approx(3.5118845842842)
     assert (valid["wins"], valid["n"]) == (3, 3)
-    test = ablation.paired(runs, "test_ppl")
+    test = study_report.paired(runs, "test_ppl")
     assert [r[3] for r in test["rows"]] == [2.0, -7.0, -5.0] and (test["wins"], test["n"]) == (2, 3)
     assert test["mean"] == pytest.approx(-10 / 3)
-    groups = ablation.kappa_rows(runs)
+    groups = study_report.kappa_rows(runs)
     # the sweep covers seed 1 only, so every kappa averages seed 1 alone
     assert {k: [s["seed"] for s in g] for k, g in groups.items()} == {0.15: [1], 1.5: [1]}

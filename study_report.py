@@ -1,0 +1,343 @@
+"""The ablation study's report: every table, plot and STUDY.md, from the runs' committed summaries.
+
+Apart from ablation.py (which trains the runs) because the report is read and rewritten far more often
+than runs are trained, and needs nothing but the summaries: ``python ablation.py --report`` rebuilds it
+on any checkout, without a checkpoint or a corpus.  The tables say where every number came from
+(command, seeds, scale, torch, CPU, dates); matplotlib is optional and only draws the plots.
+"""
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from config import build_train_parser, resolve_train_config
+from utils import atomic_write_json
+
+DEFAULT_OUT = Path("results/ablation")
+ALL_VARIANTS = ["baseline", "FD", "ELD", "PM", "RD"]
+MASK_SITES = "eiwo"  # the single layer has no between-layer site (h)
+SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
+              "w": "W_hh DropConnect (wdrop)", "o": "LSTM output (dropout)"}
+BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
+END = "<!-- end of ablation.py's report -->"
+PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same W_hh mask 66.9 / 64.6"
+
+
+@lru_cache(maxsize=None)
+def default_kappa(variant):
+    """What main.py gives the single-layer preset without --kappa (config.py owns the table)."""
+    return resolve_train_config(build_train_parser().parse_args(["--preset", "single", "--model", variant]))["kappa"]
+
+
+
+# ---------------------------------------------------------------- aggregation
+
+def mean_sd(values):
+    """Mean and sample standard deviation (None for a single value)."""
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def paired(summaries, key, a="baseline", b="FD"):
+    """Per seed, b minus a of ``key`` for the default-setting runs; mean, sd, and the seeds where b is lower."""
+    by = {(s["variant"], s["seed"]): s[key] for s in summaries if is_default(s)}
+    seeds = sorted(seed for (v, seed) in by if v == b and (a, seed) in by)
+    rows = [(seed, by[(a, seed)], by[(b, seed)], by[(b, seed)] - by[(a, seed)]) for seed in seeds]
+    diffs = [r[3] for r in rows]
+    stats = mean_sd(diffs) if diffs else (None, None)
+    return {"rows": rows, "mean": stats[0], "sd": stats[1], "wins": sum(d < 0 for d in diffs), "n": len(diffs)}
+
+
+def is_default(s):
+    return s["kappa"] == default_kappa(s["variant"]) and not s["same_mask"]
+
+
+def fmt(values, digits):
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def seed_list(seeds):
+    return " ".join(str(s) for s in sorted(set(seeds)))
+
+
+def scale_text(study, ntrain):
+    return (f"single-layer PTB setup at {study['emsize']}/{study['nhid']} units, {study['train_fraction']:g} of the "
+            f"training text ({ntrain} tokens), {study['epochs']} epochs, batch {study['batch_size']}, "
+            f"bptt {study['bptt']}")
+
+
+def caption(runs, command, study, ntrain):
+    """Where a table's numbers come from: command, seeds, scale, torch, CPU (runs per CPU), dates."""
+    cpus = {}
+    for s in runs:
+        cpus.setdefault(s["environment"]["cpu"], []).append(s["name"])
+    cpu_text = "; ".join(f"{cpu} ({len(names)} run{'s' * (len(names) > 1)})" for cpu, names in cpus.items())
+    dates = sorted({s["environment"]["date"] for s in runs})
+    torches = sorted({s["environment"]["torch"] for s in runs})
+    threads = sorted({s["environment"]["threads"] for s in runs})
+    return (f"Command: `{command}`. Seeds: {seed_list(s['seed'] for s in runs)}. Scale: {scale_text(study, ntrain)}. "
+            f"torch {', '.join(torches)}; CPU: {cpu_text}; threads {', '.join(map(str, threads))}; "
+            f"run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.")
+
+
+def variants_table(summaries, study, ntrain):
+    runs = [s for s in summaries if is_default(s)]
+    if not runs:
+        return []
+    variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
+    seeds = seed_list(s["seed"] for s in runs)
+    same_seeds = all(seed_list(s["seed"] for s in runs if s["variant"] == v) == seeds for v in variants)
+    command = (f"python ablation.py --study seeds --variants {' '.join(variants)} --seeds {seeds}" if same_seeds
+               else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
+    lines = [caption(runs, command, study, ntrain), "",
+             "| variant | kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | "
+             "train ppl (last epoch) | wall time (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        s = [x for x in runs if x["variant"] == v]
+        lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | {result_cells(s)} | "
+                     f"{fmt([x['wall_s'] / 60 for x in s], 1)} |")
+    lines += ["", "Mean ± sample standard deviation over the seeds listed (one value: one seed)."]
+    return lines
+
+
+def result_cells(runs):
+    """Best valid ppl | test ppl | mask variance | best epoch | last train ppl, as mean ± sd over ``runs``."""
+    return (f"{fmt([x['best_valid_ppl'] for x in runs], 2)} | {fmt([x['test_ppl'] for x in runs], 2)} | "
+            f"{fmt([x['mask_variance'] for x in runs], 4)} | {fmt([x['best_epoch'] for x in runs], 1)} | "
+            f"{fmt([x['final_train_ppl'] for x in runs], 2)}")
+
+
+def paired_table(summaries, study, ntrain):
+    valid, test, mvar = (paired(summaries, k) for k in ("best_valid_ppl", "test_ppl", "mask_variance"))
+    if not valid["n"]:
+        return []
+    runs = [s for s in summaries if is_default(s) and s["variant"] in ("baseline", "FD")
+            and s["seed"] in {r[0] for r in valid["rows"]}]
+    lines = [caption(runs, f"python ablation.py --study seeds --variants baseline FD "
+                           f"--seeds {seed_list(r[0] for r in valid['rows'])}", study, ntrain), "",
+             "| seed | baseline valid / test | FD valid / test | FD − baseline, valid | FD − baseline, test | "
+             "FD − baseline, mask variance |", "|---|---|---|---|---|---|"]
+    for (seed, bv, fv, dv), (_, bt, ft, dt), (_, _, _, dm) in zip(valid["rows"], test["rows"], mvar["rows"]):
+        lines.append(f"| {seed} | {bv:.2f} / {bt:.2f} | {fv:.2f} / {ft:.2f} | {dv:+.2f} | {dt:+.2f} | {dm:+.4f} |")
+
+    def stat(p, d):
+        return f"{p['mean']:+.{d}f}" + ("" if p["sd"] is None else f" ± {p['sd']:.{d}f}")
+    lines.append(f"| mean ± sd | | | {stat(valid, 2)} | {stat(test, 2)} | {stat(mvar, 4)} |")
+    lines += ["", f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and the lower "
+                  f"test perplexity on {test['wins']} of {test['n']}; the lower mask variance on {mvar['wins']} of "
+                  f"{mvar['n']}."]
+    return lines
+
+
+def kappa_rows(summaries):
+    """FD's runs per kappa, on the seeds the sweep covers (so every kappa averages the same seeds)."""
+    runs = [s for s in summaries if s["variant"] == "FD" and not s["same_mask"]]
+    swept = {s["seed"] for s in runs if s["kappa"] != default_kappa("FD")}
+    runs = [s for s in runs if s["seed"] in swept]
+    return {k: [s for s in runs if s["kappa"] == k] for k in sorted({s["kappa"] for s in runs})}
+
+
+def kappa_table(summaries, study, ntrain):
+    groups = kappa_rows(summaries)
+    if len(groups) < 2:
+        return []
+    runs = [s for g in groups.values() for s in g]
+    lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
+                           f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
+             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) | CPU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k, s in groups.items():
+        lines.append(f"| {k:g}{' (default)' if k == default_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
+                     f"{result_cells(s)} | {cpus(s)} |")
+    lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss."]
+    return lines
+
+
+def masks_table(summaries, study, ntrain):
+    runs = [s for s in summaries if s["variant"] == "FD" and s["kappa"] == default_kappa("FD")]
+    if not any(s["same_mask"] for s in runs):
+        return []
+    seeds = seed_list(s["seed"] for s in runs if s["same_mask"])
+    runs = [s for s in runs if str(s["seed"]) in seeds.split()]
+    lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
+             "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
+             "CPU |", "|---|---|---|---|---|---|---|"]
+    for site in ["", *MASK_SITES]:
+        s = [x for x in runs if x["same_mask"] == site]
+        if s:
+            lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
+                         f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
+                         f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
+                         f"{cpus(s)} |")
+    lines += ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
+                  "site (what the penalty of plain FD sees), so the rows compare the same quantity."]
+    return lines
+
+
+def cpus(runs):
+    """Short CPU names of some runs: the sweeps' rows may come from machines whose kernels round differently."""
+    names = {" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in runs}
+    return ", ".join(sorted(names))
+
+
+def runs_table(summaries):
+    lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | "
+             "date |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        e = s["environment"]
+        lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
+                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | {e['date']} |")
+    return lines
+
+
+def plot_seeds(summaries, path, title):
+    """Validation perplexity per epoch: each seed faint, the mean over seeds bold; best per seed beside it."""
+    plt = pyplot()
+    runs = [s for s in summaries if is_default(s)]
+    if plt is None or not runs:
+        return False
+    variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
+    colors = dict(zip(ALL_VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for i, v in enumerate(variants):
+        group = [s for s in runs if s["variant"] == v]
+        for s in group:
+            ax1.plot([r["epoch"] for r in s["epoch_rows"]], [r["valid_ppl"] for r in s["epoch_rows"]],
+                     color=colors[v], lw=0.8, alpha=0.3)
+        n = min(len(s["epoch_rows"]) for s in group)
+        mean = [statistics.mean(s["epoch_rows"][e]["valid_ppl"] for s in group) for e in range(n)]
+        label = f"{v} ({len(group)} seed{'s' * (len(group) > 1)})"
+        ax1.plot(range(1, n + 1), mean, color=colors[v], lw=2.2, label=label)
+        best = [s["best_valid_ppl"] for s in group]
+        ax2.scatter([i] * len(best), best, color=colors[v], alpha=0.5, s=18)
+        ax2.errorbar([i + 0.2], [statistics.mean(best)], yerr=[mean_sd(best)[1] or 0], color=colors[v],
+                     fmt="o", capsize=4)
+    lows = [r["valid_ppl"] for s in runs for r in s["epoch_rows"]]
+    ax1.set_ylim(min(lows) * 0.97, min(max(lows), min(lows) * 1.5))
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("validation perplexity")
+    ax1.legend()
+    ax2.set_xticks(range(len(variants)), variants)
+    ax2.set_ylabel("best valid ppl (dots: seeds; mean ± sd)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_kappa(summaries, path, title):
+    plt = pyplot()
+    groups = kappa_rows(summaries)
+    if plt is None or len(groups) < 2:
+        return False
+    ks = list(groups)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("best_valid_ppl", "best validation"), ("test_ppl", "test")):
+        ax1.plot(ks, [statistics.mean(s[key] for s in groups[k]) for k in ks], marker="o", label=label)
+    ax2.plot(ks, [statistics.mean(s["mask_variance"] for s in groups[k]) for k in ks], marker="o", color="C2")
+    ax1.set_ylabel("perplexity")
+    ax2.set_ylabel("mask variance (validation)")
+    for ax in (ax1, ax2):
+        ax.set_xscale("symlog", linthresh=0.05)
+        ax.set_xticks(ks, [f"{k:g}" for k in ks])
+        ax.set_xlabel("kappa (FD)")
+        ax.grid(alpha=0.3)
+    ax1.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plots were drawn: pip install matplotlib "
+              "(only this study uses it); the tables are written", file=sys.stderr)
+        return None
+    return plt
+
+
+def write_csv(summaries, path):
+    keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
+            "penalty", "lr", "tokens_per_s"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for s in summaries:
+            for r in s["epoch_rows"]:
+                w.writerow([s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]] + [r[k] for k in keys[5:]])
+
+
+def load_summaries(out):
+    paths = sorted((out / "runs").glob("*.summary.json"))
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
+def sort_key(s):
+    return (ALL_VARIANTS.index(s["variant"]), s["kappa"], MASK_SITES.find(s["same_mask"]) if s["same_mask"] else -1,
+            s["seed"])
+
+
+def report_path(out):
+    return out.parent / "STUDY.md" if out.resolve() == DEFAULT_OUT.resolve() else out / "STUDY.md"
+
+
+def report(out, study, command):
+    """Every table and plot from the runs' summaries in ``out``: what --report does, and every study at its end."""
+    summaries = sorted((s for s in load_summaries(out) if s["study"] == study), key=sort_key)
+    if not summaries:
+        print(f"No finished runs at scale {study} in {out}/runs: nothing to report")
+        return None
+    ntrain = summaries[0]["train_tokens"]
+    title = scale_text(study, ntrain)
+    plotted = [name for name, draw in (("curves.png", plot_seeds), ("kappa.png", plot_kappa))
+               if draw(summaries, out / name, title)]
+    md = report_path(out)
+    rel = os.path.relpath(out, md.parent)
+    sections = [("Variants over seeds", variants_table(summaries, study, ntrain)),
+                ("FD minus baseline, paired by seed", paired_table(summaries, study, ntrain)),
+                ("FD's kappa", kappa_table(summaries, study, ntrain)),
+                ("FD sharing one mask site between the passes", masks_table(summaries, study, ntrain)),
+                ("Every run", runs_table(summaries))]
+    lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
+             f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
+    for heading, body in sections:
+        if body:
+            lines += ["", f"### {heading}", "", *body]
+            if heading == "Variants over seeds" and "curves.png" in plotted:
+                lines += ["", f"![validation perplexity per epoch, seeds faint, mean bold]({rel}/curves.png)"]
+            if heading == "FD's kappa" and "kappa.png" in plotted:
+                lines += ["", f"![perplexity and mask variance against kappa]({rel}/kappa.png)"]
+    generated = "\n".join(lines)
+    old = md.read_text(encoding="utf-8") if md.is_file() else ""
+    if BEGIN in old and END in old:
+        text = old[:old.index(BEGIN)] + BEGIN + "\n" + generated + "\n" + old[old.index(END):]
+    else:
+        text = f"# Ablation study\n\n{BEGIN}\n{generated}\n{END}\n" + old
+    md.write_text(text, encoding="utf-8")
+    table = variants_table(summaries, study, ntrain)
+    if table:
+        (out / "results.md").write_text(f"Ablation: {title}.\n\n" + "\n".join(table) + "\n", encoding="utf-8")
+    write_csv(summaries, out / "epochs.csv")
+    atomic_write_json({"study": study, "train_tokens": ntrain, "train_sha256": summaries[0]["train_sha256"],
+                       "report": {"command": command, "date": time.strftime("%Y-%m-%d")},
+                       "runs": [{k: v for k, v in s.items() if k not in ("epoch_rows", "config")} for s in summaries]},
+                      out / "study.json")
+    print("\n".join(table))
+    print(f"Wrote {md}, {out / 'results.md'}, {out / 'epochs.csv'}, {out / 'study.json'}"
+          + "".join(f", {out / p}" for p in plotted))
+    return summaries
