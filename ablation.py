@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from config import VARIANTS, build_config, build_train_parser, resolve_train_config
+from config import VARIANTS, build_config, train_config
 from data import SPLITS, Corpus, batchify
 from mc_dropout import mask_variance
 from study_report import ALL_VARIANTS, DEFAULT_OUT, MASK_SITES, SITE_NAMES, default_kappa, report
@@ -158,7 +158,7 @@ def run_config(spec, study, corpus_dir, save, device):
     if spec["kappa"] is not None:
         argv += ["--kappa", repr(spec["kappa"])]
     argv += [f"--same_mask_{s}" for s in spec["same"]]
-    return resolve_train_config(build_train_parser().parse_args(argv))
+    return train_config(argv)
 
 
 # ---------------------------------------------------------------- running

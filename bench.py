@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 import torch
 
 from checkpoint import build_model
-from config import PRESETS, VARIANTS, build_train_parser, resolve_train_config
+from config import PRESETS, VARIANTS, train_config
 from data import get_batch
 from fraternal import Regularizer
 from fused_loss import chunk_rows
@@ -121,9 +121,8 @@ class Runner:
 
 def bench_preset(preset, models, args, device):
     """Rows of one preset: rounds of (matmul shapes, then one step of each model), the first ``warmup`` untimed."""
-    cfgs = [resolve_train_config(build_train_parser().parse_args(
-        ["--preset", preset, "--model", m, "--device", args.device] + (TINY if args.tiny else [])
-        + shlex.split(args.train_flags))) for m in models]
+    cfgs = [train_config(["--preset", preset, "--model", m, "--device", args.device] + (TINY if args.tiny else [])
+                         + shlex.split(args.train_flags)) for m in models]
     vocab = TINY_VOCAB if args.tiny else VOCAB[cfgs[0]["data"]]
     runners = [Runner(c, vocab, device) for c in cfgs]
     B, T = cfgs[0]["batch_size"], cfgs[0]["bptt"]

@@ -195,9 +195,9 @@ def build_config(flags, stage="train", base=None):
     return cfg
 
 
-def resolve_train_config(args):
-    """main.py's configuration from its parsed command line."""
-    return build_config(vars(args))
+def train_config(argv):
+    """The configuration ``python main.py ARGV`` would train with (the study, the benchmark, tests)."""
+    return build_config(vars(build_train_parser().parse_args(argv)))
 
 
 def _train_config(flags):

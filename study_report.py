@@ -14,7 +14,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from config import build_train_parser, resolve_train_config
+from config import train_config
 from utils import atomic_write_json
 
 DEFAULT_OUT = Path("results/ablation")
@@ -30,7 +30,7 @@ PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same
 @lru_cache(maxsize=None)
 def default_kappa(variant):
     """What main.py gives the single-layer preset without --kappa (config.py owns the table)."""
-    return resolve_train_config(build_train_parser().parse_args(["--preset", "single", "--model", variant]))["kappa"]
+    return train_config(["--preset", "single", "--model", variant])["kappa"]
 
 
 

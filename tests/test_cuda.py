@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import evaluate as evaluate_cli
 import main as main_cli
 from checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-from config import PRESETS, build_train_parser, resolve_train_config
+from config import PRESETS, train_config
 from fraternal import Regularizer, fraternal_loss
 from model import Masks
 from schedule import Schedule
@@ -29,7 +29,7 @@ SITES = {"embedding_dropout": "e", "input_dropout": "i", "output_dropout": "o"}
 
 def _small_cfg(preset="awd-ptb", model="FD", *flags):
     argv = ["--preset", preset, "--model", model, "--emsize", "16", "--nhid", "24", "--device", "cpu", *flags]
-    return resolve_train_config(build_train_parser().parse_args(argv))
+    return train_config(argv)
 
 
 def test_dropconnect_through_cudnn_equals_plain_lstm_with_masked_weight():

@@ -117,10 +117,10 @@ def test_unknown_penalty_fails_everywhere():
 
 
 def test_each_variant_is_declared_once_with_its_defaults():
-    from config import build_train_parser, resolve_train_config
+    from config import train_config
     for name, v in VARIANTS.items():
         for preset in PRESETS:
-            cfg = resolve_train_config(build_train_parser().parse_args(["--preset", preset, "--model", name]))
+            cfg = train_config(["--preset", preset, "--model", name])
             assert (cfg["kappa"], cfg["double_target"], cfg["penalty"]) == (v.default_kappa(preset), v.double_target,
                                                                              v.penalty)
             assert cfg["eval_auxiliary"] == (v.second_pass == "eval")
