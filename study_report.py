@@ -159,12 +159,19 @@ def kappa_table(summaries, study, ntrain):
     return lines
 
 
-def masks_table(summaries, study, ntrain):
+def mask_runs(summaries):
+    """FD at its default kappa on the seeds of the same-mask sweep (plain FD included), and those seeds."""
     runs = [s for s in summaries if s["variant"] == "FD" and s["kappa"] == default_kappa("FD")]
     if not any(s["same_mask"] for s in runs):
-        return []
+        return [], ""
     seeds = seed_list(s["seed"] for s in runs if s["same_mask"])
-    runs = [s for s in runs if str(s["seed"]) in seeds.split()]
+    return [s for s in runs if str(s["seed"]) in seeds.split()], seeds
+
+
+def masks_table(summaries, study, ntrain):
+    runs, seeds = mask_runs(summaries)
+    if not runs:
+        return []
     lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
              "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
              "CPU |", "|---|---|---|---|---|---|---|"]
@@ -259,6 +266,36 @@ def plot_kappa(summaries, path, title):
     return True
 
 
+def plot_masks(summaries, path, title):
+    """Each same-mask point against the spread of plain FD over all its seeds (the yardstick a
+    one-seed point needs)."""
+    plt = pyplot()
+    runs, _ = mask_runs(summaries)
+    if plt is None or not runs:
+        return False
+    sites = [site for site in ["", *MASK_SITES] if any(x["same_mask"] == site for x in runs)]
+    fd = [s["best_valid_ppl"] for s in summaries
+          if s["variant"] == "FD" and s["kappa"] == default_kappa("FD") and not s["same_mask"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if len(fd) > 1:
+        ax.axhspan(min(fd), max(fd), color="0.85", label=f"plain FD, best validation, {len(fd)} seeds (min to max)")
+    xs = range(len(sites))
+    for key, label, marker in (("best_valid_ppl", "best validation", "o"), ("test_ppl", "test", "s")):
+        ax.plot(xs, [statistics.mean(x[key] for x in runs if x["same_mask"] == site) for site in sites],
+                marker=marker, linestyle="none", label=label)
+    ax.set_xticks(list(xs), [SITE_NAMES[site].split(" (")[0] if site else "nowhere (FD)" for site in sites],
+                  rotation=15)
+    ax.set_xlabel("pass 2 reuses pass 1's mask at")
+    ax.set_ylabel("perplexity")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def pyplot():
     try:
         import matplotlib
@@ -304,7 +341,8 @@ def report(out, study, command):
         return None
     ntrain = summaries[0]["train_tokens"]
     title = scale_text(study, ntrain)
-    plotted = [name for name, draw in (("curves.png", plot_seeds), ("kappa.png", plot_kappa))
+    plotted = [name for name, draw in (("curves.png", plot_seeds), ("kappa.png", plot_kappa),
+                                       ("masks.png", plot_masks))
                if draw(summaries, out / name, title)]
     md = report_path(out)
     rel = os.path.relpath(out, md.parent)
@@ -322,6 +360,8 @@ def report(out, study, command):
                 lines += ["", f"![validation perplexity per epoch, seeds faint, mean bold]({rel}/curves.png)"]
             if heading == "FD's kappa" and "kappa.png" in plotted:
                 lines += ["", f"![perplexity and mask variance against kappa]({rel}/kappa.png)"]
+            if heading.startswith("FD sharing") and "masks.png" in plotted:
+                lines += ["", f"![perplexity per shared mask site, plain FD's seed range shaded]({rel}/masks.png)"]
     generated = "\n".join(lines)
     old = md.read_text(encoding="utf-8") if md.is_file() else ""
     if BEGIN in old and END in old:

@@ -138,3 +138,13 @@ def test_seed_aggregation_and_paired_differences_on_known_numbers():
     groups = study_report.kappa_rows(runs)
     # the sweep covers seed 1 only, so every kappa averages seed 1 alone
     assert {k: [s["seed"] for s in g] for k, g in groups.items()} == {0.15: [1], 1.5: [1]}
+
+
+def test_same_mask_table_and_plot_cover_the_sweep_seeds_only(tmp_path):
+    runs = [fake("FD", 1, 95.0, 92.0, 0.3), fake("FD", 2, 99.0, 96.0, 0.4), fake("FD", 1, 97.0, 93.0, 0.5, same="w"),
+            fake("FD", 1, 98.0, 94.0, 0.6, same="i"), fake("baseline", 1, 120.0, 110.0, 0.7)]
+    table, seeds = study_report.mask_runs(runs)
+    assert seeds == "1" and sorted((s["same_mask"], s["seed"]) for s in table) == [("", 1), ("i", 1), ("w", 1)]
+    assert study_report.mask_runs([r for r in runs if not r["same_mask"]]) == ([], "")
+    drawn = study_report.plot_masks(runs, tmp_path / "masks.png", "tiny")
+    assert drawn == (importlib.util.find_spec("matplotlib") is not None) == (tmp_path / "masks.png").is_file()
