@@ -25,7 +25,7 @@ it, another scale is refused); and ``--quick`` writes to a new temporary folder 
 otherwise, never to results/.
 
 Outputs in --out, written by study_report.py: ``results.md`` (variants over seeds), ``epochs.csv`` (every epoch of every run),
-``curves.png`` / ``kappa.png`` (need matplotlib, the only use of it in the project), ``study.json``;
+``curves.png`` / ``kappa.png`` / ``masks.png`` (need matplotlib, the only use of it in the project), ``study.json``;
 and the report (every table, caption, plot link) in STUDY.md: ``results/STUDY.md`` for the default
 --out, else ``<out>/STUDY.md``; text outside its generated block is kept.
 
