@@ -234,11 +234,7 @@ def plot_seeds(summaries, path, title):
     ax2.set_ylabel("best valid ppl (dots: seeds; mean ± sd)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path, title)
 
 
 def plot_kappa(summaries, path, title):
@@ -259,11 +255,7 @@ def plot_kappa(summaries, path, title):
         ax.set_xlabel("kappa (FD)")
         ax.grid(alpha=0.3)
     ax1.legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path, title)
 
 
 def plot_masks(summaries, path, title):
@@ -274,8 +266,7 @@ def plot_masks(summaries, path, title):
     if plt is None or not runs:
         return False
     sites = [site for site in ["", *MASK_SITES] if any(x["same_mask"] == site for x in runs)]
-    fd = [s["best_valid_ppl"] for s in summaries
-          if s["variant"] == "FD" and s["kappa"] == default_kappa("FD") and not s["same_mask"]]
+    fd = [s["best_valid_ppl"] for s in summaries if s["variant"] == "FD" and is_default(s)]
     fig, ax = plt.subplots(figsize=(8, 4))
     if len(fd) > 1:
         ax.axhspan(min(fd), max(fd), color="0.85", label=f"plain FD, best validation, {len(fd)} seeds (min to max)")
@@ -289,6 +280,10 @@ def plot_masks(summaries, path, title):
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
+    return save_figure(plt, fig, path, title)
+
+
+def save_figure(plt, fig, path, title):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -97,9 +97,20 @@ def test_batch_size_not_divisible_is_one_line_error(tiny_corpus, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
-def _position_roundtrip(rank, port, full):
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join(rank, port):
+    """What torchrun tells a process of a 2-process run on this machine."""
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+
+
+def _position_roundtrip(rank, port, full):
+    join(rank, port)
     with distributed.session({"batch_size": 4, "device": "cpu"}):
         mine = distributed.own_position(full)
         assert mine["tokens"] == 12
@@ -112,9 +123,7 @@ def _position_roundtrip(rank, port, full):
 def test_mid_epoch_resume_point_splits_and_joins_across_ranks():
     """A resume point saved inside an epoch holds the whole batch's hidden state, so runs of any
     number of processes continue it: each rank takes its columns, and saving joins them again."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     full = {"epoch": 1, "batch": 3, "i": 30, "tokens": 24, "seconds": 1.0, "total_ce": torch.tensor(6.0),
             "total_pen": torch.tensor(0.5), "interval_ce": torch.tensor(6.0),
             "hidden": [(torch.randn(1, 4, 3), torch.randn(1, 4, 3))]}
@@ -122,8 +131,7 @@ def test_mid_epoch_resume_point_splits_and_joins_across_ranks():
 
 
 def _leave(rank, port, folder):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    join(rank, port)
     with distributed.session({"batch_size": 4, "device": "cpu"}):
         if rank == 0:
             time.sleep(1.5)  # rank 0's test evaluation, which the other ranks skip
@@ -136,9 +144,7 @@ def _leave(rank, port, folder):
 def test_ranks_leave_the_process_group_together(tmp_path):
     """Rank 1 waits for rank 0's work at the end of a run before tearing its connections down: a rank
     that left early was once aborted at exit (and torchrun reported a finished run as failed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     torch.multiprocessing.spawn(_leave, args=(port, str(tmp_path)), nprocs=2)
     done0, left1 = (float((tmp_path / name).read_text()) for name in ("done0", "left1"))
     assert left1 >= done0, (done0, left1)
