@@ -44,6 +44,7 @@ import os
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +67,7 @@ FULL_SEEDS = [321, 322, 323, 324]
 OTHER_SEEDS = [321, 322, 323]
 STUDIES = ("full", "seeds", "kappa", "masks")
 # Keys of a run's configuration that say where and how it ran, not what it computed.
+COMMIT = "unknown"
 LOCATION_KEYS = ("save", "data", "device", "log_interval", "checkpoint_every", "fused_loss")
 
 
@@ -259,11 +261,22 @@ def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, re
         raise UserError(f"the run {name} did not finish (interrupted): rerun the same command to continue it")
     mvar = measure_mask_variance(cfg["save"], corpus_dir, torch.device(device))
     env = {"command": command, "torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-           "started": started, "date": time.strftime("%Y-%m-%d")}
+           "started": started, "date": time.strftime("%Y-%m-%d"), "commit": COMMIT}
     summary = summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env)
     atomic_write_json(summary, path)
     print(f"Wrote {path}")
     return summary
+
+
+def code_commit():
+    """The commit the run's code came from (``-dirty`` when tracked files were edited): STUDY.md says
+    which code each row used."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def check_out_folder(out, study):
@@ -310,6 +323,8 @@ def build_parser():
 
 
 def main(argv=None):
+    global COMMIT
+    COMMIT = code_commit()  # read once, at start: the code this process imported
     args = build_parser().parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["ablation.py", *argv]))
     base = QUICK if args.quick else DEFAULTS
