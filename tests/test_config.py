@@ -28,28 +28,33 @@ def test_preset_fills_unset_flags_and_explicit_flags_win():
     assert (rd["kappa"], rd["penalty"], rd["double_target"]) == (1.0, "kl", True)
 
 
-def test_merity_presets_are_awd_lstm_own_recipe():
-    """The "AWD-LSTM without FD" rows: AR 2, TAR 1, nonmono 5, bf0742c's README values, PTB batch 40."""
+def test_merity_presets_pair_each_source_with_its_recipe():
+    """merity-*: the AWD-LSTM paper's stated recipe (PTB's 500 epochs from the authors' later note);
+    merity-readme-*: awd-lstm-lm's README commands at bf0742c. Both: AR 2, TAR 1, nonmono 5."""
     parse = build_train_parser().parse_args
-    ptb = build_config(vars(parse(["--preset", "merity-ptb", "--model", "baseline"])))
-    wt2 = build_config(vars(parse(["--preset", "merity-wt2", "--model", "baseline"])))
-    for cfg in (ptb, wt2):
+    cfgs = {p: build_config(vars(parse(["--preset", p, "--model", "baseline"])))
+            for p in ("merity-ptb", "merity-wt2", "merity-readme-ptb", "merity-readme-wt2")}
+    for cfg in cfgs.values():
         assert (cfg["alpha"], cfg["beta"], cfg["nonmono"], cfg["optimizer"], cfg["kappa"]) == (2.0, 1.0, 5, "asgd-nt", 0.0)
         assert (cfg["emsize"], cfg["nhid"], cfg["nlayers"], cfg["dropout"], cfg["dropoute"], cfg["wdrop"]) == \
             (400, 1150, 3, 0.4, 0.1, 0.5)
-        assert cfg["max_seq_len"] == 0 and cfg["lr"] == 30.0 and cfg["clip"] == 0.25
-    assert (ptb["data"], ptb["batch_size"], ptb["dropouth"], ptb["dropouti"], ptb["seed"], ptb["epochs"]) == \
-        ("data/penn", 40, 0.25, 0.4, 141, 500)
-    assert (wt2["data"], wt2["batch_size"], wt2["dropouth"], wt2["dropouti"], wt2["seed"], wt2["epochs"]) == \
-        ("data/wikitext-2", 80, 0.2, 0.65, 1882, 750)
+        assert cfg["max_seq_len"] == 0 and cfg["lr"] == 30.0 and cfg["clip"] == 0.25 and cfg["wdecay"] == 1.2e-6
+    key = ("data", "batch_size", "dropouth", "dropouti", "seed", "epochs")
+    assert tuple(cfgs["merity-ptb"][k] for k in key) == ("data/penn", 40, 0.3, 0.4, 141, 500)
+    assert tuple(cfgs["merity-wt2"][k] for k in key) == ("data/wikitext-2", 80, 0.3, 0.65, 1882, 750)
+    assert tuple(cfgs["merity-readme-ptb"][k] for k in key) == ("data/penn", 20, 0.25, 0.4, 141, 500)
+    assert tuple(cfgs["merity-readme-wt2"][k] for k in key) == ("data/wikitext-2", 80, 0.2, 0.65, 1882, 750)
+    fine = {p: build_config({"save": f"runs/{p}.pt"}, "finetune", cfgs[p]) for p in cfgs}
+    assert [(fine[p]["batch_size"], fine[p]["epochs"], fine[p]["seed"]) for p in cfgs] == \
+        [(40, 500, 141), (80, 750, 1882), (20, 500, 141), (80, 750, 1882)]
     fd = build_config(vars(parse(["--preset", "merity-ptb", "--model", "FD", "--kappa", "0"])))
     assert fd["kappa"] == 0.0 and fd["double_target"]  # kappa 0 is kept: two passes, no penalty
 
 
 def test_help_lists_per_preset_defaults():
     text = "".join(build_train_parser().format_help().split())  # immune to line wrapping
-    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400;merity-ptb:400;merity-wt2:400)" in text
-    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65;merity-ptb:0.4;merity-wt2:0.65)" in text
+    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400;merity-ptb:400;merity-wt2:400;merity-readme-ptb:400;merity-readme-wt2:400)" in text
+    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65;merity-ptb:0.4;merity-wt2:0.65;merity-readme-ptb:0.4;merity-readme-wt2:0.65)" in text
     assert "--same_mask_w" in text and "--nonmono" in text and "--kappa" in text and "--wdrop" in text
 
 
