@@ -20,11 +20,11 @@ from tqdm import tqdm
 import distributed
 from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
                         set_rng_state, vocab_info)
-from data import Corpus, batchify, check_split_sizes, get_batch, windows
+from data import Corpus, batchify, check_split_sizes, count_windows, get_batch, windows
 from fraternal import Regularizer, fraternal_loss
 from schedule import ANNEAL, STOP, SWITCH, Schedule
-from utils import (RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path, get_device,
-                   remove_stale_temp_files, repackage_hidden, set_seed)
+from utils import (DeferredInterrupt, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
+                   get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
 
 RULE = "-" * 89
 
@@ -43,13 +43,14 @@ def ppl(loss):
 
 
 @torch.no_grad()
-def evaluate(model, source, bptt, batch_size, max_batches=None):
+def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation"):
     """Mean token cross-entropy over a batchified stream, hidden state carried throughout."""
     model.eval()
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), device=source.device)
     count = 0
-    for data, targets in windows(source, bptt, max_batches):
+    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
+                                  desc, enabled=distributed.is_main()):
         logits, hidden = model(data, hidden)
         total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
         count += targets.numel()
@@ -110,10 +111,12 @@ def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_le
     return out
 
 
-def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None):
+def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None,
+                stop=None):
     """One pass over the training stream.  ``position``: where a mid-epoch resume point left off.
     ``checkpoint(position)`` is called every ``cfg["checkpoint_every"]`` minutes with the state
-    needed to continue from the batch just done (so a kill costs minutes, not an epoch)."""
+    needed to continue from the batch just done (so a kill costs minutes, not an epoch), and once
+    more when Ctrl-C set ``stop.requested`` (utils.DeferredInterrupt), before KeyboardInterrupt."""
     model.train()
     params = list(model.parameters())
     bsz = train_data.size(1)
@@ -133,8 +136,8 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
         start -= position["seconds"]
     every = cfg.get("checkpoint_every", 0) * 60
     approx = max(1, len(train_data) // cfg["bptt"])
-    bar = tqdm(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}", unit="batch",
-               leave=False, dynamic_ncols=True, disable=None if distributed.is_main() else True)
+    bar = progress(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}",
+                   enabled=distributed.is_main())
     try:
         while i < train_data.size(0) - 1 - 1:
             if max_batches is not None and batch >= max_batches:
@@ -153,11 +156,16 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             i += seq_len
             tokens += targets.numel()
             bar.update(1)
-            if checkpoint is not None and every and distributed.agree(time.time() - last_checkpoint >= every):
+            # 1: a resume point is due, 2: Ctrl-C (rank 0's word, so every rank joins the same collective write)
+            due = distributed.agree(int(bool(every) and time.time() - last_checkpoint >= every)
+                                    + 2 * int(stop is not None and stop.requested))
+            if checkpoint is not None and due:
                 checkpoint({"epoch": epoch, "batch": batch, "i": i, "tokens": tokens, "seconds": time.time() - start,
                             "total_ce": total_ce.cpu(), "total_pen": total_pen.cpu(), "interval_ce": interval_ce.cpu(),
                             "hidden": [tuple(t.detach().cpu() for t in hc) for hc in hidden]})
                 last_checkpoint = time.time()
+            if due >= 2:
+                raise KeyboardInterrupt
             if batch % sync_every == 0 or batch % cfg["log_interval"] == 0:
                 running = total_ce.item() / batch
                 if not math.isfinite(running):
@@ -184,8 +192,9 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
     """Run epochs until the limit or the schedule stops; returns the schedule.
 
     ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
-    ``position``: a mid-epoch resume point to continue from.  Ctrl-C ends training early; what was
-    saved stays saved."""
+    ``position``: a mid-epoch resume point to continue from.  Ctrl-C ends training early at the end
+    of the batch (or of the validation) under way, writing a resume point first; what was saved stays
+    saved."""
     dry = cfg["dry_run"]
     optimizer = make_optimizer(cfg, schedule, model.parameters(), device)
     if optimizer_state is not None:
@@ -195,13 +204,20 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
             raise UserError(f"the optimizer state in the resume checkpoint does not fit the model ({e}): "
                             f"use an intact resume checkpoint written by main.py") from None
 
+    written = {}  # where the last resume point of this process stands
+
     def save_resume_point(pos=None):  # collective: every rank joins, rank 0 writes
         pos = distributed.merge_position(pos) if pos is not None else None
         rng = distributed.rng_state()
         if distributed.is_main():
             save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=schedule.state_dict(),
                             optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}))
+        written["where"] = (f"inside epoch {pos['epoch']}, after batch {pos['batch']}" if pos
+                            else f"after epoch {schedule.epoch}")
+        if pos:
+            tqdm.write(f"| resume point written mid-epoch ({written['where']}): {paths['resume']}")
 
+    stop = DeferredInterrupt("stopping at the end of this batch (or of this validation) and writing a resume point")
     try:
         for epoch in range(schedule.epoch + 1, cfg["epochs"] + 1):
             if schedule.stopped:
@@ -209,11 +225,11 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
             epoch_start = time.time() - (position["seconds"] if position else 0.0)
             stats = distributed.average_stats(train_epoch(model, optimizer, splits["train"], cfg, reg, epoch,
                                                           2 if dry else None, position=position,
-                                                          checkpoint=None if dry else save_resume_point))
+                                                          checkpoint=None if dry else save_resume_point, stop=stop))
             position = None
             with averaged_weights(model, optimizer):
                 val_loss = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"],
-                                                      5 if dry else None))
+                                                      5 if dry else None, desc=f"validation, epoch {epoch}"))
                 if not math.isfinite(val_loss):
                     raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
                 improved = schedule.improves(val_loss)
@@ -246,9 +262,21 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
                 save_resume_point()
             if distributed.is_main():
                 atomic_write_jsonl(schedule.metrics, paths["metrics"])
+            if distributed.agree(stop.requested):  # Ctrl-C during validation: stop after the epoch's resume point
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         print(RULE)
         print("Exiting from training early")
+        if dry:
+            print("A dry run writes no resume point.")
+        elif written or os.path.exists(paths["resume"]):
+            where = f" ({written['where']})" if written else ""
+            tool = "finetune.py" if cfg.get("stage") == "finetune" else "main.py"
+            print(f"Resume point{where}: {paths['resume']}\nContinue with: python {tool} --resume {paths['resume']}")
+        else:
+            print("No resume point was written yet.")
+    finally:
+        stop.restore()
     return schedule
 
 
@@ -256,8 +284,8 @@ def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
     """Load the best model, evaluate it on validation and test, print the end line, save results."""
     blob = load_checkpoint(paths["best"], "best")
     model.load_state_dict(blob["model"])
-    valid = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], max_batches)
-    test = evaluate(model, splits["test"], cfg["bptt"], cfg["test_batch_size"], max_batches)
+    valid = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], max_batches, "validation, best model")
+    test = evaluate(model, splits["test"], cfg["bptt"], cfg["test_batch_size"], max_batches, "test, best model")
     print(RULE)
     if label == "training":
         print(f"| End of training | test loss {test:5.2f} | test ppl {ppl(test):8.2f} |")
@@ -283,6 +311,7 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
     copy of it.  A dry run without an explicit destination writes to a temporary folder."""
     if cfg["dry_run"] and cfg.get("save") is None:
         with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
+            print(f"A dry run writes to a temporary folder, removed at its end: {tmp}")
             return run(dict(cfg, save=os.path.join(tmp, "model.pt")), label, resume, source, overwrite)
     device = distributed.local_device(get_device(cfg["device"]))
     paths = run_paths(cfg["save"])
@@ -311,8 +340,24 @@ def claim_run_files(paths, overwrite):
         os.unlink(path)
 
 
+def describe_files(cfg, paths, label):
+    """The run's files in plain words, before any work: where to look, and how to continue."""
+    tool = "finetune.py" if label == "fine-tuning" else "main.py"
+    every = cfg.get("checkpoint_every", 0)
+    resume = ("none (a dry run)" if cfg["dry_run"] else
+              f"{paths['resume']} (after each epoch{f' and every {every:g} min' if every else ''}; continue "
+              f"with: python {tool} --resume {paths['resume']})")
+    print(f"Files of this run:\n"
+          f"  best model     {paths['best']} (rewritten at each new best validation loss)\n"
+          f"  resume point   {resume}\n"
+          f"  metrics        {paths['metrics']} (one JSON line per epoch)\n"
+          f"  final results  {paths['final']} (validation and test of the best model, at the end)\n"
+          f"  lock           {paths['lock']} (only while the run is in progress)")
+
+
 def _run(cfg, label, device, paths, resume, source):
     print("Configuration: " + json.dumps(cfg, sort_keys=True))
+    describe_files(cfg, paths, label)
     set_seed(cfg["seed"])
     corpus = Corpus(cfg["data"])
     vocab = vocab_info(corpus.dictionary)
@@ -337,7 +382,8 @@ def _run(cfg, label, device, paths, resume, source):
         print(f"Resuming after epoch {schedule.epoch}{where} (best so far: epoch {schedule.best_epoch})")
     elif source is not None:
         load_weights(model, source, "the input checkpoint")
-        start = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short))
+        start = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short,
+                                           "validation, input model"))
         print(f"Starting from valid ppl {ppl(start):.2f}")
         if distributed.is_main():
             save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start)

@@ -6,12 +6,16 @@ import platform
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 class UserError(Exception):
@@ -99,7 +103,8 @@ def remove_stale_temp_files(path):
 
 class RunLock:
     """An exclusive lock on a run's files (``fcntl.flock`` on ``path``), so two processes never
-    write the same run.  Released when the process ends, however it ends."""
+    write the same run.  Released when the process ends, however it ends; the file is removed when the
+    run ends, so one left beside a run belongs to a run in progress (or a killed one)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -111,18 +116,103 @@ class RunLock:
         except ImportError:  # no flock on this platform: nothing to hold
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.close()
+                raise UserError(f"another process is running the run whose lock is {self.path}: wait for it to end, "
+                                f"or choose another --save") from None
+            try:  # the file we locked may have been removed by the run that just ended: lock the current one
+                if os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
+                    return self
+            except FileNotFoundError:
+                pass
             self.file.close()
-            raise UserError(f"another process is running the run whose lock is {self.path}: wait for it to end, "
-                            f"or choose another --save") from None
-        return self
 
     def __exit__(self, *exc):
-        if self.file is not None:
+        if self.file is not None:  # unlinked while still held, so a lock file left means a run in progress
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
             self.file.close()
+
+
+PLAIN_EVERY = 60.0  # seconds between progress lines when stderr is not a terminal
+
+
+def progress(iterable=None, total=None, desc="", unit="batch", enabled=True):
+    """Progress of a long step: a tqdm bar with rate and ETA on a terminal; elsewhere (a log file, nohup,
+    CI) a plain line every PLAIN_EVERY seconds, since a bar's carriage returns make one endless line
+    in a file.  ``enabled=False`` (ranks other than 0) shows nothing."""
+    if enabled and sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+    if enabled:
+        return PlainProgress(iterable, total, desc, unit)
+    return tqdm(iterable, total=total, disable=True)
+
+
+class PlainProgress:
+    """tqdm's interface (iterate, ``update``, ``set_postfix``, ``close``) printing plain lines to stderr."""
+
+    def __init__(self, iterable, total, desc, unit):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.n, self.postfix = 0, ""
+        self.start = self.last = time.time()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n=1):
+        self.n += n
+        now = time.time()
+        if now - self.last >= PLAIN_EVERY:
+            self.last = now
+            print(self.line(now), file=sys.stderr, flush=True)
+
+    def line(self, now):
+        elapsed = now - self.start
+        done = f"{self.n} {self.unit}"
+        if self.total:
+            done = f"{self.n}/{self.total} {self.unit} ({min(100, 100 * self.n // self.total)}%)"
+            if self.n < self.total:
+                done += f", ETA {tqdm.format_interval(elapsed * (self.total - self.n) / self.n)}"
+        return f"{self.desc}: {done}, {tqdm.format_interval(elapsed)} elapsed{self.postfix}"
+
+    def set_postfix(self, **values):
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def close(self):
+        pass
+
+
+class DeferredInterrupt:
+    """From creation until ``restore()``, Ctrl-C prints ``message`` and sets ``.requested`` instead of
+    raising, so a loop can stop where its state is consistent and save it; a second Ctrl-C raises at
+    once.  Outside the main thread, or where SIGINT is not Python's default handler (ignored, or taken
+    by a host program), it changes nothing."""
+
+    def __init__(self, message):
+        self.message, self.requested = message, False
+        self.installed = (threading.current_thread() is threading.main_thread()
+                          and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self.installed:
+            signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nCtrl-C: {self.message} (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+    def restore(self):
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.installed = False
 
 
 _UMASK = os.umask(0)

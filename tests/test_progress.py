@@ -1,0 +1,80 @@
+"""What a user sees during a long run: plain progress lines when the output is not a terminal, the
+run's files named at the start, Ctrl-C answered with a resume point and the command to continue,
+and the lock file gone once the run ends."""
+import os
+import signal
+
+import torch
+
+import main as main_cli
+import trainer
+import utils
+
+
+def tiny_args(data, save, *extra, epochs=1):
+    return ["--preset", "awd-ptb", "--data", str(data), "--emsize", "16", "--nhid", "24", "--nlayers", "2",
+            "--batch_size", "4", "--bptt", "12", "--eval_batch_size", "4", "--epochs", str(epochs),
+            "--log-interval", "1000", "--save", str(save), "--device", "cpu", *extra]
+
+
+def test_plain_progress_lines_when_not_a_terminal(tiny_corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(utils, "PLAIN_EVERY", 0.0)  # a line at every step (stderr is captured: no terminal)
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "p.pt"))
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert "\r" not in captured.err  # no bar redrawn in place
+    epoch = [line for line in err if line.startswith("epoch 1: ")]
+    assert epoch and "ETA" in epoch[0] and " elapsed" in epoch[0] and "/" in epoch[0]
+    for step in ("validation, epoch 1: ", "validation, best model: ", "test, best model: "):
+        assert any(line.startswith(step) for line in err), step
+    # The run's files in plain words before the first epoch, after the configuration line users parse.
+    out = captured.out
+    assert out.index("Configuration: {") < out.index("Files of this run:") < out.index("end of epoch")
+    for name in ("p.pt", "p.resume.pt", "p.metrics.jsonl", "p.final.json", "p.lock"):
+        assert str(tmp_path / name) in out
+    assert f"python main.py --resume {tmp_path / 'p.resume.pt'}" in out
+
+
+def test_ctrl_c_in_the_first_epoch_writes_a_resume_point_and_says_how_to_continue(tiny_corpus, tmp_path,
+                                                                                     monkeypatch, capsys):
+    real, calls = trainer.train_step, []
+
+    def ctrl_c_at_batch_5(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the middle of the first epoch
+        return out
+
+    monkeypatch.setattr(trainer, "train_step", ctrl_c_at_batch_5)
+    save = tmp_path / "c.pt"
+    assert main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0")) is None
+    captured = capsys.readouterr()
+    assert len(calls) == 5  # stopped after the batch under way, not before
+    assert "Ctrl-C: stopping at the end of this batch" in captured.err
+    resume = tmp_path / "c.resume.pt"
+    assert "resume point written mid-epoch (inside epoch 1, after batch 5)" in captured.out
+    assert f"Continue with: python main.py --resume {resume}" in captured.out
+    blob = torch.load(resume, weights_only=True)
+    assert blob["position"]["epoch"] == 1 and blob["position"]["batch"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is plain again afterwards
+    assert not (tmp_path / "c.lock").exists()
+    monkeypatch.setattr(trainer, "train_step", real)
+    main_cli.main(["--resume", str(resume), "--device", "cpu"])
+    assert "Resuming after epoch 0, inside epoch 1 at batch 5" in capsys.readouterr().out
+    assert (tmp_path / "c.final.json").is_file() and not (tmp_path / "c.lock").exists()
+
+
+def test_the_lock_belongs_to_the_run_in_progress_only(tmp_path):
+    path = tmp_path / "r.lock"
+    with utils.RunLock(path):
+        assert path.exists()
+        try:
+            with utils.RunLock(path):
+                raise AssertionError("a second holder got the lock")
+        except utils.UserError as e:
+            assert "another process" in str(e)
+    assert not path.exists()
+    with utils.RunLock(path):  # taken again after the first run ended
+        assert path.exists()
+    assert not path.exists()
