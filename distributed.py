@@ -73,6 +73,9 @@ def session(cfg):
     # through a gloo group on the CPU, so agreeing on them never waits for the GPU's queued work.
     control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else dist.group.WORLD
     _world = {"rank": me, "size": size, "device": device, "control": control}
+    if me == 0:
+        print(f"One run in {size} processes (torchrun, {dist.get_backend()}): each trains on 1/{size} of every "
+              f"batch's columns")
     stdout = sys.stdout
     if me:
         sys.stdout = open(os.devnull, "w")

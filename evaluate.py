@@ -56,7 +56,7 @@ def main(argv=None):
     set_seed(args.seed)
     for name, (tokens, bsz) in splits.items():
         source = batchify(tokens, bsz, device)
-        loss = evaluate(model, source, bptt, bsz, args.max_batches)
+        loss = evaluate(model, source, bptt, bsz, args.max_batches, desc=name)
         results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss)})
         print(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size {bsz} |")
         if args.mc and name != "train":
@@ -65,7 +65,8 @@ def main(argv=None):
             results.update({f"mc_{name}_loss": loss, f"mc_{name}_ppl": ppl(loss)})
             print(f"| {name:5s} | MC dropout, {args.mc} samples | loss {loss:5.3f} | ppl {ppl(loss):8.2f} |")
         if args.mask_variance and name == "valid":
-            results["mask_variance"] = mask_variance(model, source, bptt, bsz, args.max_batches)
+            results["mask_variance"] = mask_variance(model, source, bptt, bsz, args.max_batches,
+                                                     desc="mask variance (valid)")
             print(f"| valid | mask variance {results['mask_variance']:.5f} |")
     if args.mc:
         results["mc_samples"] = args.mc

@@ -10,10 +10,10 @@ of two train-mode passes' logits, from the same hidden state (pass 1's is carrie
 import math
 
 import torch
-from tqdm import tqdm
 
 from data import count_windows, windows
 from model import Masks, first_copy, tile_hidden
+from utils import progress
 
 
 def mc_cross_entropy(target_logprobs):
@@ -37,8 +37,8 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
     hiddens = [tile_hidden(model.init_hidden(batch_size), c) for c in sizes]
     total, count = torch.zeros((), device=source.device), 0
     try:
-        for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
-                                  desc=desc, unit="batch", leave=False, disable=None):
+        for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
+                                      f"{desc}, {samples} samples"):
             T = data.size(0)
             per_sample = []
             for k, c in enumerate(sizes):
@@ -54,13 +54,13 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
 
 
 @torch.no_grad()
-def mask_variance(model, source, bptt, batch_size, max_batches=None):
+def mask_variance(model, source, bptt, batch_size, max_batches=None, desc="mask variance"):
     """Mean over all elements of (logits of one dropout pass - logits of another)^2."""
     model.train()
     hidden = model.init_hidden(batch_size)
     total, count = torch.zeros((), device=source.device), 0
     try:
-        for data, _ in windows(source, bptt, max_batches):
+        for data, _ in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches), desc):
             logits, pair_hidden = model(data.repeat(1, 2), tile_hidden(hidden, 2), Masks(copies=2))
             diff = logits[:, :batch_size] - logits[:, batch_size:]
             total += diff.pow(2).sum()

@@ -19,13 +19,12 @@ import math
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from checkpoint import open_checkpoint
 from config import tool_parser
 from data import batchify, count_windows, windows
 from trainer import ppl
-from utils import UserError, run_cli
+from utils import UserError, progress, run_cli
 
 # The awd-lstm-lm README's pointer commands (salesforce/awd-lstm-lm, "Finally, run the pointer").
 DEFAULTS = {
@@ -94,8 +93,8 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
     log_wv = math.log(1 - lambdasm) if lambdasm < 1 else -math.inf   # log mixture weights
     log_wc = math.log(lambdasm) if lambdasm > 0 else -math.inf
     plain, mixed = [], []
-    for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
-                              desc="cache pointer", unit="chunk", leave=False, disable=None):
+    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
+                                  "cache pointer", unit="chunk"):
         hidden, _, dropped = model.features(data, hidden)
         logits = model.decoder(dropped[-1])
         h = dropped[-1].view(-1, dropped[-1].size(-1)).float()   # eval mode: the last layer's output

@@ -65,6 +65,7 @@ def test_two_processes_equal_one_without_dropout(tiny_corpus, tmp_path):
         assert b["best"] == a["best"] and b["phase"] == a["phase"] == "asgd"
     assert final(tmp_path / "two.pt")["test_ppl"] == pytest.approx(final(tmp_path / "one.pt")["test_ppl"], rel=1e-5)
     assert proc.stdout.count("End of training") == 1  # rank 1 prints nothing
+    assert "One run in 2 processes (torchrun, gloo)" in proc.stdout
 
 
 def test_fd_with_dropout_trains_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path):
@@ -83,7 +84,7 @@ def test_fd_with_dropout_trains_checkpoints_and_resumes_exactly(tiny_corpus, tmp
         assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=1e-9)
     assert final(tmp_path / "split.pt")["test_ppl"] == pytest.approx(final(tmp_path / "straight.pt")["test_ppl"])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("split")) == [
-        "split.final.json", "split.lock", "split.metrics.jsonl", "split.pt", "split.resume.pt"]
+        "split.final.json", "split.metrics.jsonl", "split.pt", "split.resume.pt"]  # no lock once it ended
 
 
 def test_batch_size_not_divisible_is_one_line_error(tiny_corpus, tmp_path):
