@@ -1,0 +1,279 @@
+"""Dynamic evaluation (Krause, Kahembwe, Murray, Renals, ICML 2018): the model keeps learning from
+the text it is scoring, as AWD-LSTM + dynamic eval did for its published PTB / WikiText-2 results.
+
+Each split is read at batch 1 in segments of --bptt tokens, the hidden state carried.  Every
+segment is scored first and then learned from, so no token is ever predicted by weights that have
+seen it.  The update is the paper's RMS-normalized step with a decay toward the trained weights
+theta_g, per parameter element:
+
+    theta <- theta - lr * grad / (rms + epsilon) + min(lamb * rms / avg, 1) * (theta_g - theta)
+
+grad is the gradient of the segment's mean token loss; rms the root mean square of the gradients of
+--max_batches training batches of --batch_size x --bptt tokens (the mean over batches, eq. 5 of the
+paper: the authors' code since its "hyper-parameters now reflect the paper equations" commit);
+avg the mean over the model's parameter tensors of each one's mean rms.  The first version of that
+code summed squared gradients and tensor means instead, which scales lr and epsilon by
+1 / sqrt(batches) and lamb by 1 / tensors (see ``from_first_version``).  Dropout is off throughout;
+validation and test each start from the checkpoint's weights, and the checkpoint is only read.
+
+    python dynamiceval.py --save runs/awd-ptb_FD.finetune.pt          # PTB defaults (the paper's)
+    python dynamiceval.py --save runs/awd-wt2_FD.finetune.pt          # WikiText-2 defaults
+    python dynamiceval.py --save runs/awd-ptb_FD.finetune.pt --grid   # the search on validation
+"""
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from checkpoint import open_checkpoint
+from config import check_numbers, tool_parser
+from data import batchify, count_windows, windows
+from trainer import ppl
+from utils import UserError, check_device_name, repackage_hidden, run_cli, set_seed
+
+# The paper's AWD-LSTM settings (its README's replication commands: lr 0.002, lamb 0.02, epsilon
+# 0.001, segments of 5, statistics over the whole training set at batch 100), stated in the first
+# version's parametrization, the same for both corpora.
+FIRST_VERSION = dict(lr=0.002, lamb=0.02, epsilon=0.001)
+# What converts them: training batches of that statistics pass (PTB 929,589 tokens -> 9,295 rows
+# of 100 -> 1,859 segments of 5; WikiText-2 2,088,628 -> 20,886 -> 4,177) and AWD-LSTM's parameter
+# tensors (embedding = tied decoder weight, 4 per LSTM layer, decoder bias: 14).
+TRAIN_BATCHES = {"ptb": 1859, "wt2": 4177}
+AWD_LSTM_TENSORS = 14
+VOCAB_SIZES = {10000: "ptb", 33278: "wt2"}
+# The authors' search (its code's lrlist / lamblist in this parametrization), for segments of 5;
+# both lists are scaled by bptt / 5 for other segment lengths, as that code does.
+GRID_LR = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4)
+GRID_LAMB = (0.001, 0.002, 0.003, 0.005)
+HYPER = ("lr", "lamb", "epsilon")
+
+
+def from_first_version(lr, lamb, epsilon, batches, tensors):
+    """The first version's hyper-parameters in the paper's parametrization (ours)."""
+    return dict(lr=lr / math.sqrt(batches), lamb=lamb / tensors, epsilon=epsilon / math.sqrt(batches))
+
+
+DEFAULTS = {corpus: dict(from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_TENSORS), bptt=5)
+            for corpus, n in TRAIN_BATCHES.items()}
+
+
+def build_parser():
+    p = tool_parser(__doc__)
+    p.add_argument("--lr", type=float, help="learning rate eta of the adaptation step "
+                                            f"(PTB {DEFAULTS['ptb']['lr']:.4g}, WT2 {DEFAULTS['wt2']['lr']:.4g})")
+    p.add_argument("--lamb", type=float, help="decay rate lambda toward the trained weights, 0 = none "
+                                              f"(both corpora {DEFAULTS['ptb']['lamb']:.4g})")
+    p.add_argument("--epsilon", type=float, help="stabilizer added to the gradients' rms "
+                                                 f"(PTB {DEFAULTS['ptb']['epsilon']:.4g}, "
+                                                 f"WT2 {DEFAULTS['wt2']['epsilon']:.4g})")
+    p.add_argument("--bptt", type=int, default=5, help="segment length: tokens scored between two updates, "
+                                                       "also of the training statistics' batches (default 5)")
+    p.add_argument("--batch_size", type=int, default=100, help="batch size of the training statistics (default 100)")
+    p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: the whole "
+                                                   "training set)")
+    p.add_argument("--grid", action="store_true", help="search lr x lamb on the validation set, then run the test "
+                                                       "set at the best pair")
+    p.add_argument("--grid_lr", type=float, nargs="+", help="learning rates searched by --grid (default: the "
+                                                            "authors' 3e-5 .. 1e-4, times bptt / 5)")
+    p.add_argument("--grid_lamb", type=float, nargs="+", help="decay rates searched by --grid (default: the "
+                                                              "authors' 0.001 .. 0.005, times bptt / 5)")
+    p.add_argument("--seed", type=int, default=1111, help="seed of the random generators (dynamic evaluation "
+                                                          "draws nothing; set for the same runs as evaluate.py)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    return p
+
+
+def check_rate(flag, value, upper=None):
+    if not (math.isfinite(value) and value >= 0 and (upper is None or value <= upper)):
+        rule = f"in [0, {upper}]" if upper is not None else "a finite number >= 0"
+        raise UserError(f"--{flag} must be {rule}, got {value}")
+
+
+def check_args(args):
+    check_numbers(vars(args), positive_ints=("bptt", "batch_size"), optional_positive_ints=("max_batches",),
+                  non_negative_ints=("seed",))
+    check_device_name(args.device)
+    for flag, upper in (("lr", None), ("lamb", 1)):
+        if getattr(args, flag) is not None:
+            check_rate(flag, getattr(args, flag), upper)
+        for value in getattr(args, f"grid_{flag}") or ():
+            check_rate(f"grid_{flag}", value, upper)
+    if args.epsilon is not None and not (math.isfinite(args.epsilon) and args.epsilon > 0):
+        raise UserError(f"--epsilon must be a finite number > 0, got {args.epsilon}")
+    if args.grid and (args.lr is not None or args.lamb is not None):
+        raise UserError("--grid searches lr and lamb itself: set the searched values with --grid_lr / "
+                        "--grid_lamb instead of --lr / --lamb")
+    if not args.grid and (args.grid_lr or args.grid_lamb):
+        raise UserError("--grid_lr / --grid_lamb set the values --grid searches: add --grid, or use --lr / --lamb")
+
+
+def corpus_of(blob):
+    """'ptb' or 'wt2' from the checkpoint's vocabulary size, or None when it is neither corpus."""
+    return VOCAB_SIZES.get(blob["vocab"]["size"])
+
+
+def hyper_parameters(args, blob):
+    """lr, lamb, epsilon: the flags given, the rest from the corpus the checkpoint was trained on."""
+    which = corpus_of(blob)
+    given = {k: getattr(args, k) for k in HYPER}
+    needed = [k for k in HYPER if given[k] is None and not (args.grid and k in ("lr", "lamb"))]
+    if which is None and needed:
+        raise UserError(f"{args.save} was trained on neither PTB (10000 words) nor WikiText-2 (33278): its "
+                        f"vocabulary has {blob['vocab']['size']} words (preset {blob['config'].get('preset')}), "
+                        f"so no published setting applies: give {', '.join('--' + k for k in needed)}")
+    values = {k: DEFAULTS[which][k] if given[k] is None and which else given[k] for k in HYPER}
+    return which, values
+
+
+def gradient_rms(model, source, bptt, max_batches=None):
+    """Per parameter, the root mean square over training batches of the gradient of the batch's mean
+    token loss (eq. 5), hidden state carried, dropout off.  Returns the rms tensors and the batch count."""
+    model.eval()
+    params = list(model.parameters())
+    sums = [torch.zeros_like(p) for p in params]
+    hidden = model.init_hidden(source.size(1))
+    n = 0
+    for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
+                              desc="gradient statistics", unit="batch", leave=False, disable=None):
+        model.zero_grad(set_to_none=True)
+        logits, hidden = model(data, repackage_hidden(hidden))
+        F.cross_entropy(logits.view(-1, model.ntoken), targets).backward()
+        for s, p in zip(sums, params):
+            if p.grad is not None:
+                s.addcmul_(p.grad, p.grad)
+        n += 1
+    model.zero_grad(set_to_none=True)
+    return [torch.sqrt(s / n) for s in sums], n
+
+
+class DynamicUpdate:
+    """The adaptation step of one run: theta_g, the per-element decay rates and step scales, fixed
+    from the training statistics; ``step()`` applies it to the model's current gradients."""
+
+    def __init__(self, model, rms, lr, lamb, epsilon, trained=None):
+        """``trained``: theta_g, one tensor per parameter (default: the model's weights now)."""
+        self.params = list(model.parameters())
+        if len(rms) != len(self.params):
+            raise ValueError("one rms tensor per parameter is needed")
+        avg = torch.stack([r.mean() for r in rms]).mean().item()
+        if not (math.isfinite(avg) and avg > 0):
+            raise UserError(f"the gradients on the training data are all zero or not finite (mean rms {avg}): "
+                            f"use an intact trained checkpoint")
+        self.lr = lr
+        self.trained = trained if trained is not None else [p.detach().clone() for p in self.params]
+        self.denominators = [r + epsilon for r in rms]
+        # lamb * rms / avg, clipped at 1 (the paper clips rms / avg at 1 / lamb): never past theta_g
+        self.decay = [torch.clamp(r * (lamb / avg), max=1.0) for r in rms]
+
+    @torch.no_grad()
+    def step(self):
+        for p, theta_g, denom, decay in zip(self.params, self.trained, self.denominators, self.decay):
+            p.lerp_(theta_g, decay)  # p + decay * (theta_g - p), from the weights before this step
+            if p.grad is not None:  # the step term does not depend on p: the order is free
+                p.addcdiv_(p.grad, denom, value=-self.lr)
+
+    @torch.no_grad()
+    def reset(self):
+        """Back to the trained weights: each split starts from the checkpoint."""
+        for p, theta_g in zip(self.params, self.trained):
+            p.copy_(theta_g)
+
+
+def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", token_losses=False):
+    """Mean token loss of a 1-D token stream at batch 1, each --bptt segment scored before ``update``
+    learns from it.  With ``token_losses`` also every token's loss, in order (CPU tensor)."""
+    model.eval()
+    source = batchify(tokens, 1, next(model.parameters()).device)
+    hidden = model.init_hidden(1)
+    total = torch.zeros((), device=source.device)
+    count, losses = 0, []
+    for data, targets in tqdm(windows(source, bptt), total=count_windows(source, bptt), desc=desc,
+                              unit="segment", leave=False, disable=None):
+        model.zero_grad(set_to_none=True)
+        logits, hidden = model(data, repackage_hidden(hidden))
+        flat = logits.view(-1, model.ntoken)
+        loss = F.cross_entropy(flat, targets, reduction="sum")
+        total += loss.detach()
+        count += targets.numel()
+        if token_losses:
+            losses.append(F.cross_entropy(flat.detach(), targets, reduction="none").cpu())
+        (loss / targets.numel()).backward()
+        update.step()
+    model.zero_grad(set_to_none=True)
+    mean = total.item() / count
+    return (mean, torch.cat(losses)) if token_losses else mean
+
+
+def timed_run(model, tokens, bptt, update, desc):
+    update.reset()
+    start = time.perf_counter()
+    loss = dynamic_evaluate(model, tokens, bptt, update, desc)
+    return loss, time.perf_counter() - start
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
+    which, hyper = hyper_parameters(args, blob)
+    if corpus.train.numel() // args.batch_size < 2:
+        raise UserError(f"the train split of {corpus.path} has {corpus.train.numel()} tokens, too few for "
+                        f"--batch_size {args.batch_size}: use a smaller --batch_size")
+    for split in ("valid", "test"):
+        if getattr(corpus, split).numel() < 2:
+            raise UserError(f"the {split} split of {corpus.path} has fewer than 2 tokens: nothing to evaluate")
+    set_seed(args.seed)
+    results = {"checkpoint": args.save, "data": str(corpus.path), "defaults": which, "bptt": args.bptt,
+               "batch_size": args.batch_size, "max_batches": args.max_batches}
+    start = time.perf_counter()
+    rms, batches = gradient_rms(model, batchify(corpus.train, args.batch_size, device), args.bptt, args.max_batches)
+    seconds = {"statistics": time.perf_counter() - start}
+    results["statistics_batches"] = batches
+    print(f"| gradient statistics | {batches} training batches of {args.batch_size} x {args.bptt} | "
+          f"{seconds['statistics']:.0f} s | defaults: {which or 'none (flags given)'} |")
+
+    trained = [p.detach().clone() for p in model.parameters()]  # theta_g, for every run
+
+    def run(split, lr, lamb):
+        update = DynamicUpdate(model, rms, lr, lamb, hyper["epsilon"], trained)
+        return timed_run(model, getattr(corpus, split), args.bptt, update,
+                         f"dynamic eval {split} (lr {lr:.3g}, lamb {lamb:.3g})")
+
+    if args.grid:
+        scale = args.bptt / 5
+        lrs = args.grid_lr or [v * scale for v in GRID_LR]
+        lambs = args.grid_lamb or [v * scale for v in GRID_LAMB]
+        table = []
+        for lamb in lambs:
+            for lr in lrs:
+                loss, secs = run("valid", lr, lamb)
+                table.append({"lr": lr, "lamb": lamb, "valid_loss": loss, "valid_ppl": ppl(loss), "seconds": secs})
+                print(f"| grid | lr {lr:9.3g} | lamb {lamb:9.3g} | valid ppl {ppl(loss):8.2f} |")
+        best = min(table, key=lambda row: row["valid_loss"] if math.isfinite(row["valid_loss"]) else math.inf)
+        hyper.update(lr=best["lr"], lamb=best["lamb"])
+        results["grid"] = table
+        seconds["grid"] = sum(row["seconds"] for row in table)
+        seconds["valid"], valid = best["seconds"], best["valid_loss"]
+        print(f"| grid | best on validation: lr {best['lr']:.3g} | lamb {best['lamb']:.3g} |")
+    else:
+        valid, seconds["valid"] = run("valid", hyper["lr"], hyper["lamb"])
+    test, seconds["test"] = run("test", hyper["lr"], hyper["lamb"])
+    results.update(hyper)
+    print(f"| dynamic eval | lr {hyper['lr']:.4g} | lamb {hyper['lamb']:.4g} | epsilon {hyper['epsilon']:.4g} | "
+          f"bptt {args.bptt} |")
+    for name, loss in (("valid", valid), ("test", test)):
+        results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss)})
+        tokens = getattr(corpus, name).numel() - 1
+        print(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size 1 | "
+              f"{seconds[name]:.0f} s, {tokens / max(seconds[name], 1e-9):.0f} tokens/s |")
+    results["seconds"] = seconds
+    if args.json:
+        print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)
