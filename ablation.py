@@ -68,7 +68,7 @@ OTHER_SEEDS = [321, 322, 323]
 STUDIES = ("full", "seeds", "kappa", "masks")
 # Keys of a run's configuration that say where and how it ran, not what it computed.
 COMMIT = "unknown"
-LOCATION_KEYS = ("save", "data", "device", "log_interval", "checkpoint_every", "fused_loss")
+LOCATION_KEYS = ("save", "data", "device", "log_interval", "checkpoint_every", "fused_loss", "overlap_passes")
 
 
 # ---------------------------------------------------------------- run specs and plans

@@ -20,6 +20,11 @@ when cuDNN may use it).  Every shape is timed once per round, between the steps,
 rounds is kept: a rate measured once before the steps (the old method) was too low whenever the shared
 machine was busy then, which put steps at 105-117% of it.  The peak is a ceiling for this step's
 matrix products, not the hardware's peak, and the step cannot reach it: elementwise work is not counted.
+
+``--overlap``: every two-pass model is stepped a second time with ``--overlap_passes`` (pass 2 on a
+second CUDA stream), in the same rounds on the same batches; its rows say whether the overlap ran
+(``overlap_active``: off a CUDA device the flag runs the sequential path) and its time against the
+same model's sequential step (``x_sequential``).
 """
 import argparse
 import json
@@ -36,7 +41,7 @@ import torch
 from checkpoint import build_model
 from config import PRESETS, VARIANTS, train_config
 from data import get_batch
-from fraternal import Regularizer
+from fraternal import Regularizer, overlap_blocker
 from fused_loss import chunk_rows
 from schedule import Schedule
 from trainer import evaluate, make_optimizer, train_step
@@ -121,8 +126,12 @@ class Runner:
 
 def bench_preset(preset, models, args, device):
     """Rows of one preset: rounds of (matmul shapes, then one step of each model), the first ``warmup`` untimed."""
-    cfgs = [train_config(["--preset", preset, "--model", m, "--device", args.device] + (TINY if args.tiny else [])
-                         + shlex.split(args.train_flags)) for m in models]
+    argv = [["--preset", preset, "--model", m, "--device", args.device] + (TINY if args.tiny else [])
+            + shlex.split(args.train_flags) for m in models]
+    cfgs = [train_config(a) for a in argv]
+    if args.overlap:  # each two-pass model once more, pass 2 on a second CUDA stream
+        cfgs += [train_config(a + ["--overlap_passes"]) for a, c in zip(argv, cfgs)
+                 if Regularizer.from_config(c).second_pass]
     vocab = TINY_VOCAB if args.tiny else VOCAB[cfgs[0]["data"]]
     runners = [Runner(c, vocab, device) for c in cfgs]
     B, T = cfgs[0]["batch_size"], cfgs[0]["bptt"]
@@ -144,15 +153,22 @@ def bench_preset(preset, models, args, device):
                 run.mem = max(run.mem, peak_mb(device))
     peak = max(2 * m * k * n / t for (m, k, n, _, _), t in best.items())
     rows, base = [], runners[models.index("baseline")] if "baseline" in models else None
-    for m, run in zip(models, runners):
+    sequential = {run.cfg["model"]: run for run in runners[:len(models)]}
+    for run in runners:
         passes = 2 if run.reg.second_pass else 1
         flops, med, low = step_flops(run.model, T * B, passes), statistics.median(run.times), min(run.times)
-        rows.append({"preset": preset, "model": m, "batch_size": B, "seq_len": T, "vocab": vocab, "passes": passes,
+        seq = sequential[run.cfg["model"]] if run.reg.overlap else None
+        fallback = overlap_blocker(run.reg, device) if run.reg.overlap else None
+        rows.append({"preset": preset, "model": run.cfg["model"], "overlap": run.reg.overlap,
+                     "overlap_active": run.reg.overlap and fallback is None, "overlap_fallback": fallback,
+                     "batch_size": B, "seq_len": T, "vocab": vocab, "passes": passes,
                      "flops_per_step": flops, "times_s": run.times, "median_s": med, "min_s": low,
                      "tokens_per_s": T * B / med, "gflops": flops / med / 1e9, "peak_gflops": peak / 1e9,
                      "of_peak": flops / med / peak, "of_peak_min": flops / low / peak, "peak_mem_mb": run.mem,
                      "x_base": med / statistics.median(base.times) if base and run is not base else None,
-                     "x_base_min": low / min(base.times) if base and run is not base else None})
+                     "x_base_min": low / min(base.times) if base and run is not base else None,
+                     "x_sequential": med / statistics.median(seq.times) if seq else None,
+                     "x_sequential_min": low / min(seq.times) if seq else None})
     mm = [{"m": m, "k": k, "n": n, "a_t": ta, "b_t": tb, "gflops": 2 * m * k * n / t / 1e9}
           for (m, k, n, ta, tb), t in best.items()]
     return rows, mm, eval_rates(runners[0], preset, vocab, device, 2 if args.quick else 5) if args.eval else []
@@ -191,6 +207,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="1 timed step; warm-up steps of seq_len 5")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, same code paths (for the test)")
     p.add_argument("--eval", action="store_true", help="also tokens/s of trainer.evaluate at batch 10 and 1")
+    p.add_argument("--overlap", action="store_true",
+                   help="also step every two-pass model with --overlap_passes (pass 2 on a second CUDA stream); "
+                        "off a CUDA device those rows run the sequential path and say so")
     p.add_argument("--train_flags", default="", help="extra main.py flags, e.g. --train_flags='--same_mask_w'")
     p.add_argument("--out", help="write every figure as JSON here")
     args = p.parse_args(argv)
@@ -215,16 +234,21 @@ def main(argv=None):
     for preset in presets:
         r, matmul[preset], e = bench_preset(preset, models, args, device)
         rows, evals = rows + r, evals + e
-        print(f"{preset}: " + ", ".join(f"{x['model']} {x['median_s'] * 1e3:.1f} ms" for x in r), flush=True)
+        print(f"{preset}: " + ", ".join(f"{x['model']}{' overlapped' if x['overlap'] else ''} "
+                                        f"{x['median_s'] * 1e3:.1f} ms" for x in r), flush=True)
     print("\n" + table(
-        ["preset", "model", "batch x seq", "GFLOP", "median ms", "min ms", "tokens/s", "GFLOP/s", "peak GFLOP/s",
-         "of peak", "x base", "x base min", "peak MiB" if device.type == "cuda" else "max RSS MiB"],
-        [[r["preset"], r["model"], f"{r['batch_size']}x{r['seq_len']}", f"{r['flops_per_step'] / 1e9:.4g}",
+        ["preset", "model", "overlap", "batch x seq", "GFLOP", "median ms", "min ms", "tokens/s", "GFLOP/s",
+         "peak GFLOP/s", "of peak", "x base", "x base min", "x seq", "x seq min",
+         "peak MiB" if device.type == "cuda" else "max RSS MiB"],
+        [[r["preset"], r["model"], ("on" if r["overlap_active"] else "sequential") if r["overlap"] else "-",
+          f"{r['batch_size']}x{r['seq_len']}", f"{r['flops_per_step'] / 1e9:.4g}",
           f"{r['median_s'] * 1e3:.1f}", f"{r['min_s'] * 1e3:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['gflops']:.1f}",
           f"{r['peak_gflops']:.1f}", f"{r['of_peak']:.0%}", *(f"{r[k]:.2f}" if r[k] else "-" for k in
-          ("x_base", "x_base_min")), f"{r['peak_mem_mb']:.0f}"] for r in rows]))
+          ("x_base", "x_base_min", "x_sequential", "x_sequential_min")), f"{r['peak_mem_mb']:.0f}"] for r in rows]))
     if device.type == "cpu":
         print("(max RSS is the whole process's high-water mark so far, not the configuration's own)")
+    for reason in sorted({r["overlap_fallback"] for r in rows if r["overlap_fallback"]}):
+        print(f"(overlap 'sequential': --overlap_passes ran the passes one after the other: {reason})")
     if evals:
         print("\n" + table(["preset", "eval batch", "tokens/s"],
                            [[e["preset"], e["batch_size"], f"{e['tokens_per_s']:.0f}"] for e in evals]))

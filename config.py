@@ -159,6 +159,11 @@ def build_train_parser():
     g.add_argument("--fused_loss", action=argparse.BooleanOptionalAction,
                    help="decoder, cross-entropies and penalty in cache-sized chunks with gradients formed in the "
                         "forward (fused_loss.py): the plain loss's values, less memory traffic; on by default")
+    g.add_argument("--overlap_passes", action=argparse.BooleanOptionalAction,
+                   help="run the second pass on a second CUDA stream beside the first, so that their kernels "
+                        "overlap (same masks and values as one pass after the other). CUDA only: on a CPU, with "
+                        "--same_mask_* and with ELD's eval-mode pass the passes run one after the other (the run "
+                        "says so). Off by default: its speed has not been measured on a GPU")
     g.add_argument("--alpha", type=float, help=f"activation regularization (AR) weight ({per_preset('alpha')})")
     g.add_argument("--beta", type=float, help=f"temporal activation regularization (TAR) weight ({per_preset('beta')})")
     g = p.add_argument_group("optimization (default: the preset's value)")
@@ -224,6 +229,7 @@ def _train_config(flags):
     cfg["fused_loss"] = given.get("fused_loss", True)
     cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
     cfg["batch_passes"] = given.get("batch_passes", True)
+    cfg["overlap_passes"] = given.get("overlap_passes", False)
     cfg["dry_run"] = bool(given.get("dry_run"))
     # A dry run writes to a temporary folder unless told where.
     cfg["save"] = given.get("save") or (None if cfg["dry_run"] else f"runs/{preset}_{model}.pt")
@@ -236,7 +242,7 @@ def _train_config(flags):
 
 # What fine-tuning changes in the trained run's configuration (the reference's finetune.py).
 FINETUNE_RECIPE = dict(alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0, double_target=False,
-                       eval_auxiliary=False, same_mask="", stage="finetune")
+                       eval_auxiliary=False, same_mask="", overlap_passes=False, stage="finetune")
 FINETUNE_FLAGS = ("data", "batch_size", "epochs", "seed", "alpha", "beta", "nonmono", "lr", "clip", "wdecay", "bptt",
                   "eval_batch_size", "test_batch_size", "device", "log_interval", "checkpoint_every", *DROPOUT_FLAGS)
 
@@ -279,7 +285,8 @@ def _resume_config(flags, blob):
             raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
                             f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
         cfg[key] = value
-    for key, value in (("checkpoint_every", 0.0), ("fused_loss", True), ("batch_passes", True)):
+    for key, value in (("checkpoint_every", 0.0), ("fused_loss", True), ("batch_passes", True),
+                       ("overlap_passes", False)):
         cfg.setdefault(key, value)  # settings added since older checkpoints were written
     if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
@@ -292,7 +299,7 @@ def check_train_config(cfg, given):
     model = cfg.get("model")
     if model == "baseline":
         bad = [f"--{k} {given[k]}" for k in ("kappa",) if given.get(k)]
-        bad += [f"--{k}" for k in ("double_target", "eval_auxiliary") if given.get(k)]
+        bad += [f"--{k}" for k in ("double_target", "eval_auxiliary", "overlap_passes") if given.get(k)]
         bad += [f"--same_mask_{s}" for s in cfg["same_mask"]]
         if bad:
             raise UserError(f"--model baseline runs no second pass, so {' '.join(bad)} would do nothing: "
@@ -326,6 +333,7 @@ class RunConfig(TypedDict, total=False):
     same_mask: str  # sites of pass 1's masks that pass 2 reuses, a subset of "eihwo"
     batch_passes: bool
     fused_loss: bool
+    overlap_passes: bool  # pass 2 on a second CUDA stream (fraternal.overlap_blocker says where it applies)
     alpha: float
     beta: float
     # optimization

@@ -75,6 +75,7 @@ class Regularizer:
     beta: float = 0.0  # TAR on the last layer's raw output
     batch_passes: bool = True  # with a shared W_hh mask, run both passes as one forward of twice the batch
     fused: bool = True  # decoder + losses in cache-sized chunks (fused_loss.py); same values as the plain code
+    overlap: bool = False  # pass 2 on a second CUDA stream beside pass 1, where overlap_blocker allows
 
     def __post_init__(self):
         if self.penalty not in PENALTIES:
@@ -93,7 +94,8 @@ class Regularizer:
         return cls(kappa=cfg["kappa"], double_target=cfg["double_target"],
                    eval_auxiliary=cfg["eval_auxiliary"], penalty=cfg["penalty"],
                    same_mask=cfg["same_mask"], alpha=cfg["alpha"], beta=cfg["beta"],
-                   batch_passes=cfg.get("batch_passes", True), fused=cfg.get("fused_loss", True))
+                   batch_passes=cfg.get("batch_passes", True), fused=cfg.get("fused_loss", True),
+                   overlap=cfg.get("overlap_passes", False))
 
 
 class LossOutput(NamedTuple):
@@ -110,10 +112,68 @@ def fraternal_penalty(logits1, logits2, kind="mse"):
     return PENALTIES[kind](logits1, logits2)
 
 
+def overlap_blocker(reg, device):
+    """Why ``reg``'s two passes cannot run on two CUDA streams on ``device``; None when they can.
+    The overlap needs a pass 2 that depends on nothing of pass 1 and draws every mask of its own."""
+    if not reg.second_pass:
+        return "there is no second pass"
+    if device.type != "cuda":
+        return f"CUDA streams exist only on a CUDA device, not on {device.type}"
+    if reg.batched:
+        return "with --same_mask_w the two passes already run as one forward of twice the batch"
+    if reg.same_mask:
+        return "pass 2 reuses pass 1's masks (--same_mask_*), so it depends on pass 1"
+    if reg.eval_auxiliary:
+        return "the eval-mode second pass (ELD) is not part of the overlapped path, which is built and tested " \
+               "for train-mode passes"
+    return None
+
+
+_SIDE_STREAMS = {}
+
+
+def _side_stream(device):
+    """The stream pass 2 runs on: one per device, made once."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
+def _overlapped_passes(model, data, hidden):
+    """Pass 1 on the current CUDA stream, pass 2 on a side stream, so that their kernels run side by
+    side (each pass alone is a chain of small, latency-bound recurrent kernels).
+
+    Same masks as the sequential path: the passes are launched from the host in the same order, and
+    the CUDA generator (Philox) gives each draw its counter offset on the host at launch, so every
+    mask has the value the sequential path draws, whichever stream it runs on.
+    Synchronization: the side stream starts after all the current stream has queued before pass 1
+    (the batch, the hidden state, the last update of the weights), not after pass 1; the current
+    stream waits for pass 2 before the loss reads it.  Every tensor one stream made and the other
+    reads is recorded with the allocator (``record_stream``), so its memory is not reused while the
+    other stream may still read it: the batch and the hidden state (also read by pass 2's backward)
+    and pass 2's output.  Backward needs nothing more: autograd runs each backward op on its forward
+    op's stream, synchronizes every gradient that crosses streams (the two passes' sums into the
+    shared weights included), and ``backward()`` returns synchronized with the calling stream, so
+    clipping and the optimizer step read complete gradients."""
+    main, side = torch.cuda.current_stream(data.device), _side_stream(data.device)
+    side.wait_stream(main)  # fork before pass 1 is queued: pass 2 must not wait for it
+    first = model.features(data, hidden)
+    with torch.cuda.stream(side):
+        second = model.features(data, hidden)
+    main.wait_stream(side)  # join before the loss
+    for t in (data, *(t for state in hidden for t in state)):
+        t.record_stream(side)
+    out2 = second.outputs[-1]
+    out2.record_stream(main)
+    return first, out2
+
+
 def _two_passes(model, data, hidden, reg):
     """Pass 1's features (hidden state, per-layer outputs) and pass 2's decoder input, or None."""
     if not reg.second_pass:
         return model.features(data, hidden), None
+    if reg.overlap and overlap_blocker(reg, data.device) is None:
+        return _overlapped_passes(model, data, hidden)
     if reg.batched:
         # One forward of twice the batch: the shared W_hh mask lets both halves go through one
         # LSTM kernel call; every other site gives each half its own mask unless it is shared too.

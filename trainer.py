@@ -21,7 +21,7 @@ import distributed
 from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
                         set_rng_state, vocab_info)
 from data import Corpus, batchify, check_split_sizes, count_windows, get_batch, windows
-from fraternal import Regularizer, fraternal_loss
+from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from schedule import ANNEAL, STOP, SWITCH, Schedule
 from utils import (DeferredInterrupt, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
                    get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
@@ -394,6 +394,10 @@ def _run(cfg, label, device, paths, resume, source):
     print(f"Device: {device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
           f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
     distributed.prepare(model, cfg, resume)
+    if cfg.get("overlap_passes"):
+        reason = overlap_blocker(Regularizer.from_config(cfg), device)
+        print("--overlap_passes: " + (f"the two passes run one after the other here: {reason}" if reason
+                                      else "pass 2 runs on a second CUDA stream beside pass 1"))
     fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device, optimizer_state, position)
     if not distributed.is_main():  # the test evaluation is rank 0's alone
         return None

@@ -1,4 +1,5 @@
-"""bench.py on tiny shapes: every configuration is timed, the FLOP count is right, errors are one line.
+"""bench.py on tiny shapes: every configuration is timed (FD also with --overlap_passes, which runs the
+sequential path on the CPU and says so), the FLOP count is right, errors are one line.
 
 Speed itself is never asserted (it depends on the machine and its load).
 """
@@ -12,16 +13,17 @@ import pytest
 import torch
 
 import bench
+import config
 from utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-PRESETS = ("single", "awd-ptb", "awd-wt2", "merity-ptb", "merity-wt2")
+PRESETS = tuple(config.PRESETS)
 # --tiny: emsize 8, nhid 12, batch 3, bptt 5 (15 tokens a step), vocabulary 50, weights tied.
 # One layer: the layer is 8 -> 8.  Three layers: 8 -> 12, 12 -> 12, 12 -> 8.  W_ih is 4H x I, W_hh 4H x H.
 SINGLE_WEIGHTS = 32 * 8 + 32 * 8 + 50 * 8  # W_ih, W_hh, decoder = 912
 THREE_LAYER_WEIGHTS = (48 * 8 + 48 * 12) + (48 * 12 + 48 * 12) + (32 * 12 + 32 * 8) + 50 * 8  # = 3152
 # 2 FLOPs per weight per token, 3 products per weight (forward, grad input, grad weight), 15 tokens
-BASELINE_FLOPS = {"single": 2 * 3 * 15 * SINGLE_WEIGHTS, **{p: 2 * 3 * 15 * THREE_LAYER_WEIGHTS for p in PRESETS[1:]}}
+BASELINE_FLOPS = {p: 2 * 3 * 15 * {1: SINGLE_WEIGHTS, 3: THREE_LAYER_WEIGHTS}[config.PRESETS[p]["nlayers"]] for p in PRESETS}
 
 
 def run_bench(*args):
@@ -32,14 +34,15 @@ def run_bench(*args):
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = run_bench("--quick", "--eval", "--out", str(out))
+    proc = run_bench("--quick", "--eval", "--overlap", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads(out.read_text())
 
 
 def test_every_configuration_timed(result):
-    rows = {(r["preset"], r["model"]): r for r in result["train"]}
-    assert set(rows) == {(p, m) for p in PRESETS for m in ("baseline", "FD")}
+    rows = {(r["preset"], r["model"], r["overlap"]): r for r in result["train"]}
+    assert len(rows) == len(result["train"])
+    assert set(rows) == {(p, m, o) for p in PRESETS for m, o in (("baseline", False), ("FD", False), ("FD", True))}
     for r in rows.values():
         assert len(r["times_s"]) == 1 and r["min_s"] > 0 and r["median_s"] > 0 and r["tokens_per_s"] > 0
         assert r["peak_mem_mb"] > 0
@@ -50,10 +53,23 @@ def test_every_configuration_timed(result):
 
 
 def test_flops_match_an_independent_count(result):
-    rows = {(r["preset"], r["model"]): r for r in result["train"]}
+    rows = {(r["preset"], r["model"], r["overlap"]): r for r in result["train"]}
     for p in PRESETS:
-        assert rows[(p, "baseline")]["flops_per_step"] == BASELINE_FLOPS[p]
-        assert rows[(p, "FD")]["flops_per_step"] == 2 * BASELINE_FLOPS[p]
+        assert rows[(p, "baseline", False)]["flops_per_step"] == BASELINE_FLOPS[p]
+        assert rows[(p, "FD", False)]["flops_per_step"] == rows[(p, "FD", True)]["flops_per_step"] == 2 * BASELINE_FLOPS[p]
+
+
+def test_overlap_rows_on_cpu_say_they_ran_the_sequential_path(result):
+    """FD / baseline with and without the overlap, and the overlap against FD's own sequential step."""
+    rows = {(r["preset"], r["model"], r["overlap"]): r for r in result["train"]}
+    for p in PRESETS:
+        over, seq = rows[(p, "FD", True)], rows[(p, "FD", False)]
+        assert over["overlap_active"] is False and "CUDA" in over["overlap_fallback"]
+        assert over["x_sequential"] == over["median_s"] / seq["median_s"]
+        assert over["x_sequential_min"] == over["min_s"] / seq["min_s"]
+        assert over["x_base"] == over["median_s"] / rows[(p, "baseline", False)]["median_s"]
+        for r in (seq, rows[(p, "baseline", False)]):
+            assert r["overlap_active"] is False and r["overlap_fallback"] is None and r["x_sequential"] is None
 
 
 def test_header(result):

@@ -2,9 +2,11 @@
 
     python -m pytest -q tests/test_cuda.py
 
-DropConnect through cuDNN, fraternal dropout's two forwards before one backward, averaged SGD's
+DropConnect through cuDNN, fraternal dropout's two forwards before one backward, the two passes
+overlapped on two CUDA streams (--overlap_passes) against the sequential path, averaged SGD's
 capturable state, checkpoints crossing devices, a dry run of every preset and variant, MC dropout.
 """
+import dataclasses
 import warnings
 
 import pytest
@@ -13,13 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import evaluate as evaluate_cli
+import fraternal
 import main as main_cli
 from checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from config import PRESETS, train_config
-from fraternal import Regularizer, fraternal_loss
+from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from model import Masks
 from schedule import Schedule
-from trainer import make_optimizer
+from trainer import make_optimizer, train_step
 from weight_drop import WeightDropLSTM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -127,6 +130,93 @@ def test_two_forwards_one_backward_gives_the_cpu_gradients(model_name):
         torch.testing.assert_close(pg.grad.cpu(), pc.grad, rtol=1e-3, atol=2e-5, msg=name)
 
 
+def _overlap_spy(monkeypatch):
+    """Counts the calls of the overlapped path, so a test knows it ran."""
+    calls, real = [], fraternal._overlapped_passes
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(fraternal, "_overlapped_passes", spy)
+    return calls
+
+
+def _loss_grads_masks(model, data, targets, reg, seed):
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    log, handles = _record_masks(model)
+    out = fraternal_loss(model, data, targets, model.init_hidden(data.size(1)), reg)
+    out.loss.backward()
+    for h in handles:
+        h.remove()
+    torch.cuda.synchronize()
+    return out, [p.grad.clone() for p in model.parameters()], [mask for _, mask in log]
+
+
+@pytest.mark.parametrize("model_name", ["FD", "PM", "RD"])
+@pytest.mark.parametrize("ar_tar", [(), ("--alpha", "2", "--beta", "1")])
+@pytest.mark.parametrize("fused", [True, False])
+def test_overlapped_passes_equal_the_sequential_path(model_name, ar_tar, fused, monkeypatch):
+    """Same seed: the same masks at every site (drawn in the same order from the host), the same loss,
+    logged parts, carried hidden state and every gradient (the two passes' contributions to the shared
+    weights are summed across the two streams)."""
+    cfg = _small_cfg("awd-ptb", model_name, *ar_tar)
+    torch.manual_seed(1)
+    model = build_model(cfg, 50).to(CUDA).train()
+    data = torch.randint(0, 50, (12, 3), device=CUDA)
+    targets = torch.randint(0, 50, (12 * 3,), device=CUDA)
+    sequential = dataclasses.replace(Regularizer.from_config(cfg), fused=fused)
+    overlapped = dataclasses.replace(sequential, overlap=True)
+    assert overlap_blocker(overlapped, CUDA) is None
+    calls = _overlap_spy(monkeypatch)
+    out_s, grads_s, masks_s = _loss_grads_masks(model, data, targets, sequential, 7)
+    assert not calls
+    out_o, grads_o, masks_o = _loss_grads_masks(model, data, targets, overlapped, 7)
+    assert calls == [1]
+    assert len(masks_o) == len(masks_s) == 2 * (1 + 1 + 3 + 2 + 1)  # e, i, 3 x w, 2 x h, o per pass
+    for a, b in zip(masks_s, masks_o):
+        assert torch.equal(a, b)
+    for a, b in ((out_s.loss, out_o.loss), (out_s.ce, out_o.ce), (out_s.penalty, out_o.penalty)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for (h, c), (h2, c2) in zip(out_s.hidden, out_o.hidden):
+        torch.testing.assert_close(h, h2, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c, c2, rtol=1e-5, atol=1e-6)
+    for (name, _), a, b in zip(model.named_parameters(), grads_s, grads_o):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("model_name", ["FD", "RD"])
+def test_training_steps_with_overlapped_passes_match_the_sequential_steps(model_name, monkeypatch):
+    """Six optimizer steps (lr scaling, clipping, SGD) on the same batches from the same weights."""
+    cfg = _small_cfg("awd-ptb", model_name)
+    torch.manual_seed(2)
+    init = build_model(cfg, 50).state_dict()
+    batches = [(torch.randint(0, 50, (10, 4), device=CUDA), torch.randint(0, 50, (40,), device=CUDA))
+               for _ in range(6)]
+    calls = _overlap_spy(monkeypatch)
+    runs = {}
+    for overlap in (False, True):
+        model = build_model(cfg, 50)
+        model.load_state_dict(init)
+        model.to(CUDA).train()
+        params = list(model.parameters())
+        opt = make_optimizer(cfg, Schedule(cfg), params, CUDA)
+        reg = dataclasses.replace(Regularizer.from_config(cfg), overlap=overlap)
+        hidden, losses = model.init_hidden(4), []
+        torch.manual_seed(3)
+        for data, targets in batches:
+            out = train_step(model, opt, params, data, targets, hidden, reg, cfg, 10)
+            hidden = out.hidden
+            losses.append(out.loss.item())
+        runs[overlap] = losses, [p.detach().clone() for p in params]
+    assert len(calls) == len(batches)
+    (loss_s, params_s), (loss_o, params_o) = runs[False], runs[True]
+    assert loss_o == pytest.approx(loss_s, rel=1e-3)  # cuDNN's and the embedding's atomics: not bit-exact
+    for (name, _), a, b in zip(model.named_parameters(), params_s, params_o):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_averaged_sgd_state_matches_the_cpu():
     cfg = dict(_small_cfg(), wdecay=1.2e-6, lr=30.0, optimizer="asgd")
     torch.manual_seed(2)
@@ -169,6 +259,7 @@ def _dry_run_cases():
         for model in ("FD", "ELD", "PM", "RD", "baseline"):
             yield preset, model, ()
         yield preset, "FD", ("--same_mask_w",)
+        yield preset, "RD", ("--overlap_passes",)
 
 
 @pytest.mark.parametrize("preset,model,flags", list(_dry_run_cases()))
