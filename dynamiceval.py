@@ -26,13 +26,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from checkpoint import open_checkpoint
 from config import check_numbers, tool_parser
 from data import batchify, count_windows, windows
+from pointer import corpus_of
 from trainer import ppl
-from utils import UserError, check_device_name, repackage_hidden, run_cli, set_seed
+from utils import UserError, check_device_name, progress, repackage_hidden, run_cli, set_seed
 
 # The paper's AWD-LSTM settings (its README's replication commands: lr 0.002, lamb 0.02, epsilon
 # 0.001, segments of 5, statistics over the whole training set at batch 100), stated in the first
@@ -43,7 +42,6 @@ FIRST_VERSION = dict(lr=0.002, lamb=0.02, epsilon=0.001)
 # tensors (embedding = tied decoder weight, 4 per LSTM layer, decoder bias: 14).
 TRAIN_BATCHES = {"ptb": 1859, "wt2": 4177}
 AWD_LSTM_TENSORS = 14
-VOCAB_SIZES = {10000: "ptb", 33278: "wt2"}
 # The authors' search (its code's lrlist / lamblist in this parametrization), for segments of 5;
 # both lists are scaled by bptt / 5 for other segment lengths, as that code does.
 GRID_LR = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4)
@@ -110,20 +108,16 @@ def check_args(args):
         raise UserError("--grid_lr / --grid_lamb set the values --grid searches: add --grid, or use --lr / --lamb")
 
 
-def corpus_of(blob):
-    """'ptb' or 'wt2' from the checkpoint's vocabulary size, or None when it is neither corpus."""
-    return VOCAB_SIZES.get(blob["vocab"]["size"])
-
-
 def hyper_parameters(args, blob):
-    """lr, lamb, epsilon: the flags given, the rest from the corpus the checkpoint was trained on."""
+    """lr, lamb, epsilon: the flags given, the rest from the corpus the checkpoint was trained on (read
+    from its vocabulary, as pointer.py does, never from folder names)."""
     which = corpus_of(blob)
     given = {k: getattr(args, k) for k in HYPER}
     needed = [k for k in HYPER if given[k] is None and not (args.grid and k in ("lr", "lamb"))]
     if which is None and needed:
-        raise UserError(f"{args.save} was trained on neither PTB (10000 words) nor WikiText-2 (33278): its "
-                        f"vocabulary has {blob['vocab']['size']} words (preset {blob['config'].get('preset')}), "
-                        f"so no published setting applies: give {', '.join('--' + k for k in needed)}")
+        raise UserError(f"checkpoint {args.save} was trained on neither PTB nor WikiText-2 (a vocabulary of "
+                        f"{blob['vocab']['size']} words, preset {blob['config'].get('preset')}), so no published "
+                        f"setting applies: give {', '.join('--' + k for k in needed)}")
     values = {k: DEFAULTS[which][k] if given[k] is None and which else given[k] for k in HYPER}
     return which, values
 
@@ -136,8 +130,8 @@ def gradient_rms(model, source, bptt, max_batches=None):
     sums = [torch.zeros_like(p) for p in params]
     hidden = model.init_hidden(source.size(1))
     n = 0
-    for data, targets in tqdm(windows(source, bptt, max_batches), total=count_windows(source, bptt, max_batches),
-                              desc="gradient statistics", unit="batch", leave=False, disable=None):
+    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
+                                  "gradient statistics (train)", unit="batch"):
         model.zero_grad(set_to_none=True)
         logits, hidden = model(data, repackage_hidden(hidden))
         F.cross_entropy(logits.view(-1, model.ntoken), targets).backward()
@@ -190,8 +184,7 @@ def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", tok
     hidden = model.init_hidden(1)
     total = torch.zeros((), device=source.device)
     count, losses = 0, []
-    for data, targets in tqdm(windows(source, bptt), total=count_windows(source, bptt), desc=desc,
-                              unit="segment", leave=False, disable=None):
+    for data, targets in progress(windows(source, bptt), count_windows(source, bptt), desc, unit="segment"):
         model.zero_grad(set_to_none=True)
         logits, hidden = model(data, repackage_hidden(hidden))
         flat = logits.view(-1, model.ntoken)

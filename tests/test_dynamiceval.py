@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dynamiceval
+import pointer
 from checkpoint import build_model, save_checkpoint, vocab_info
 from data import Corpus, batchify, count_windows, windows
 from trainer import evaluate, ppl
@@ -203,9 +204,18 @@ def test_published_defaults_per_corpus():
         assert d["lamb"] == pytest.approx(0.02 / 14)
     three_layers = build_model(dict(TINY, nlayers=3), 50)
     assert len(list(three_layers.parameters())) == dynamiceval.AWD_LSTM_TENSORS  # tied: 1 + 4 * 3 + 1
-    assert dynamiceval.corpus_of({"vocab": {"size": 10000}}) == "ptb"
-    assert dynamiceval.corpus_of({"vocab": {"size": 33278}}) == "wt2"
-    assert dynamiceval.corpus_of({"vocab": {"size": 2061}}) is None
+
+
+def test_defaults_follow_the_checkpoint_vocabulary_not_its_folder():
+    args = dynamiceval.build_parser().parse_args(["--save", "x.pt", "--epsilon", "1e-4"])
+    for fingerprint, corpus in pointer.CORPORA.items():
+        blob = {"vocab": {"size": 1, "sha256": fingerprint}, "config": {"preset": "single", "data": "data/other"}}
+        which, hyper = dynamiceval.hyper_parameters(args, blob)
+        d = dynamiceval.DEFAULTS[corpus]
+        assert which == corpus and hyper == dict(lr=d["lr"], lamb=d["lamb"], epsilon=1e-4)  # a flag wins
+    blob = {"vocab": {"size": 2061, "sha256": "0" * 64}, "config": {"preset": "awd-wt2", "data": "data/wikitext-2"}}
+    with pytest.raises(UserError, match="neither PTB nor WikiText-2 .* give --lr, --lamb$"):
+        dynamiceval.hyper_parameters(args, blob)
 
 
 def test_grid_runs_each_setting_from_the_trained_weights(trained):
