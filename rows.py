@@ -1,0 +1,149 @@
+"""The paper's rows, each declared once: the run behind it, the published validation / test perplexity
+and where that number comes from.
+
+reproduce.py runs them; README's "Reproducing the paper" table is written from here
+(``python reproduce.py --readme``), so commands and numbers have one source.  A chain is one training
+run and every step computed from it (fine-tuning, the cache pointer, dynamic evaluation); a row reads
+its number from one step of one chain, so rows of the same chain share their runs.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+STAGES = ("train", "finetune", "pointer", "dyneval")
+TABLES = ("single", "ptb", "wt2")
+
+FD = "Zolna et al. 2018 (fraternal dropout)"
+MERITY = "Merity et al. 2017 (arXiv 1708.02182)"
+README = "awd-lstm-lm README at bf0742c"
+KRAUSE = "Krause et al. 2018 (arXiv 1709.07432), AWD-LSTM + dynamic eval"
+# Cache-pointer settings per source: the paper's PTB window is 2000 (awd-lstm-lm README history,
+# commit 19470c8), the README's 500; for WikiText-2 only the README states them.
+POINTER_PAPER_PTB = ("--window", "2000", "--theta", "1.0", "--lambdasm", "0.1")
+POINTER_README_PTB = ("--window", "500", "--theta", "1.0", "--lambdasm", "0.1")
+POINTER_WT2 = ("--window", "3785", "--theta", "0.662", "--lambdasm", "0.1279")
+
+
+@dataclass(frozen=True)
+class Chain:
+    id: str
+    corpus: str  # folder under the data root: penn or wikitext-2
+    train: Tuple[str, ...]  # main.py's flags
+    table: Optional[str]  # the table it belongs to; None: run only when named
+    save: Optional[str] = None  # README's --save where main.py's default would clash with another chain's
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    chain: str
+    stage: str  # the step whose result is the row's number
+    what: str
+    published: Optional[Tuple[float, float]]  # validation, test perplexity
+    source: str
+    args: Tuple[str, ...] = ()  # the stage tool's own flags (pointer settings)
+
+
+CHAINS = [
+    Chain("single-FD", "penn", ("--preset", "single", "--model", "FD"), "single"),
+    Chain("single-FD-samew", "penn", ("--preset", "single", "--model", "FD", "--same_mask_w"), "single",
+          save="runs/single_FD_samew.pt"),
+    Chain("awd-ptb-FD", "penn", ("--preset", "awd-ptb", "--model", "FD"), "ptb"),
+    Chain("merity-ptb", "penn", ("--preset", "merity-ptb", "--model", "baseline"), "ptb"),
+    Chain("merity-readme-ptb", "penn", ("--preset", "merity-readme-ptb", "--model", "baseline"), "ptb"),
+    Chain("awd-wt2-FD", "wikitext-2", ("--preset", "awd-wt2", "--model", "FD"), "wt2"),
+    Chain("merity-wt2", "wikitext-2", ("--preset", "merity-wt2", "--model", "baseline"), "wt2"),
+    Chain("merity-readme-wt2", "wikitext-2", ("--preset", "merity-readme-wt2", "--model", "baseline"), "wt2"),
+    Chain("single-ELD", "penn", ("--preset", "single", "--model", "ELD"), None),
+    Chain("single-PM", "penn", ("--preset", "single", "--model", "PM"), None),
+    Chain("awd-ptb-baseline", "penn", ("--preset", "awd-ptb", "--model", "baseline"), None),
+    Chain("awd-wt2-baseline", "wikitext-2", ("--preset", "awd-wt2", "--model", "baseline"), None),
+]
+
+ROWS = [
+    Row("single-FD", "single-FD", "train", "single-layer PTB, FD (kappa 0.15)", (67.5, 64.9),
+        f"{FD}, single-layer PTB ablation table"),
+    Row("single-FD-samew", "single-FD-samew", "train", "single-layer PTB, FD, same W_hh mask", (66.9, 64.6),
+        f"{FD}, single-layer PTB ablation table"),
+    Row("awd-ptb-FD", "awd-ptb-FD", "train", "3-layer AWD-LSTM PTB, FD (kappa 0.1)", (59.8, 58.0),
+        f"{FD}, PTB table"),
+    Row("awd-ptb-FD-ft", "awd-ptb-FD", "finetune", "... then fine-tuned", (58.9, 56.8), f"{FD}, PTB table"),
+    Row("merity-ptb", "merity-ptb", "train", "AWD-LSTM, the paper's PTB recipe", (60.7, 58.8),
+        f"{MERITY}, model ablation table (- fine-tuning)"),
+    Row("merity-ptb-ft", "merity-ptb", "finetune", "... then fine-tuned", (60.0, 57.3), f"{MERITY}, PTB table"),
+    Row("merity-ptb-cache", "merity-ptb", "pointer", "... fine-tuned, with the cache pointer (window 2000)",
+        (53.9, 52.8), f"{MERITY}, PTB table", POINTER_PAPER_PTB),
+    Row("merity-ptb-dyneval", "merity-ptb", "dyneval", "... fine-tuned, with dynamic evaluation", (51.6, 51.1),
+        KRAUSE),
+    Row("merity-readme-ptb", "merity-readme-ptb", "train", "AWD-LSTM, the README's PTB command", (61.2, 58.8),
+        README),
+    Row("merity-readme-ptb-ft", "merity-readme-ptb", "finetune", "... then fine-tuned", (58.8, 56.5), README),
+    Row("merity-readme-ptb-cache", "merity-readme-ptb", "pointer", "... fine-tuned, with the cache pointer "
+        "(window 500)", (53.2, 52.5), README, POINTER_README_PTB),
+    Row("awd-wt2-FD", "awd-wt2-FD", "train", "3-layer AWD-LSTM WikiText-2, FD (kappa 0.1)", (68.3, 65.3),
+        f"{FD}, WikiText-2 table"),
+    Row("awd-wt2-FD-ft", "awd-wt2-FD", "finetune", "... then fine-tuned", (66.8, 64.1), f"{FD}, WikiText-2 table"),
+    Row("merity-wt2", "merity-wt2", "train", "AWD-LSTM, the paper's WikiText-2 recipe", (69.1, 66.0),
+        f"{MERITY}, model ablation table (- fine-tuning)"),
+    Row("merity-wt2-ft", "merity-wt2", "finetune", "... then fine-tuned", (68.6, 65.8), f"{MERITY}, WikiText-2 table"),
+    Row("merity-wt2-cache", "merity-wt2", "pointer", "... fine-tuned, with the cache pointer (window 3785)",
+        (53.8, 52.0), f"{MERITY}, WikiText-2 table; pointer settings from the README (the paper states none)",
+        POINTER_WT2),
+    Row("merity-wt2-dyneval", "merity-wt2", "dyneval", "... fine-tuned, with dynamic evaluation", (46.4, 44.3),
+        KRAUSE),
+    Row("merity-readme-wt2", "merity-readme-wt2", "train", "AWD-LSTM, the README's WikiText-2 command",
+        (68.7, 65.6), README),
+    Row("merity-readme-wt2-ft", "merity-readme-wt2", "finetune", "... then fine-tuned", (67.4, 64.7), README),
+    Row("merity-readme-wt2-cache", "merity-readme-wt2", "pointer", "... fine-tuned, with the cache pointer "
+        "(window 3785)", (52.2, 50.6), README, POINTER_WT2),
+    Row("single-ELD", "single-ELD", "train", "single-layer PTB, ELD (kappa 0.25)", None, "none recorded here"),
+    Row("single-PM", "single-PM", "train", "single-layer PTB, Pi-model (kappa 0.15)", None, "none recorded here"),
+    Row("awd-ptb-baseline", "awd-ptb-baseline", "train", "FD's PTB recipe without FD (kappa 0, one pass)", None,
+        "none published"),
+    Row("awd-wt2-baseline", "awd-wt2-baseline", "train", "FD's WikiText-2 recipe without FD", None,
+        "none published"),
+]
+
+CHAIN = {c.id: c for c in CHAINS}
+ROW = {r.id: r for r in ROWS}
+
+
+def chain_rows(chain_id):
+    return [r for r in ROWS if r.chain == chain_id]
+
+
+def select(names):
+    """The rows of tables (single, ptb, wt2, all) and row ids, in registry order.  A row id brings the
+    rows of the steps its number is computed from (training, fine-tuning): they cost nothing more."""
+    wanted = set()
+    for name in names:
+        if name == "all":
+            wanted |= {r.id for r in ROWS if CHAIN[r.chain].table is not None}
+        elif name in TABLES:
+            wanted |= {r.id for r in ROWS if CHAIN[r.chain].table == name}
+        elif name in ROW:
+            row = ROW[name]
+            wanted |= {r.id for r in chain_rows(row.chain) if r.id == name or (
+                r.stage in ("train", "finetune") and STAGES.index(r.stage) < STAGES.index(row.stage))}
+        else:
+            return None, name
+    return [r for r in ROWS if r.id in wanted], None
+
+
+def manual_commands(chain):
+    """The commands a person types for each step of ``chain`` (README), with main.py's default paths."""
+    preset, model = chain.train[1], chain.train[3]
+    save = chain.save or f"runs/{preset}_{model}.pt"
+    train = "python main.py " + " ".join(chain.train) + (f" --save {save}" if chain.save else "")
+    tuned = save[:-len(".pt")] + ".finetune.pt"
+    return {"train": train, "finetune": f"python finetune.py --save {save}",
+            "pointer": f"python pointer.py --save {tuned}", "dyneval": f"python dynamiceval.py --save {tuned}"}
+
+
+def readme_table():
+    """README's table of rows, generated: one line per row, its own step's command."""
+    lines = ["| row | run | command | published valid / test ppl | source |", "|---|---|---|---|---|"]
+    for row in ROWS:
+        command = manual_commands(CHAIN[row.chain])[row.stage] + "".join(f" {a}" for a in row.args)
+        published = f"{row.published[0]} / {row.published[1]}" if row.published else "-"
+        lines.append(f"| `{row.id}` | {row.what} | `{command}` | {published} | {row.source} |")
+    return "\n".join(lines) + "\n"
