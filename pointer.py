@@ -6,17 +6,21 @@ followed each h_i, and that cache distribution is mixed into the model's softmax
 p(w) = (1 - lambdasm) * p_vocab(w) + lambdasm * p_cache(w).  Both splits run at batch 1 as one
 stream, the hidden state and the cache carried from one --bptt chunk to the next (the chunk length
 only trades memory for speed; it does not change the result).  At the very start the cache holds the
-fewer than --window positions seen so far (none at the first token, which gets p_vocab alone);
-AWD-LSTM's script instead left the cache off until --window positions had been seen.
+fewer than --window positions seen so far (none at the first token, which gets p_vocab alone), and the
+loss is the mean over the N - 1 predicted tokens.  ``--awd_scoring`` scores as awd-lstm-lm's script did
+instead: no cache until more than --window positions were seen, none at the first position of each
+--bptt chunk (so its result depends on --bptt), and the summed loss divided by N.
 
-After fine-tuning, on a GPU:
+The corpus is read from the checkpoint's vocabulary (PTB or WikiText-2, by its fingerprint), and the
+settings from the source whose number the run reproduces (``SETTINGS``): a ``merity-*`` checkpoint gets
+the AWD-LSTM paper's, every other the awd-lstm-lm README's; ``--settings`` chooses explicitly.
 
-    python pointer.py --save runs/awd-ptb_FD.finetune.pt    # PTB defaults: window 500, theta 1.0, lambdasm 0.1
-    python pointer.py --save runs/awd-wt2_FD.finetune.pt    # WT2 defaults: window 3785, theta 0.662, lambdasm 0.1279
+    python pointer.py --save runs/merity-ptb_baseline.finetune.pt   # paper: window 2000, theta 1.0, lambdasm 0.1
+    python pointer.py --save runs/awd-ptb_FD.finetune.pt            # README: window 500, theta 1.0, lambdasm 0.1
+    python pointer.py --save runs/awd-wt2_FD.finetune.pt            # window 3785, theta 0.662, lambdasm 0.1279
 """
 import json
 import math
-from pathlib import Path
 
 import torch
 
@@ -26,21 +30,38 @@ from data import batchify, count_windows, windows
 from trainer import ppl
 from utils import UserError, progress, run_cli
 
-# The awd-lstm-lm README's pointer commands (salesforce/awd-lstm-lm, "Finally, run the pointer").
-DEFAULTS = {
-    "ptb": dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000),
-    "wt2": dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000),
+# Cache settings per corpus and source.  readme: awd-lstm-lm's README pointer commands at bf0742c
+# ("Finally, run the pointer"), beside its own numbers (PTB 53.2 / 52.5, WT2 52.2 / 50.6).  paper: the
+# AWD-LSTM paper's numbers (PTB 53.9 / 52.8, WT2 53.8 / 52.0); its PTB window was 2000 (the README's
+# earlier note, commit 19470c8); no other setting of the paper's is known apart from the README's, so
+# theta, lambdasm and WT2's window are the README's.  --bptt changes memory only (with --awd_scoring it
+# changes the result, as in the reference: there it is the README's value).
+SETTINGS = {
+    ("ptb", "readme"): dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000),
+    ("ptb", "paper"): dict(window=2000, theta=1.0, lambdasm=0.1, bptt=5000),
+    ("wt2", "readme"): dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000),
+    ("wt2", "paper"): dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000),
 }
+# Vocabulary fingerprints (checkpoint.vocab_info) of the two corpora as getdata.sh fetches them.
+CORPORA = {"6f75f9b77981aa692ec71340f6152e1d94d98bc927ade6da20da7da68e3e55d1": "ptb",
+           "45f2cb999804e259059676fa2bf5b12999229a0c33dae878ae690fd8c84427eb": "wt2"}
+OPTS = ("window", "theta", "lambdasm", "bptt")
 
 
 def build_parser():
     p = tool_parser(__doc__)
-    p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, WT2 3785)")
+    p.add_argument("--settings", choices=("paper", "readme"),
+                   help="whose cache settings: the AWD-LSTM paper's or awd-lstm-lm README's (default: paper for a "
+                        "merity-* checkpoint, else readme); explicit flags below win")
+    p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, paper 2000; WT2 3785)")
     p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
     p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture, 0 = model alone "
                                                   "(PTB 0.1, WT2 0.1279)")
     p.add_argument("--bptt", type=int, help="tokens per forward; memory only, same result (PTB 5000, WT2 2000)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many --bptt chunks of each split (quick checks)")
+    p.add_argument("--awd_scoring", action="store_true",
+                   help="score as awd-lstm-lm's pointer.py: no cache before --window positions were seen nor at "
+                        "the first position of each --bptt chunk; loss divided by N tokens, not N - 1 predictions")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return p
 
@@ -48,8 +69,8 @@ def build_parser():
 def check_args(args):
     if args.window is not None and args.window <= 0:
         raise UserError(f"--window must be a positive number of positions, got {args.window}")
-    if args.theta is not None and not args.theta >= 0:
-        raise UserError(f"--theta must be >= 0, got {args.theta}")
+    if args.theta is not None and not 0 <= args.theta < math.inf:
+        raise UserError(f"--theta must be a finite number >= 0, got {args.theta}")
     if args.lambdasm is not None and not 0.0 <= args.lambdasm <= 1.0:
         raise UserError(f"--lambdasm must be in [0, 1], got {args.lambdasm}")
     if args.bptt is not None and args.bptt <= 0:
@@ -58,9 +79,24 @@ def check_args(args):
         raise UserError(f"--max_batches must be positive, got {args.max_batches}")
 
 
-def corpus_of(cfg, data):
-    """'wt2' for a WikiText-2 checkpoint (by preset or folder name), else 'ptb'."""
-    return "wt2" if cfg.get("preset") == "awd-wt2" or "wikitext" in Path(data).name.lower() else "ptb"
+def corpus_of(blob):
+    """'ptb' or 'wt2' from the checkpoint's own vocabulary; None when it is neither corpus."""
+    return CORPORA.get(blob["vocab"].get("sha256"))
+
+
+def settings_for(blob, args):
+    """The cache settings and where they come from: explicit flags > --settings > the checkpoint's source."""
+    given = {k: getattr(args, k) for k in OPTS if getattr(args, k) is not None}
+    corpus = corpus_of(blob)
+    if corpus is None:
+        if len(given) == len(OPTS):
+            return given, "flags"
+        raise UserError(f"checkpoint {args.save} was trained on neither PTB nor WikiText-2 (a vocabulary of "
+                        f"{blob['vocab']['size']} words), so no published cache settings apply: pass "
+                        f"--window, --theta, --lambdasm and --bptt")
+    source = args.settings or ("paper" if str(blob["config"].get("preset", "")).startswith("merity-")
+                               and not str(blob["config"]["preset"]).startswith("merity-readme") else "readme")
+    return {**SETTINGS[corpus, source], **given}, f"{corpus} {source}"
 
 
 def cache_logprob(h, targets, mem_h, mem_w, window, theta):
@@ -84,8 +120,9 @@ def cache_logprob(h, targets, mem_h, mem_w, window, theta):
 
 
 @torch.no_grad()
-def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=None):
-    """Per-token log-probabilities of a 1-D token stream at batch 1, with and without the cache."""
+def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=None, awd_scoring=False):
+    """Per-token log-probabilities of a 1-D token stream at batch 1, with and without the cache.
+    ``awd_scoring``: the cache only where the reference used it (full window, not a chunk's first position)."""
     model.eval()
     source = batchify(tokens, 1, next(model.parameters()).device)
     hidden = model.init_hidden(1)
@@ -103,7 +140,10 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
         mem_h = h[:0] if mem_h is None else mem_h
         cache = cache_logprob(h, targets, mem_h, mem_w, window, theta)
         mix = torch.logaddexp(vocab + log_wv, cache + log_wc)
-        mixed.append(torch.where(torch.isnan(cache), vocab, mix))   # empty cache (first token): model alone
+        off = torch.isnan(cache)                                      # empty cache (first token): model alone
+        if awd_scoring:   # the reference's test `start_idx + idx > window`, start_idx = entries held before the chunk
+            off |= mem_h.size(0) + torch.arange(h.size(0), device=h.device) <= window
+        mixed.append(torch.where(off, vocab, mix))
         plain.append(vocab)
         mem_h, mem_w = torch.cat([mem_h, h])[-window:], torch.cat([mem_w, targets])[-window:]
     return torch.cat(plain), torch.cat(mixed)
@@ -113,15 +153,19 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
-    cfg, data = blob["config"], args.data or blob["config"]["data"]
-    which = corpus_of(cfg, data)
-    opts = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in DEFAULTS[which].items()}
+    data = args.data or blob["config"]["data"]
+    opts, source = settings_for(blob, args)
     print(f"| cache pointer | window {opts['window']} | theta {opts['theta']} | lambdasm {opts['lambdasm']} | "
-          f"bptt {opts['bptt']} | defaults: {which} |")
-    results = {"checkpoint": args.save, "data": str(data), **opts}
+          f"bptt {opts['bptt']} | settings: {source} | scoring: {'awd-lstm-lm' if args.awd_scoring else 'ours'} |")
+    results = {"checkpoint": args.save, "data": str(data), "settings": source, "awd_scoring": args.awd_scoring,
+               **opts}
     for name in ("valid", "test"):
-        plain, mixed = token_logprobs(model, getattr(corpus, name), max_batches=args.max_batches, **opts)
-        loss, base = -mixed.double().mean().item(), -plain.double().mean().item()
+        tokens = getattr(corpus, name)
+        plain, mixed = token_logprobs(model, tokens, max_batches=args.max_batches, awd_scoring=args.awd_scoring,
+                                      **opts)
+        # ours: mean over the N - 1 predictions; the reference divided their sum by the N tokens
+        denom = tokens.numel() if args.awd_scoring and args.max_batches is None else mixed.numel()
+        loss, base = -mixed.double().sum().item() / denom, -plain.double().sum().item() / denom
         results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss),
                         f"{name}_plain_loss": base, f"{name}_plain_ppl": ppl(base)})
         print(f"| {name:5s} | with cache: loss {loss:5.3f} | ppl {ppl(loss):8.2f} | "

@@ -60,7 +60,7 @@ def load(save):
 
 
 def test_lambdasm_zero_is_the_plain_batch1_evaluation(tiny, tiny_corpus):
-    res = run(tiny, "--lambdasm", 0, "--bptt", 50)
+    res = run(tiny, "--lambdasm", 0, "--bptt", 50, "--window", 50, "--theta", 1.0)
     model, corpus = load(tiny), Corpus(tiny_corpus)
     for split in ("valid", "test"):
         plain = evaluate(model, batchify(getattr(corpus, split), 1), TINY["bptt"], 1)
@@ -70,8 +70,8 @@ def test_lambdasm_zero_is_the_plain_batch1_evaluation(tiny, tiny_corpus):
 
 def test_cache_lowers_perplexity_on_repeated_text(repeated):
     _, save = repeated
-    res = run(save, "--json")
-    assert (res["window"], res["theta"], res["lambdasm"]) == (500, 1.0, 0.1)  # PTB defaults
+    res = run(save, "--json", "--window", 500, "--theta", 1.0, "--lambdasm", 0.1, "--bptt", 5000)
+    assert (res["window"], res["theta"], res["lambdasm"], res["settings"]) == (500, 1.0, 0.1, "flags")
     for split in ("valid", "test"):
         assert res[f"{split}_ppl"] < 0.8 * res[f"{split}_plain_ppl"], res
 
@@ -124,16 +124,60 @@ def test_no_position_sees_the_future_and_chunks_do_not_matter(repeated):
     assert torch.allclose(before, one_chunk, atol=1e-5, rtol=0)
 
 
-def test_defaults_follow_the_corpus():
-    assert pointer.corpus_of({"preset": "awd-wt2"}, "anywhere") == "wt2"
-    assert pointer.corpus_of({"preset": "single"}, "data/wikitext-2") == "wt2"
-    assert pointer.corpus_of({"preset": "awd-ptb"}, "data/penn") == "ptb"
-    assert pointer.DEFAULTS["wt2"] == dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
+def blob_of(corpus=None, preset="awd-ptb"):
+    sha = {v: k for k, v in pointer.CORPORA.items()}.get(corpus, "0" * 64)
+    return {"vocab": {"size": 5, "sha256": sha}, "config": {"preset": preset}}
+
+
+def settings(blob, *argv):
+    return pointer.settings_for(blob, pointer.build_parser().parse_args(["--save", "x.pt", *argv]))
+
+
+def test_corpus_comes_from_the_checkpoint_vocabulary_and_settings_from_its_source():
+    """The real corpora's vocabulary fingerprints; the folder name or preset never decides the corpus."""
+    for name, corpus in (("penn", "ptb"), ("wikitext-2", "wt2")):
+        text = pytest.importorskip("conftest")._mirror_path() / name
+        assert pointer.CORPORA[vocab_info(Corpus(text).dictionary)["sha256"]] == corpus
+    assert settings(blob_of("wt2", "merity-wt2")) == (pointer.SETTINGS["wt2", "paper"], "wt2 paper")
+    assert settings(blob_of("wt2", "single")) == (pointer.SETTINGS["wt2", "readme"], "wt2 readme")
+    assert settings(blob_of("ptb", "merity-ptb"))[0]["window"] == 2000             # the paper's PTB window
+    assert settings(blob_of("ptb", "merity-readme-ptb"))[0]["window"] == 500       # the README's
+    assert settings(blob_of("ptb", "awd-ptb"))[0]["window"] == 500
+    assert settings(blob_of("ptb", "awd-ptb"), "--settings", "paper")[0]["window"] == 2000
+    assert settings(blob_of("ptb", "merity-ptb"), "--window", "7")[0] == dict(window=7, theta=1.0, lambdasm=0.1,
+                                                                              bptt=5000)
+    assert pointer.SETTINGS["wt2", "readme"] == dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
+    with pytest.raises(UserError, match="neither PTB nor WikiText-2 .* pass --window, --theta, --lambdasm and --bptt"):
+        settings(blob_of(None, "merity-wt2"), "--window", "10")
+    assert settings(blob_of(None), "--window", "10", "--theta", "1", "--lambdasm", "0.2", "--bptt", "9") == \
+        (dict(window=10, theta=1.0, lambdasm=0.2, bptt=9), "flags")
+
+
+def test_awd_scoring_replicates_the_reference_script(repeated):
+    """No cache until more than --window positions were seen nor at a chunk's first position (the
+    result then depends on --bptt); everywhere else the same mixture as ours."""
+    folder, save = repeated
+    model, tokens = load(save), Corpus(folder).test[:200]
+    opts = dict(window=30, theta=1.0, lambdasm=0.3)
+    plain, ours = pointer.token_logprobs(model, tokens, bptt=17, **opts)
+    _, awd = pointer.token_logprobs(model, tokens, bptt=17, awd_scoring=True, **opts)
+    _, awd_other = pointer.token_logprobs(model, tokens, bptt=40, awd_scoring=True, **opts)
+    t = torch.arange(len(ours))
+    held = torch.clamp((t // 17) * 17, max=30)          # cache entries held before each position's chunk
+    off = held + t % 17 <= 30
+    assert off[:31].all() and off[34] and not off[35] and off[51] and not off[52]
+    assert torch.equal(awd[off], plain[off]) and torch.allclose(awd[~off], ours[~off], atol=1e-6, rtol=0)
+    assert not torch.allclose(awd, awd_other)           # the reference's result depends on --bptt
+    res = run(save, "--window", 30, "--theta", 1.0, "--lambdasm", 0.3, "--bptt", 17, "--awd_scoring")
+    test = Corpus(folder).test
+    _, full = pointer.token_logprobs(model, test, bptt=17, awd_scoring=True, **opts)
+    assert math.isclose(res["test_loss"], -full.double().sum().item() / test.numel(), rel_tol=1e-12)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--window", "0"], "--window must be a positive"),
-    (["--theta", "-0.1"], "--theta must be >= 0"),
+    (["--theta", "-0.1"], "--theta must be a finite number >= 0"),
+    (["--theta", "inf"], "--theta must be a finite number >= 0"),
     (["--lambdasm", "1.5"], "--lambdasm must be in [0, 1]"),
     (["--lambdasm", "-0.1"], "--lambdasm must be in [0, 1]"),
     (["--bptt", "0"], "--bptt must be positive"),
@@ -149,7 +193,7 @@ def test_bad_checkpoint_and_wrong_corpus(tmp_path, tiny, repeated):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         run(tmp_path / "junk.pt")
-    with pytest.raises(UserError, match="different one"):
+    with pytest.raises(UserError, match="vocabulary of 2061 words.*301 words"):
         run(tiny, "--data", repeated[0])
 
 
