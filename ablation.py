@@ -46,6 +46,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -56,12 +57,11 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from config import VARIANTS, build_config, train_config
 from data import SPLITS, Corpus, batchify
 from mc_dropout import mask_variance
-from study_report import ALL_VARIANTS, DEFAULT_OUT, MASK_SITES, SITE_NAMES, default_kappa, report
+from study_report import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, MASK_SITES, QUICK, SITE_NAMES, default_kappa, report,
+                          report_path)
 from trainer import run, run_paths
 from utils import UserError, atomic_write_json, cpu_model, get_device, run_cli, set_seed
 
-DEFAULTS = dict(emsize=200, nhid=200, epochs=30, train_fraction=0.1, batch_size=20, bptt=35)
-QUICK = dict(emsize=32, nhid=32, epochs=2, train_fraction=0.02, batch_size=20, bptt=35)
 KAPPAS = [0.0, 0.05, 0.15, 0.5, 1.5]
 FULL_SEEDS = [321, 322, 323, 324]
 OTHER_SEEDS = [321, 322, 323]
@@ -69,6 +69,8 @@ STUDIES = ("full", "seeds", "kappa", "masks")
 # Keys of a run's configuration that say where and how it ran, not what it computed.
 COMMIT = "unknown"
 LOCATION_KEYS = ("save", "data", "device", "log_interval", "checkpoint_every", "fused_loss", "overlap_passes")
+# Settings added to main.py since runs were committed, at the value those runs trained with.
+ADDED = {"train_fraction": 1.0}
 
 
 # ---------------------------------------------------------------- run specs and plans
@@ -194,7 +196,7 @@ def finished(cfg, paths):
 def train(cfg):
     """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one."""
     paths = run_paths(cfg["save"])
-    if os.path.exists(paths["resume"]) and load_checkpoint(paths["resume"], "resume")["config"] == cfg:
+    if os.path.exists(paths["resume"]) and dict(ADDED, **load_checkpoint(paths["resume"], "resume")["config"]) == cfg:
         if finished(cfg, paths) and os.path.exists(paths["best"]):
             print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
             return json.load(open(paths["final"]))
@@ -212,7 +214,7 @@ def measure_mask_variance(save, data, device):
 
 
 def comparable(cfg):
-    return {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+    return {k: v for k, v in dict(ADDED, **cfg).items() if k not in LOCATION_KEYS}
 
 
 def summary_mismatch(summary, cfg, study, train_sha):
@@ -350,10 +352,23 @@ def main(argv=None):
     train_sha = cut_corpus(args.data, study["train_fraction"], out / "corpus")
     ntrain = Corpus(out / "corpus").train.numel()
     print(f"{len(plan)} runs: {' '.join(run_name(s) for s in plan)}")
-    summaries = [run_one(spec, study, out, out / "corpus", train_sha, ntrain, device, command, args.retrain)
-                 for spec in plan]
-    report(out, study, command)
+    try:
+        summaries = [run_one(spec, study, out, out / "corpus", train_sha, ntrain, device, command, args.retrain)
+                     for spec in plan]
+        report(out, study, command)
+    finally:
+        if args.quick and not args.out:
+            drop_checkpoints(out)
     return summaries
+
+
+def drop_checkpoints(out):
+    """--quick's own temporary folder keeps the report, not the checkpoints and the corpus cut (tens of MB):
+    a rerun starts a new folder, so nothing could continue from them."""
+    for path in (out / "runs").glob("*.pt"):
+        path.unlink()
+    shutil.rmtree(out / "corpus", ignore_errors=True)
+    print(f"Removed the checkpoints and the corpus cut from {out}; the report stays: {report_path(out)}")
 
 
 if __name__ == "__main__":

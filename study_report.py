@@ -1,13 +1,15 @@
 """The ablation study's report: every table, plot and STUDY.md, from the runs' committed summaries.
 
 Apart from ablation.py (which trains the runs) because the report is read and rewritten far more often
-than runs are trained, and needs nothing but the summaries: ``python ablation.py --report`` rebuilds it
-on any checkout, without a checkpoint or a corpus.  The tables say where every number came from
+than runs are trained, and needs nothing but the summaries: ``python study_report.py [--out DIR]`` (or
+``python ablation.py --report``) rebuilds it on any checkout, without a checkpoint or a corpus.  The tables say where every number came from
 (command, seeds, scale, torch, CPU, dates); matplotlib is optional and only draws the plots.
 """
+import argparse
 import csv
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -15,9 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from config import train_config
-from utils import atomic_write_json
+from utils import UserError, atomic_write_json, run_cli
 
 DEFAULT_OUT = Path("results/ablation")
+# The study's scale: the committed study's, and --quick's (ablation.py's flags of the same names).
+DEFAULTS = dict(emsize=200, nhid=200, epochs=30, train_fraction=0.1, batch_size=20, bptt=35)
+QUICK = dict(emsize=32, nhid=32, epochs=2, train_fraction=0.02, batch_size=20, bptt=35)
 ALL_VARIANTS = ["baseline", "FD", "ELD", "PM", "RD"]
 MASK_SITES = "eiwo"  # the single layer has no between-layer site (h)
 SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
@@ -71,6 +76,15 @@ def scale_text(study, ntrain):
             f"bptt {study['bptt']}")
 
 
+def scale_args(study):
+    """The flags that give ``study``'s scale: none for the committed study's, ``--quick`` for its own,
+    plus every value that differs from the nearer of the two."""
+    base, args = min(((DEFAULTS, []), (QUICK, ["--quick"])),
+                     key=lambda b: sum(study.get(k) != v for k, v in b[0].items()))
+    args += [f"--{k} {study[k]:g}" for k in base if study.get(k, base[k]) != base[k]]
+    return "".join(f" {a}" for a in args)
+
+
 def caption(runs, command, study, ntrain):
     """Where a table's numbers come from: command, seeds, scale, torch, CPU (runs per CPU), dates."""
     cpus = {}
@@ -80,7 +94,7 @@ def caption(runs, command, study, ntrain):
     dates = sorted({s["environment"]["date"] for s in runs})
     torches = sorted({s["environment"]["torch"] for s in runs})
     threads = sorted({s["environment"]["threads"] for s in runs})
-    return (f"Command: `{command}`. Seeds: {seed_list(s['seed'] for s in runs)}. Scale: {scale_text(study, ntrain)}. "
+    return (f"Command: `{command}{scale_args(study)}`. Seeds: {seed_list(s['seed'] for s in runs)}. Scale: {scale_text(study, ntrain)}. "
             f"torch {', '.join(torches)}; CPU: {cpu_text}; threads {', '.join(map(str, threads))}; "
             f"run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.")
 
@@ -291,6 +305,7 @@ def save_figure(plt, fig, path, title):
     return True
 
 
+@lru_cache(maxsize=None)  # asked once per plot: the missing-matplotlib line is said once
 def pyplot():
     try:
         import matplotlib
@@ -376,3 +391,21 @@ def report(out, study, command):
     print(f"Wrote {md}, {out / 'results.md'}, {out / 'epochs.csv'}, {out / 'study.json'}"
           + "".join(f", {out / p}" for p in plotted))
     return summaries
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help=f"the study's folder, with study.json and runs/*.summary.json (default {DEFAULT_OUT}); "
+                        f"the same as python ablation.py --report for that folder")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if not (out / "study.json").is_file():
+        raise UserError(f"no study at {out} (study.json missing): pass the --out folder of an ablation.py study")
+    study = json.loads((out / "study.json").read_text(encoding="utf-8"))["study"]
+    command = "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["study_report.py", *argv]))
+    return report(out, study, command)
+
+
+if __name__ == "__main__":
+    run_cli(main)
