@@ -37,6 +37,7 @@ from utils import UserError, check_device_name, progress, repackage_hidden, run_
 # 0.001, segments of 5, statistics over the whole training set at batch 100), stated in the first
 # version's parametrization, the same for both corpora.
 FIRST_VERSION = dict(lr=0.002, lamb=0.02, epsilon=0.001)
+SEGMENT, STATS_BATCH = 5, 100
 # What converts them: training batches of that statistics pass (PTB 929,589 tokens -> 9,295 rows
 # of 100 -> 1,859 segments of 5; WikiText-2 2,088,628 -> 20,886 -> 4,177) and AWD-LSTM's parameter
 # tensors (embedding = tied decoder weight, 4 per LSTM layer, decoder bias: 14).
@@ -54,7 +55,7 @@ def from_first_version(lr, lamb, epsilon, batches, tensors):
     return dict(lr=lr / math.sqrt(batches), lamb=lamb / tensors, epsilon=epsilon / math.sqrt(batches))
 
 
-DEFAULTS = {corpus: dict(from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_TENSORS), bptt=5)
+DEFAULTS = {corpus: from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_TENSORS)
             for corpus, n in TRAIN_BATCHES.items()}
 
 
@@ -67,9 +68,11 @@ def build_parser():
     p.add_argument("--epsilon", type=float, help="stabilizer added to the gradients' rms "
                                                  f"(PTB {DEFAULTS['ptb']['epsilon']:.4g}, "
                                                  f"WT2 {DEFAULTS['wt2']['epsilon']:.4g})")
-    p.add_argument("--bptt", type=int, default=5, help="segment length: tokens scored between two updates, "
-                                                       "also of the training statistics' batches (default 5)")
-    p.add_argument("--batch_size", type=int, default=100, help="batch size of the training statistics (default 100)")
+    p.add_argument("--bptt", type=int, default=SEGMENT,
+                   help=f"segment length: tokens scored between two updates, also of the training statistics' "
+                        f"batches (default {SEGMENT})")
+    p.add_argument("--batch_size", type=int, default=STATS_BATCH,
+                   help=f"batch size of the training statistics (default {STATS_BATCH})")
     p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: the whole "
                                                    "training set)")
     p.add_argument("--grid", action="store_true", help="search lr x lamb on the validation set, then run the test "
@@ -236,7 +239,7 @@ def main(argv=None):
                          f"dynamic eval {split} (lr {lr:.3g}, lamb {lamb:.3g})")
 
     if args.grid:
-        scale = args.bptt / 5
+        scale = args.bptt / SEGMENT
         lrs = args.grid_lr or [v * scale for v in GRID_LR]
         lambs = args.grid_lamb or [v * scale for v in GRID_LAMB]
         table = []

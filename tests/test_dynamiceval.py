@@ -195,11 +195,12 @@ def test_first_version_hyper_parameters_map_onto_ours():
 
 
 def test_published_defaults_per_corpus():
+    assert (dynamiceval.SEGMENT, dynamiceval.STATS_BATCH) == (5, 100)
     for corpus, tokens in (("ptb", 929_589), ("wt2", 2_088_628)):  # full training sets, batch 100, bptt 5
         batches = count_windows(batchify(torch.zeros(tokens, dtype=torch.long), 100), 5)
         assert dynamiceval.TRAIN_BATCHES[corpus] == batches
         d = dynamiceval.DEFAULTS[corpus]
-        assert d["lr"] == pytest.approx(0.002 / math.sqrt(batches)) and d["bptt"] == 5
+        assert d["lr"] == pytest.approx(0.002 / math.sqrt(batches))
         assert d["epsilon"] == pytest.approx(0.001 / math.sqrt(batches))
         assert d["lamb"] == pytest.approx(0.02 / 14)
     three_layers = build_model(dict(TINY, nlayers=3), 50)
