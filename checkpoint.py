@@ -4,9 +4,9 @@ Everything in them loads with ``torch.load(..., weights_only=True)``: no pickled
 survive PyTorch upgrades and are safe to open from strangers.  Two kinds share one format:
 ``best`` (the model to evaluate or fine-tune) and ``resume`` (adds optimizer, schedule, RNG states).
 """
+import hashlib
 import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,22 @@ def vocab_info(dictionary):
     return {"size": len(dictionary), "sha256": dictionary.fingerprint()}
 
 
+def weights_sha256(state):
+    """SHA-256 of a state_dict's names, dtypes, shapes and bytes: stored in every checkpoint, so a flipped
+    bit in the weights is found on load instead of giving a perplexity of inf."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path, kind, model, config, vocab, **extra):
-    blob = {"format": FORMAT, "kind": kind, "config": dict(config), "vocab": vocab,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    """``extra``: what else the checkpoint holds (epoch, schedule, ``run``: the id every file of a run carries)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    blob = {"format": FORMAT, "kind": kind, "config": dict(config), "vocab": vocab, "model": weights,
+            "weights_sha256": weights_sha256(weights), **extra}
     atomic_torch_save(blob, path)
 
 
@@ -57,7 +70,7 @@ def load_checkpoint(path, kind=None):
         raise UserError(f"{path} is not a checkpoint of this project (it holds pickled Python objects, "
                         f"e.g. a whole model saved by the old PyTorch 0.2 code): use a checkpoint written "
                         f"by this project's main.py or finetune.py") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 -- a text file, a truncated zip, ...: one line whatever torch raises
         raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch file: "
                         f"{_first_sentence(e)}): use an intact checkpoint written by main.py") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -67,9 +80,18 @@ def load_checkpoint(path, kind=None):
     if problem:
         raise UserError(f"{path} has the marker of this project's checkpoints but is damaged or hand-made "
                         f"({problem}): use a checkpoint written by main.py or finetune.py")
+    if "weights_sha256" in blob and blob["weights_sha256"] != weights_sha256(blob["model"]):
+        raise UserError(f"{path} is damaged: its weights do not match the checksum stored with them (a changed "
+                        f"or corrupted file): use an intact copy, or its run's other checkpoint")
     if kind is not None and blob["kind"] != kind:
-        hint = "pass it to main.py --resume" if blob["kind"] == "resume" else "pass the .resume.pt file"
-        raise UserError(f"{path} is a '{blob['kind']}' checkpoint, a '{kind}' one is needed here: {hint}")
+        if blob["kind"] == "resume":
+            tool = "finetune.py" if blob["config"].get("stage") == "finetune" else "main.py"
+            hint = f"it is a resume point: continue its run with {tool} --resume {path}"
+        else:
+            hint = (f"it holds a best model, not a resume point: pass its run's {sidecar(path, 'resume.pt').name}"
+                    if not str(path).endswith(".resume.pt") else
+                    "it holds a best model although named like a resume point: evaluate or fine-tune it instead")
+        raise UserError(f"{path} is a '{blob['kind']}' checkpoint, a '{kind}' one is needed here; {hint}")
     return blob
 
 
@@ -92,6 +114,8 @@ def _malformed(blob):
         return f"its config lacks {', '.join(missing)}"
     if not all(isinstance(v, torch.Tensor) for v in blob["model"].values()):
         return "its weights are not all tensors"
+    if not isinstance(blob.get("weights_sha256", ""), str):
+        return "its weights checksum is not a string"
     return None
 
 
@@ -111,10 +135,12 @@ def _first_sentence(error):
     return text.split(". ")[0].rstrip(".")[:120]
 
 
-def check_vocab(blob, dictionary, path, data):
+def check_vocab(blob, dictionary, what, data):
+    """``what``: how the message names the checkpoint ("checkpoint runs/a.pt", "the resume checkpoint")."""
     if blob["vocab"] != vocab_info(dictionary):
-        raise UserError(f"checkpoint {path} was trained on a vocabulary of {blob['vocab']['size']} words, "
-                        f"the corpus at {data} has a different one ({len(dictionary)} words): "
+        size = blob["vocab"]["size"]
+        theirs = ("other words of the same count" if size == len(dictionary) else f"{len(dictionary)} words")
+        raise UserError(f"{what} was trained on a vocabulary of {size} words, the corpus at {data} has {theirs}: "
                         f"pass the --data folder the model was trained on")
 
 
@@ -140,7 +166,7 @@ def open_checkpoint(path, data=None, device="auto"):
     device = get_device(device)
     data = data or blob["config"]["data"]
     corpus = Corpus(data)
-    check_vocab(blob, corpus.dictionary, path, data)
+    check_vocab(blob, corpus.dictionary, f"checkpoint {path}", data)
     return blob, corpus, model_from_checkpoint(blob, device), device
 
 

@@ -2,11 +2,14 @@
 
 Each line is split on whitespace and gets an ``<eos>`` token; one dictionary spans train, valid
 and test, ids in order of first appearance.  Tokenizing WikiText-2 takes seconds, so the result
-is cached under a key derived from the files' bytes (an edited file is never served stale).
+is cached under a key derived from the files' bytes (an edited file is never served stale); a cache
+is used only if it proves to be that corpus (source hash, dtypes, id range, payload checksum).
 """
 import hashlib
 import os
 import stat
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -14,7 +17,7 @@ import torch
 from utils import UserError, atomic_torch_save
 
 SPLITS = ("train", "valid", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class Dictionary:
@@ -42,14 +45,38 @@ def _tokenize_lines(path):
             yield line.split() + ["<eos>"]
 
 
-def _files_digest(paths):
-    h = hashlib.sha256(f"corpus-cache-v{CACHE_VERSION}".encode())
+def _not_utf8(path, error):
+    """The one-line error for a corpus file that is not UTF-8, naming the file and its first bad line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+    return UserError(f"{path} line {number} is not UTF-8 text ({error.reason}): re-run ./getdata.sh to restore "
+                     f"the corpus, or convert the file to UTF-8")
+
+
+def content_sha256(paths):
+    """SHA-256 of the corpus files' names, sizes and bytes: what a resume point records to refuse a changed
+    corpus, and what the cache is keyed on (an edited file is never served stale)."""
+    h = hashlib.sha256()
     for p in paths:
         h.update(f"{Path(p).name}:{os.path.getsize(p)}\n".encode())  # sizes keep file boundaries apart
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    return h.hexdigest()[:24]
+    return h.hexdigest()
+
+
+def payload_sha256(idx2word, splits):
+    """SHA-256 of a tokenized corpus (vocabulary and id tensors): a cache must match it to be used."""
+    h = hashlib.sha256("\n".join(idx2word).encode("utf-8"))
+    for name in SPLITS:
+        t = splits[name]
+        h.update(f"\n{name}:{t.numel()}\n".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _user_cache_dir():
@@ -64,14 +91,48 @@ def _writable(folder):
 
 
 def _cache_candidates(path, digest):
-    name = f".corpus-cache-{digest}.pt"
-    beside = [Path(path) / name] if _writable(path) else []
-    return beside + [_user_cache_dir() / name]
+    """(cache file, glob of the caches it supersedes): beside the data (one corpus per folder, so every
+    other cache there is stale), else in the user cache, where the folder's own key marks its caches."""
+    key = f"v{CACHE_VERSION}-{digest[:24]}"
+    beside = [(Path(path) / f".corpus-cache-{key}.pt", ".corpus-cache-*.pt")] if _writable(path) else []
+    folder = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    user = (_user_cache_dir() / f".corpus-cache-{folder}-{key}.pt", f".corpus-cache-{folder}-*.pt")
+    return beside + [user]
+
+
+def _cache_problem(blob, digest):
+    """Why a loaded cache is not the corpus it claims to be, or None: the source files' hash, the
+    vocabulary, each split's type, dtype and id range, and the checksum of the whole payload."""
+    if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
+        return "not a cache of this version"
+    if blob.get("corpus_sha256") != digest:
+        return "made from other files"
+    words = blob.get("idx2word")
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or len(set(words)) != len(words):
+        return "no valid vocabulary"
+    for name in SPLITS:
+        t = blob.get(name)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.dim() != 1:
+            return f"no 1-D int64 {name} split"
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= len(words)):
+            return f"{name} ids outside the vocabulary"
+    if blob.get("checksum") != payload_sha256(words, blob):
+        return "checksum mismatch"
+    return None
+
+
+_said = set()
+
+
+def _note_once(message):
+    if message not in _said:
+        _said.add(message)
+        print(f"note: {message}", file=sys.stderr)
 
 
 class Corpus:
-    """``Corpus(path)`` reads ``path/{train,valid,test}.txt``; exposes ``.dictionary`` and the splits
-    as 1-D LongTensors ``.train``, ``.valid``, ``.test``."""
+    """``Corpus(path)`` reads ``path/{train,valid,test}.txt``; exposes ``.dictionary``, the splits as
+    1-D LongTensors ``.train``, ``.valid``, ``.test`` and the files' ``.sha256``."""
 
     def __init__(self, path, use_cache=True):
         self.path = Path(path)
@@ -82,49 +143,82 @@ class Corpus:
                 f"no corpus at {self.path} ({', '.join(missing)} missing): "
                 f"run ./getdata.sh (or ./getdata.sh --from MIRROR) or pass --data DIR")
         try:
-            digest = _files_digest(files)
-            cached = self._load_cache(digest) if use_cache else None
+            self.sha256 = content_sha256(files)
+            cached = self._load_cache(self.sha256) if use_cache else None
             if cached is None:
                 self._tokenize(files)
                 if use_cache:
-                    self._save_cache(digest)
-        except (OSError, UnicodeDecodeError) as e:
+                    self._save_cache(self.sha256)
+        except OSError as e:
             raise UserError(f"cannot read the corpus at {self.path} ({e}): "
                             f"re-run ./getdata.sh to restore it") from None
 
     def _tokenize(self, files):
         self.dictionary = Dictionary()
         for f in files:
-            for words in _tokenize_lines(f):
-                for w in words:
-                    self.dictionary.add_word(w)
+            try:
+                for words in _tokenize_lines(f):
+                    for w in words:
+                        self.dictionary.add_word(w)
+            except UnicodeDecodeError as e:
+                raise _not_utf8(f, e) from None
         w2i = self.dictionary.word2idx
         for split, f in zip(SPLITS, files):
             ids = [w2i[w] for words in _tokenize_lines(f) for w in words]
             setattr(self, split, torch.tensor(ids, dtype=torch.long))
 
     def _load_cache(self, digest):
-        for cand in _cache_candidates(self.path, digest):
+        for cand, _ in _cache_candidates(self.path, digest):
             if not cand.is_file():
                 continue
             try:
                 blob = torch.load(cand, weights_only=True)
-                self.dictionary = Dictionary(blob["idx2word"])
-                for split in SPLITS:
-                    setattr(self, split, blob[split])
-                return True
-            except Exception:
-                continue  # a damaged cache is rebuilt, never trusted
+                problem = _cache_problem(blob, digest)
+            except Exception as e:  # noqa: BLE001 -- whatever is wrong with it, the cache is rebuilt
+                problem = f"unreadable: {type(e).__name__}"
+            if problem:
+                _note_once(f"the corpus cache {cand} is not usable ({problem}): rebuilding it from the text files")
+                continue
+            self.dictionary = Dictionary(blob["idx2word"])
+            for split in SPLITS:
+                setattr(self, split, blob[split])
+            return True
         return None
 
     def _save_cache(self, digest):
-        blob = {"idx2word": self.dictionary.idx2word, **{s: getattr(self, s) for s in SPLITS}}
-        for cand in _cache_candidates(self.path, digest):
+        splits = {s: getattr(self, s) for s in SPLITS}
+        blob = {"version": CACHE_VERSION, "corpus_sha256": digest, "idx2word": self.dictionary.idx2word,
+                "checksum": payload_sha256(self.dictionary.idx2word, splits), **splits}
+        reasons = []
+        for cand, superseded in _cache_candidates(self.path, digest):
             try:
                 atomic_torch_save(blob, cand)
-                return
-            except OSError:
-                continue  # read-only data folder: fall back to the user cache
+            except (OSError, RuntimeError, UserError) as e:  # read-only or full: try the next place
+                reasons.append(f"{cand.parent}: {getattr(e, 'strerror', None) or str(e).split(':')[0]}")
+                continue
+            _remove_stale_caches(cand, superseded)
+            return
+        _note_once(f"the corpus cache could not be written ({'; '.join(reasons)}): running without it")
+
+
+def _remove_stale_caches(kept, pattern):
+    """Caches this one supersedes, and temp files of cache writes killed more than an hour ago."""
+    old = time.time() - 3600
+    for path in list(kept.parent.glob(pattern)) + list(kept.parent.glob(f".{pattern}.*.tmp")):
+        try:
+            if path != kept and (path.suffix != ".tmp" or path.stat().st_mtime < old):
+                path.unlink()
+        except OSError:
+            pass
+
+
+def first_lines(tokens, fraction, eos):
+    """The first ``fraction`` of a split's lines (at least one), cut as ablation.py cuts the training
+    text: the ids up to and including the round(lines * fraction)-th ``<eos>``."""
+    ends = (tokens == eos).nonzero().flatten()
+    if fraction >= 1 or not len(ends):
+        return tokens
+    return tokens[:ends[max(1, round(len(ends) * fraction)) - 1] + 1]
 
 
 def check_split_sizes(corpus, cfg):

@@ -58,12 +58,15 @@ def session(cfg):
         yield
         return
     me, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg["batch_size"] % size:
+    try:  # every rank has the same configuration, so the same answer: rank 0 says why, once
+        if cfg["batch_size"] % size:
+            raise UserError(f"--batch_size {cfg['batch_size']} cannot be split into {size} equal shares (one per "
+                            f"process): choose a batch size divisible by {size}, or a process count that divides it")
+        device = get_device(cfg["device"])
+    except UserError as e:
         if me:
-            sys.exit(2)  # every rank has the same configuration: rank 0 says why, once
-        raise UserError(f"--batch_size {cfg['batch_size']} cannot be split into {size} equal shares (one per "
-                        f"process): choose a batch size divisible by {size}, or a process count that divides it")
-    device = get_device(cfg["device"])
+            sys.exit(2)
+        raise UserError(f"rank 0 of {size}: {e}") from None
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -95,9 +98,32 @@ def session(cfg):
     dist.destroy_process_group()
 
 
+class _Stopped(Exception):
+    """This rank passed its checks, another did not and says why: leave without a word."""
+
+
+def gate(error):
+    """After the checks every process makes before it touches a file or trains (``error``: this rank's
+    UserError, or None): if any rank failed, the lowest such rank raises its error (one line) and the
+    others leave quietly; else every rank goes on.  Without torchrun: raise ``error`` if there is one."""
+    if not _world:
+        if error is not None:
+            raise error
+        return
+    first = torch.tensor([_world["rank"] if error is not None else _world["size"]], dtype=torch.int64)
+    dist.all_reduce(first, op=dist.ReduceOp.MIN, group=_world["control"])
+    if first.item() == _world["size"]:
+        return
+    if first.item() == _world["rank"]:
+        raise error
+    raise _Stopped()
+
+
 def _abort(error, me, size):
     """Say which rank failed and why, then exit without waiting on peers that may never answer."""
-    if isinstance(error, UserError):
+    if isinstance(error, _Stopped):
+        code = 2
+    elif isinstance(error, UserError):
         print(f"error: rank {me} of {size}: {error}", file=sys.stderr)
         code = 2
     elif isinstance(error, KeyboardInterrupt):
@@ -180,7 +206,7 @@ def broadcast_model(model):
 def load_best(model, path):
     """Reload the best model (annealing): rank 0 reads it and sends it, so other nodes need no copy."""
     if is_main():
-        model.load_state_dict(checkpoint.load_checkpoint(path, "best")["model"])
+        checkpoint.load_weights(model, checkpoint.load_checkpoint(path, "best"), path)
     broadcast_model(model)
 
 

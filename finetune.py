@@ -49,7 +49,7 @@ def main(argv=None):
         blob = load_checkpoint(args.resume, "resume")
         cfg = build_config(vars(args), "resume", blob)
         with distributed.session(cfg):
-            return run(cfg, "fine-tuning", resume=blob)
+            return run(cfg, "fine-tuning", resume=blob, overwrite=args.overwrite)
     if not args.save:
         raise UserError("name the trained checkpoint to fine-tune with --save PATH")
     source = load_checkpoint(args.save, "best")

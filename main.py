@@ -18,7 +18,7 @@ def main(argv=None):
         blob = load_checkpoint(args.resume, "resume")
         cfg = build_config(vars(args), "resume", blob)
         with distributed.session(cfg):
-            return run(cfg, "training", resume=blob)
+            return run(cfg, "training", resume=blob, overwrite=args.overwrite)
     cfg = build_config(vars(args))
     with distributed.session(cfg):
         return run(cfg, "training", overwrite=args.overwrite)

@@ -10,7 +10,8 @@ import math
 import os
 import tempfile
 import time
-from contextlib import contextmanager
+import uuid
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from tqdm import tqdm
 import distributed
 from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
                         set_rng_state, vocab_info)
-from data import Corpus, batchify, check_split_sizes, count_windows, get_batch, windows
+from data import Corpus, batchify, check_split_sizes, count_windows, first_lines, get_batch, windows
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from schedule import ANNEAL, STOP, SWITCH, Schedule
 from utils import (DeferredInterrupt, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
@@ -188,10 +189,11 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
-def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None):
+def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None, stamp=None):
     """Run epochs until the limit or the schedule stops; returns the schedule.
 
     ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
+    ``stamp``: what every checkpoint of the run carries besides (its run id, its corpus's hash).
     ``position``: a mid-epoch resume point to continue from.  Ctrl-C ends training early at the end
     of the batch (or of the validation) under way, writing a resume point first; what was saved stays
     saved."""
@@ -211,7 +213,7 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
         rng = distributed.rng_state()
         if distributed.is_main():
             save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=schedule.state_dict(),
-                            optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}))
+                            optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}), **(stamp or {}))
         written["where"] = (f"inside epoch {pos['epoch']}, after batch {pos['batch']}" if pos
                             else f"after epoch {schedule.epoch}")
         if pos:
@@ -234,7 +236,8 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
                     raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
                 improved = schedule.improves(val_loss)
                 if improved and distributed.is_main():
-                    save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss)
+                    save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss,
+                                    **(stamp or {}))
             row = {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
                    "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
                    "penalty": stats["penalty"], "lr": schedule.lr, "phase": schedule.phase,
@@ -280,10 +283,10 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
     return schedule
 
 
-def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
+def final_evaluation(model, cfg, splits, paths, label, max_batches=None, stamp=None):
     """Load the best model, evaluate it on validation and test, print the end line, save results."""
     blob = load_checkpoint(paths["best"], "best")
-    model.load_state_dict(blob["model"])
+    load_weights(model, blob, paths["best"])
     valid = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], max_batches, "validation, best model")
     test = evaluate(model, splits["test"], cfg["bptt"], cfg["test_batch_size"], max_batches, "test, best model")
     print(RULE)
@@ -298,7 +301,7 @@ def final_evaluation(model, cfg, splits, paths, label, max_batches=None):
     if cfg["dry_run"]:
         print("Note: a dry run trains 2 batches, so perplexities in the thousands or millions are expected.")
     result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
-              "best_epoch": blob.get("epoch"), "checkpoint": str(paths["best"])}
+              "best_epoch": blob.get("epoch"), "checkpoint": str(paths["best"]), **(stamp or {})}
     atomic_write_json(result, paths["final"])
     return result
 
@@ -308,36 +311,79 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
 
     ``resume``: a resume checkpoint to continue.  ``source``: a best-model checkpoint whose weights
     start the run (fine-tuning); its validation loss is the one to beat, and the output starts as a
-    copy of it.  A dry run without an explicit destination writes to a temporary folder."""
+    copy of it.  A dry run without an explicit destination writes to a temporary folder.  Every check
+    comes before any file is touched: an earlier run's files (``overwrite``) go only once the new run
+    can start."""
     if cfg["dry_run"] and cfg.get("save") is None:
         with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
             print(f"A dry run writes to a temporary folder, removed at its end: {tmp}")
             return run(dict(cfg, save=os.path.join(tmp, "model.pt")), label, resume, source, overwrite)
-    device = distributed.local_device(get_device(cfg["device"]))
+    if resume is not None:  # a resume point continues its own kind of run, whichever tool resumes it
+        label = "fine-tuning" if cfg.get("stage") == "finetune" else "training"
     paths = run_paths(cfg["save"])
-    if not distributed.is_main():  # rank 0 checks, locks and claims the run's files for every rank
-        return _run(cfg, label, device, paths, resume, source)
-    check_output_path(paths["best"], "--save" if label == "training" else "--out")
-    with RunLock(paths["lock"]):
-        for path in paths.values():
-            remove_stale_temp_files(path)
-        if resume is None:
-            claim_run_files(paths, overwrite)
-        return _run(cfg, label, device, paths, resume, source)
+    flag = "--save" if label == "training" else "--out"
+    with ExitStack() as held:
+        error = old = None
+        try:
+            if resume is not None and overwrite:
+                raise UserError("--overwrite has no effect with --resume, which continues the run's own files: "
+                                "drop --overwrite (or start a new run with it, without --resume)")
+            device = distributed.local_device(get_device(cfg["device"]))
+            if distributed.is_main():  # rank 0 checks, locks and claims the run's files for every rank
+                check_run_paths(cfg, paths, flag, source)
+                held.enter_context(RunLock(paths["lock"], flag))
+                for path in paths.values():
+                    remove_stale_temp_files(path)
+                old = earlier_run_files(paths, overwrite) if resume is None else check_own_files(paths, resume)
+            state = _prepare(cfg, label, device, paths, resume, source)
+        except UserError as e:
+            error = e
+        distributed.gate(error)  # a failed check ends every process, said once
+        for path in old or ():  # the earlier run goes only now that this one can start
+            os.unlink(path)
+        return _train(cfg, label, device, paths, resume, source, **state)
 
 
-def claim_run_files(paths, overwrite):
-    """A new run starts with none of an earlier run's files beside it: refused, or removed with
-    ``--overwrite`` (so a later ``--resume`` can never mix the two runs)."""
+RESERVED = {"resume": ".resume.pt", "metrics": ".metrics.jsonl", "final": ".final.json", "lock": ".lock"}
+
+
+def check_run_paths(cfg, paths, flag, source):
+    """Every file the run will write can be written, and none is a file of another run's set."""
+    best = str(paths["best"])
+    for what, suffix in RESERVED.items():
+        if best.endswith(suffix):
+            raise UserError(f"{flag} {best} ends in {suffix}, the name of another run's {what} file: choose a "
+                            f"name that ends in none of {', '.join(RESERVED.values())}")
+    if source is not None and cfg.get("finetuned_from"):
+        theirs = {os.path.realpath(p) for p in run_paths(cfg["finetuned_from"]).values()}
+        shared = [p for p in paths.values() if os.path.realpath(p) in theirs]
+        if shared:
+            raise UserError(f"{flag} {best} would write {shared[0]}, a file of the input's own run: fine-tuning never "
+                            f"touches its input's files, choose another {flag}")
+    check_output_path(paths["best"], flag, siblings=[p for k, p in paths.items() if k != "best"])
+
+
+def earlier_run_files(paths, overwrite):
+    """An earlier run's files at this run's paths: refused, or (``--overwrite``) returned for removal
+    once the new run can start (so a later ``--resume`` can never mix the two runs)."""
     existing = [p for k, p in paths.items() if k != "lock" and os.path.exists(p)]
-    if not existing:
-        return
-    if not overwrite:
+    if existing and not overwrite:
         hint = (f"continue that run with --resume {paths['resume']}, " if os.path.exists(paths["resume"])
                 else "its run left no resume file; ")
         raise UserError(f"{existing[0]} already exists: {hint}choose another output path, or pass --overwrite")
-    for path in existing:
-        os.unlink(path)
+    return existing
+
+
+def check_own_files(paths, resume):
+    """A resume point continues only its own run's files: the best model beside it must carry its run id."""
+    own = resume.get("run")
+    if own is not None and os.path.exists(paths["best"]):
+        theirs = load_checkpoint(paths["best"], "best").get("run")
+        if theirs != own:
+            raise UserError(f"{paths['best']} was written by another run than the one {paths['resume']} continues "
+                            f"(run {theirs or 'without an id'}, not {own}): move one of them away; a resume point "
+                            f"never continues another run's files")
+    return None
 
 
 def describe_files(cfg, paths, label):
@@ -355,41 +401,59 @@ def describe_files(cfg, paths, label):
           f"  lock           {paths['lock']} (only while the run is in progress)")
 
 
-def _run(cfg, label, device, paths, resume, source):
+def _prepare(cfg, label, device, paths, resume, source):
+    """Everything that can refuse the run, touching no file: corpus, sizes, model, resume state."""
     print("Configuration: " + json.dumps(cfg, sort_keys=True))
     describe_files(cfg, paths, label)
     set_seed(cfg["seed"])
     corpus = Corpus(cfg["data"])
-    vocab = vocab_info(corpus.dictionary)
-    for blob, path in ((resume, "the resume checkpoint"), (source, "the input checkpoint")):
+    for blob, what in ((resume, "the resume checkpoint"), (source, "the input checkpoint")):
         if blob is not None:
-            check_vocab(blob, corpus.dictionary, path, cfg["data"])
+            check_vocab(blob, corpus.dictionary, what, cfg["data"])
+    if resume is not None and resume.get("corpus_sha256") not in (None, corpus.sha256):
+        raise UserError(f"the corpus at {cfg['data']} is not the one this run trained on (same vocabulary, other "
+                        f"text: a file changed, or --data names another corpus): resume with the run's own, "
+                        f"unchanged corpus")
+    if cfg["train_fraction"] < 1:  # cut in memory: the corpus folder and the vocabulary stay the whole corpus's
+        corpus.train = first_lines(corpus.train, cfg["train_fraction"], corpus.dictionary.word2idx["<eos>"])
+        print(f"Training on the first {cfg['train_fraction']:g} of the training text's lines")
     check_split_sizes(corpus, cfg)
     splits = {"train": distributed.shard(batchify(corpus.train, cfg["batch_size"], device)),
               "valid": batchify(corpus.valid, cfg["eval_batch_size"], device),
               "test": batchify(corpus.test, cfg["test_batch_size"], device)}
     model = build_model(cfg, len(corpus.dictionary)).to(device)
-    short = 5 if cfg["dry_run"] else None
-    optimizer_state = position = None
+    state = {"corpus": corpus, "splits": splits, "model": model, "optimizer_state": None, "position": None,
+             "schedule": Schedule(cfg)}
     if resume is not None:
         load_weights(model, resume, "the resume checkpoint")
-        schedule, optimizer_state = Schedule(cfg).load_state_dict(resume["schedule"]), resume["optimizer"]
-        position = distributed.own_position(resume.get("position"))
+        state["schedule"] = Schedule(cfg).load_state_dict(resume["schedule"])
+        done = state["schedule"].epoch
+        if cfg["epochs"] < done:
+            raise UserError(f"--epochs {cfg['epochs']} is below the {done} epochs this run has already trained: give "
+                            f"--epochs {done + 1} or more to train on (its best model is {paths['best']})")
+        state["optimizer_state"], state["position"] = resume["optimizer"], distributed.own_position(resume.get("position"))
         set_rng_state(resume["rng"])
+    elif source is not None:
+        load_weights(model, source, "the input checkpoint")
+    return state
+
+
+def _train(cfg, label, device, paths, resume, source, corpus, splits, model, schedule, optimizer_state, position):
+    vocab = vocab_info(corpus.dictionary)
+    stamp = {"run": (resume or {}).get("run") or uuid.uuid4().hex, "corpus_sha256": corpus.sha256}
+    short = 5 if cfg["dry_run"] else None
+    if resume is not None:
         if not cfg["dry_run"] and distributed.is_main():
             atomic_write_jsonl(schedule.metrics, paths["metrics"])  # exactly the resume point's epochs
         where = f", inside epoch {position['epoch']} at batch {position['batch']}" if position else ""
         print(f"Resuming after epoch {schedule.epoch}{where} (best so far: epoch {schedule.best_epoch})")
     elif source is not None:
-        load_weights(model, source, "the input checkpoint")
         start = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short,
                                            "validation, input model"))
         print(f"Starting from valid ppl {ppl(start):.2f}")
         if distributed.is_main():
-            save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start)
+            save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start, **stamp)
         schedule = Schedule(cfg, best_val=start)
-    else:
-        schedule = Schedule(cfg)
     print(f"Model total parameters: {sum(p.numel() for p in model.parameters())}")
     print(f"Device: {device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
           f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
@@ -398,10 +462,15 @@ def _run(cfg, label, device, paths, resume, source):
         reason = overlap_blocker(Regularizer.from_config(cfg), device)
         print("--overlap_passes: " + (f"the two passes run one after the other here: {reason}" if reason
                                       else "pass 2 runs on a second CUDA stream beside pass 1"))
-    fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device, optimizer_state, position)
+    fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device, optimizer_state, position,
+        stamp)
     if not distributed.is_main():  # the test evaluation is rank 0's alone
         return None
+    if not os.path.exists(paths["best"]) and cfg["dry_run"]:  # a dry run's temporary best: the weights as they are
+        save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=schedule.epoch, **stamp)
     if not os.path.exists(paths["best"]):
+        if os.path.exists(paths["final"]):  # an earlier final.json would describe a model that is gone
+            os.unlink(paths["final"])
         print("No best model was saved by this run, so there is nothing to evaluate on test.")
         return None
-    return final_evaluation(model, cfg, splits, paths, label, short)
+    return final_evaluation(model, cfg, splits, paths, label, short, stamp)

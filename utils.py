@@ -1,5 +1,6 @@
 """Small helpers shared by the entry points: errors a user can fix, seeding, devices, atomic writes."""
 import errno
+import glob
 import json
 import os
 import platform
@@ -69,12 +70,17 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
-def check_output_path(path, flag="--save"):
+def check_output_path(path, flag="--save", siblings=()):
     """Fail before any work if ``path`` cannot be written: a folder, a parent that is a file, or a
-    folder that refuses new files (read-only, immutable, another user's)."""
+    folder that refuses new files (read-only, immutable, another user's).  ``siblings``: the other
+    files the run writes beside it; each is tried too (a folder in the way, a name too long)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file path such as {path / 'model.pt'}")
+    for other in map(Path, siblings):
+        if other.is_dir():
+            raise UserError(f"{other} is a folder, where the run of {flag} {path} writes a file: move it away, or "
+                            f"choose another {flag}")
     parent = path.parent
     for above in [parent, *parent.parents]:
         if above.exists():
@@ -83,22 +89,34 @@ def check_output_path(path, flag="--save"):
             break
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}): "
                         f"choose a writable {flag}") from None
+    for name in [path.name, *(Path(s).name for s in siblings)]:  # the temp file's name is the longest written
+        try:
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise UserError(f"{flag} {path}: the run's file {name} cannot be created in {parent} (file name "
+                                f"too long): choose a shorter {flag}") from None
+            raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}): "
+                            f"choose a writable {flag}") from None
 
 
 def remove_stale_temp_files(path):
-    """Temp files an atomic write of ``path`` left when its process was killed."""
+    """Temp files an atomic write of ``path`` left when its process was killed: exactly mkstemp's names
+    for ``path`` (``.NAME.XXXXXXXX.tmp``), never another file's (``.NAME.b.pt.XXXXXXXX.tmp`` of a run
+    saved at NAME.b.pt)."""
     path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
+    own = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if own.fullmatch(stale.name):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
 
 
 class RunLock:
@@ -106,8 +124,9 @@ class RunLock:
     write the same run.  Released when the process ends, however it ends; the file is removed when the
     run ends, so one left beside a run belongs to a run in progress (or a killed one)."""
 
-    def __init__(self, path):
+    def __init__(self, path, flag="--save"):
         self.path = Path(path)
+        self.flag = flag  # the entry point's name for the run's path, for the hint
         self.file = None
 
     def __enter__(self):
@@ -123,7 +142,7 @@ class RunLock:
             except OSError:
                 self.file.close()
                 raise UserError(f"another process is running the run whose lock is {self.path}: wait for it to end, "
-                                f"or choose another --save") from None
+                                f"or choose another {self.flag}") from None
             try:  # the file we locked may have been removed by the run that just ended: lock the current one
                 if os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
                     return self
@@ -244,9 +263,17 @@ def _atomic_write(target, write):
         if _disk_full(e):
             free = shutil.disk_usage(target.parent).free
             kept = f"the previous {target.name} is intact" if target.exists() else f"{target.name} was not written"
-            raise UserError(f"no space left on the device to write {target} ({free / 2**20:.0f} MiB free, more than "
-                            f"{written / 2**20:.0f} MiB needed); {kept}: free some space and rerun") from None
+            raise UserError(f"no space left on the device to write {target} ({size_text(free)} free; it ran out after "
+                            f"{size_text(written)}); {kept}: free some space and rerun") from None
         raise
+
+
+def size_text(n):
+    """Bytes as a person reads them: 0 bytes, 812 bytes, 3.4 KiB, 120 MiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def atomic_torch_save(obj, target):
@@ -255,6 +282,10 @@ def atomic_torch_save(obj, target):
 
 def atomic_write_json(obj, target):
     _atomic_write(target, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def atomic_write_text(text, target):
+    _atomic_write(target, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_jsonl(rows, target):

@@ -12,6 +12,7 @@ import evaluate as evaluate_cli
 import finetune as finetune_cli
 import main as main_cli
 import trainer
+from checkpoint import weights_sha256
 from config import build_config
 from utils import atomic_torch_save
 
@@ -224,6 +225,7 @@ def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained,
     blob = torch.load(trained[0], weights_only=True)
     # skew the output bias so that one epoch of fine-tuning surely improves on the input
     blob["model"]["decoder.bias"] = blob["model"]["decoder.bias"] + 3.0 * (torch.arange(blob["vocab"]["size"]) % 2)
+    blob["weights_sha256"] = weights_sha256(blob["model"])  # a deliberate edit, so its checksum is renewed
     save = tmp_path / "input.pt"
     atomic_torch_save(blob, save)
     before = save.read_bytes()

@@ -190,8 +190,9 @@ def test_hand_made_checkpoints_are_one_line_in_every_entry_point(run_a, tmp_path
     blob = torch.load(run_a, weights_only=True)
     if damage == "no-config-key":
         del blob["config"]["nhid"]
-    elif damage == "wrong-shape":
+    elif damage == "wrong-shape":  # hand-made: no weights checksum (as in checkpoints older than it)
         blob["model"]["decoder.bias"] = torch.zeros(7)
+        del blob["weights_sha256"]
     else:
         blob["config"] = [1, 2]
     bad = tmp_path / "bad.pt"
@@ -211,7 +212,7 @@ def test_hand_made_checkpoints_are_one_line_in_every_entry_point(run_a, tmp_path
 def test_a_run_killed_before_its_first_resume_point_gives_no_dead_end(tiny_corpus, tmp_path):
     save = tmp_path / "k.pt"
     atomic_torch_save({"x": 1}, save)  # a best checkpoint whose run left no resume file
-    (tmp_path / ".k.resume.pt.123.tmp").write_bytes(b"half a file")
+    (tmp_path / ".k.resume.pt.a1b2c3d4.tmp").write_bytes(b"half a file")  # mkstemp's name
     proc = cli("main.py", *tiny_args(tiny_corpus, save, epochs=1))
     assert_one_line_error(proc, "no resume file", "--overwrite")
     assert "--resume" not in proc.stderr
