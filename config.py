@@ -140,6 +140,10 @@ def build_train_parser():
                    help="regularizer: FD fraternal dropout, ELD expectation-linear dropout, PM Pi-model, "
                         "RD R-Drop (symmetric KL), baseline (one pass) (default FD)")
     p.add_argument("--data", help=f"corpus folder with train/valid/test.txt ({per_preset('data')})")
+    p.add_argument("--train_fraction", type=float,
+                   help="train on the first FRACTION of the training text's lines, as ablation.py cuts it; validation "
+                        "and test stay whole, and so does the vocabulary, so finetune.py, evaluate.py, pointer.py "
+                        "and generate.py read the same --data (default 1)")
     add_model_args(p)
     g = p.add_argument_group("regularizer (default: set by --model)")
     g.add_argument("--kappa", type=float,
@@ -229,6 +233,7 @@ def _train_config(flags):
     cfg["fused_loss"] = given.get("fused_loss", True)
     cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
     cfg["batch_passes"] = given.get("batch_passes", True)
+    cfg["train_fraction"] = given.get("train_fraction", 1.0)
     cfg["overlap_passes"] = given.get("overlap_passes", False)
     cfg["dry_run"] = bool(given.get("dry_run"))
     # A dry run writes to a temporary folder unless told where.
@@ -255,6 +260,7 @@ def _finetune_config(flags, trained):
         raise UserError(f"{source} was trained with an unknown preset {preset!r}: fine-tune a checkpoint written "
                         f"by main.py")
     cfg = dict(trained, **FINETUNE[preset], **FINETUNE_RECIPE, finetuned_from=str(source), **RUN_DEFAULTS)
+    cfg.setdefault("train_fraction", 1.0)  # fine-tuning keeps the trained run's cut of the training text
     cfg.update({k: given[k] for k in FINETUNE_FLAGS if k in given})
     cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
     cfg["dry_run"] = bool(given.get("dry_run"))
@@ -286,7 +292,7 @@ def _resume_config(flags, blob):
                             f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
         cfg[key] = value
     for key, value in (("checkpoint_every", 0.0), ("fused_loss", True), ("batch_passes", True),
-                       ("overlap_passes", False)):
+                       ("overlap_passes", False), ("train_fraction", 1.0)):
         cfg.setdefault(key, value)  # settings added since older checkpoints were written
     if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
@@ -313,6 +319,7 @@ class RunConfig(TypedDict, total=False):
     preset: str  # a key of PRESETS
     model: str  # a key of fraternal.VARIANTS
     data: str  # corpus folder
+    train_fraction: float  # the first fraction of the training text's lines that the run trains on
     save: Optional[str]  # best-model checkpoint, absolute; None for a dry run's temporary folder
     # model
     emsize: int
@@ -432,6 +439,8 @@ def validate(cfg):
     for key in PROBABILITY:
         if not 0.0 <= cfg[key] < 1.0:
             bad(key, "in [0, 1)")
+    if not 0 < cfg["train_fraction"] <= 1:
+        bad("train_fraction", "in (0, 1]")
     if not 0 <= cfg["seed"] < 2**32:
         bad("seed", "in [0, 2**32)")
     if cfg["max_seq_len"] and cfg["max_seq_len"] < 5:
