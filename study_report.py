@@ -149,6 +149,21 @@ def paired_table(summaries, study, ntrain):
     return lines
 
 
+def fd_by_seed(summaries):
+    return {s["seed"]: s for s in summaries if s["variant"] == "FD" and is_default(s)}
+
+
+def versus_fd(group, fd, key):
+    """Paired by seed: the group's ``key`` minus plain FD's (kappa 0.15, no shared mask) on the same seed,
+    mean ± sd, and on how many seeds the group is lower."""
+    diffs = [s[key] - fd[s["seed"]][key] for s in group if s["seed"] in fd and not is_default(s)]
+    if not diffs:
+        return "–"
+    mean, sd = mean_sd(diffs)
+    return (f"{mean:+.2f}" + ("" if sd is None else f" ± {sd:.2f}")
+            + f" (lower on {sum(d < 0 for d in diffs)} of {len(diffs)})")
+
+
 def kappa_rows(summaries):
     """FD's runs per kappa, on the seeds the sweep covers (so every kappa averages the same seeds)."""
     runs = [s for s in summaries if s["variant"] == "FD" and not s["same_mask"]]
@@ -164,12 +179,17 @@ def kappa_table(summaries, study, ntrain):
     runs = [s for g in groups.values() for s in g]
     lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
                            f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
-             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) | CPU |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) | "
+             "− FD at 0.15, valid | − FD at 0.15, test | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fd = fd_by_seed(summaries)
     for k, s in groups.items():
         lines.append(f"| {k:g}{' (default)' if k == default_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
-                     f"{result_cells(s)} | {cpus(s)} |")
-    lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss."]
+                     f"{result_cells(s)} | {versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | "
+                     f"{cpus(s)} |")
+    lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard deviation "
+                  "over the seeds listed; the two differences are paired by seed with FD at the default kappa 0.15 "
+                  "(mean ± sd of the per-seed differences; negative: lower perplexity than FD)."]
     return lines
 
 
@@ -188,16 +208,18 @@ def masks_table(summaries, study, ntrain):
         return []
     lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
              "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
-             "CPU |", "|---|---|---|---|---|---|---|"]
+             "− FD, valid | − FD, test | CPU |", "|---|---|---|---|---|---|---|---|---|"]
+    fd = fd_by_seed(summaries)
     for site in ["", *MASK_SITES]:
         s = [x for x in runs if x["same_mask"] == site]
         if s:
             lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
                          f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
                          f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
-                         f"{cpus(s)} |")
+                         f"{versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | {cpus(s)} |")
     lines += ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
-                  "site (what the penalty of plain FD sees), so the rows compare the same quantity."]
+                  "site (what the penalty of plain FD sees), so the rows compare the same quantity. The differences are "
+                  "paired by seed with plain FD (mean ± sd of the per-seed differences)."]
     return lines
 
 
@@ -209,11 +231,12 @@ def cpus(runs):
 
 def runs_table(summaries):
     lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | "
-             "date |", "|---|---|---|---|---|---|---|---|---|"]
+             "date | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         e = s["environment"]
         lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
-                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | {e['date']} |")
+                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | {e['date']} | "
+                     f"{e.get('commit', 'not recorded')} |")
     return lines
 
 
@@ -329,9 +352,20 @@ def write_csv(summaries, path):
                 w.writerow([s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]] + [r[k] for k in keys[5:]])
 
 
-def load_summaries(out):
-    paths = sorted((out / "runs").glob("*.summary.json"))
+def load_summaries(out, folder="runs"):
+    paths = sorted((out / folder).glob("*.summary.json"))
     return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
+def archived(out, study):
+    """Runs kept in ``runs-*/`` beside ``runs/`` (e.g. runs-xeon: another CPU kind, older code): listed, never
+    in the tables, whose comparisons stay within one CPU kind and one version of the code."""
+    lines = []
+    for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
+        runs = sorted((s for s in load_summaries(out, folder) if s["study"] == study), key=sort_key)
+        if runs:
+            lines += [""] * bool(lines) + [f"In [{folder}/]({folder}/), {len(runs)} run{'s' * (len(runs) > 1)}:", "", *runs_table(runs)]
+    return lines
 
 
 def sort_key(s):
@@ -360,7 +394,8 @@ def report(out, study, command):
                 ("FD minus baseline, paired by seed", paired_table(summaries, study, ntrain)),
                 ("FD's kappa", kappa_table(summaries, study, ntrain)),
                 ("FD sharing one mask site between the passes", masks_table(summaries, study, ntrain)),
-                ("Every run", runs_table(summaries))]
+                ("Every run", runs_table(summaries)),
+                ("Archived runs, not in the tables", archived(out, study))]
     lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
              f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
     for heading, body in sections:

@@ -165,3 +165,29 @@ def test_study_report_help_and_a_folder_without_a_study(tmp_path, capsys):
     assert stop.value.code == 0 and "--out" in capsys.readouterr().out
     with pytest.raises(UserError, match="study.json missing"):
         study_report.main(["--out", str(tmp_path)])
+
+
+def test_sweep_points_are_paired_with_plain_fd_on_the_same_seeds():
+    """Each kappa / same-mask point: per-seed difference from FD at 0.15, mean ± sd, seeds where lower;
+    a seed without plain FD is left out; plain FD's own row has no difference."""
+    fd = study_report.fd_by_seed([fake("FD", 1, 100.0, 90.0, 0.5), fake("FD", 2, 110.0, 95.0, 0.5),
+                                  fake("FD", 3, 120.0, 99.0, 0.5, kappa=0.5)])
+    assert sorted(fd) == [1, 2]
+    point = [fake("FD", 1, 96.0, 91.0, 0.3, kappa=0.5), fake("FD", 2, 104.0, 93.0, 0.3, kappa=0.5),
+             fake("FD", 3, 1.0, 1.0, 0.3, kappa=0.5)]
+    assert study_report.versus_fd(point, fd, "best_valid_ppl") == "-5.00 ± 1.41 (lower on 2 of 2)"
+    assert study_report.versus_fd(point, fd, "test_ppl") == "-0.50 ± 2.12 (lower on 1 of 2)"
+    assert study_report.versus_fd(point[:1], fd, "test_ppl") == "+1.00 (lower on 0 of 1)"
+    assert study_report.versus_fd(list(fd.values()), fd, "test_ppl") == "–"
+
+
+def test_archived_runs_are_listed_apart_and_never_in_the_tables(tmp_path):
+    study = dict(study_report.DEFAULTS)
+    env = {"threads": 2, "cpu": "Other CPU", "date": "2026-11-22"}
+    row = dict(fake("FD", 321, 246.1, 243.6, 0.5), study=study, best_epoch=20, wall_s=600.0, environment=env)
+    (tmp_path / "runs-xeon").mkdir()
+    (tmp_path / "runs-xeon" / "FD_seed321.summary.json").write_text(json.dumps(row))
+    lines = study_report.archived(tmp_path, study)
+    assert lines[0] == "In [runs-xeon/](runs-xeon/), 1 run:" and "| FD_321 | 246.10 | 243.60 |" in lines[-1]
+    assert lines[-1].endswith("| not recorded |") and study_report.load_summaries(tmp_path) == []
+    assert study_report.archived(tmp_path, dict(study, epochs=1)) == []
