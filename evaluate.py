@@ -11,7 +11,7 @@ from config import DROPOUT_FLAGS, check_numbers, tool_parser
 from data import batchify, check_split_sizes
 from mc_dropout import mask_variance, mc_evaluate
 from trainer import evaluate, ppl
-from utils import UserError, check_device_name, run_cli, set_seed
+from utils import UserError, check_device_name, check_seed, run_cli, set_seed
 
 def build_parser():
     p = tool_parser(__doc__)
@@ -38,6 +38,7 @@ def main(argv=None):
     check_numbers(vars(args), positive_ints=("eval_batch_size", "test_batch_size"),
                   optional_positive_ints=("bptt", "mc_batch", "max_batches"), non_negative_ints=("mc", "seed"))
     check_device_name(args.device)
+    check_seed(args.seed)
     for k in DROPOUT_FLAGS:
         v = getattr(args, k)
         if v is not None and not 0.0 <= v < 1.0:

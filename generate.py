@@ -8,9 +8,11 @@ after an '<eos>', i.e. at the start of a sentence; every sampled '<eos>' becomes
     python generate.py --save runs/awd-ptb_FD.pt --words 200 --temperature 0.8 --seed 1
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
 """
+import math
 import os
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from checkpoint import open_checkpoint
 from config import tool_parser
-from utils import UserError, run_cli
+from utils import UserError, atomic_write_text, check_seed, run_cli
 
 
 def build_parser():
@@ -31,28 +33,37 @@ def build_parser():
     return p
 
 
+RUN_FILES = (".pt", ".metrics.jsonl", ".final.json", ".lock")  # names of a run's files (checkpoint.run_paths)
+
+
 def check_args(args):
     if args.words <= 0:
         raise UserError(f"--words must be positive, got {args.words}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    if args.outf and os.path.exists(args.outf) and not args.overwrite:
-        raise UserError(f"{args.outf} exists: pass --overwrite to replace it, or choose another --outf")
+    if not 0 < args.temperature < math.inf:
+        raise UserError(f"--temperature must be > 0 and finite, got {args.temperature}")
+    check_seed(args.seed)
+    if args.outf:
+        check_outf(args.outf, args.overwrite)
 
 
-def open_output(outf):
-    """A temporary file beside ``outf``, opened before sampling so an unwritable place fails first;
-    renamed onto ``outf`` once the text is complete (an interrupted run leaves no half file)."""
+def check_outf(outf, overwrite):
+    """Before sampling: ``outf`` is a place text may go.  Never a folder, a checkpoint or another file of
+    a run (not even with --overwrite); an existing text file only with --overwrite; its folder writable."""
     target = Path(outf)
+    if target.is_dir():
+        raise UserError(f"--outf {outf} is a folder: give a file path such as {target / 'samples.txt'}")
+    if target.name.endswith(RUN_FILES) or (target.is_file() and zipfile.is_zipfile(target)):
+        raise UserError(f"--outf {outf} names a checkpoint or a file of a run, which text never replaces: choose an "
+                        f"--outf such as samples.txt")
+    if target.exists() and not overwrite:
+        raise UserError(f"{outf} exists: pass --overwrite to replace it, or choose another --outf")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the user's usual permissions
+        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write --outf {outf} ({e.strerror or e}): choose a writable place") from None
-    return os.fdopen(fd, "w", encoding="utf-8"), tmp
 
 
 @torch.no_grad()
@@ -68,7 +79,8 @@ def sample(model, dictionary, words, temperature, seed, device):
     out = []
     for _ in tqdm(range(words), desc="sampling", unit="word", leave=False, disable=None):
         logits, hidden = model(inp, hidden)
-        probs = torch.softmax(logits.view(-1).float() / temperature, 0)
+        flat = logits.view(-1).double()  # the top logit scaled is exactly 0: no inf - inf at a tiny temperature
+        probs = torch.softmax((flat - flat.max()) / temperature, 0)
         word = torch.multinomial(probs, 1, generator=gen)
         inp.fill_(word.item())
         out.append(dictionary.idx2word[inp.item()])
@@ -93,19 +105,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     _, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
-    out, tmp = open_output(args.outf) if args.outf else (sys.stdout, None)
-    try:
-        text = to_text(sample(model, corpus.dictionary, args.words, args.temperature, args.seed, device))
-        out.write(text)
-        out.flush()
-        if tmp:
-            out.close()
-            os.replace(tmp, args.outf)
-            print(f"| wrote {args.words} words to {args.outf} |", file=sys.stderr)
-    finally:
-        if tmp and os.path.exists(tmp):
-            out.close()
-            os.unlink(tmp)
+    text = to_text(sample(model, corpus.dictionary, args.words, args.temperature, args.seed, device))
+    if args.outf:  # whole or not at all; a full disk is one line and leaves no temp file
+        atomic_write_text(text, args.outf)
+        print(f"| wrote {args.words} words to {args.outf} |", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
     return text
 
 

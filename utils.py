@@ -48,6 +48,13 @@ def set_seed(seed):
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
+def check_seed(seed, flag="--seed"):
+    """Every tool's seed: numpy takes [0, 2**32), so every seed is refused outside it, before any work."""
+    if not 0 <= seed < 2**32:
+        raise UserError(f"{flag} must be in [0, 2**32), got {seed}")
+    return seed
+
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

@@ -292,3 +292,187 @@ def test_finetune_that_never_improves_says_the_output_holds_the_input(run_a, tmp
     assert "fine-tuning never improved on the input's validation perplexity" in capsys.readouterr().out
     assert torch.equal(torch.load(out, weights_only=True)["model"]["decoder.bias"],
                        torch.load(run_a, weights_only=True)["model"]["decoder.bias"])
+
+
+# --- round 3 (issue 18) ------------------------------------------------------------------------------------
+
+def copy_run(run_a, folder, name="a"):
+    """run_a's files under ``folder`` as the run saved at folder/NAME.pt (its resume point re-pointed there)."""
+    folder.mkdir(exist_ok=True)
+    for suffix in (".pt", ".metrics.jsonl", ".final.json"):
+        shutil.copyfile(run_a.parent / f"a{suffix}", folder / f"{name}{suffix}")
+    resume = torch.load(run_a.parent / "a.resume.pt", weights_only=True)
+    resume["config"]["save"] = str(folder / f"{name}.pt")
+    atomic_torch_save(resume, folder / f"{name}.resume.pt")
+    return folder / f"{name}.pt"
+
+
+@pytest.mark.parametrize("case", ["typo-data", "eval-batch", "finetune-batch"])
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(run_a, tiny_corpus, tmp_path, case):
+    """H-1: every check before --overwrite removes anything."""
+    save = copy_run(run_a, tmp_path / "ow")
+    before = snapshot(save.parent)
+    with pytest.raises(UserError):
+        if case == "typo-data":
+            main_cli.main(tiny_args(tmp_path / "typo", save, "--overwrite", epochs=1))
+        elif case == "eval-batch":
+            main_cli.main(tiny_args(tiny_corpus, save, "--overwrite", "--eval_batch_size", "5000", epochs=1))
+        else:
+            finetune_cli.main(["--save", str(run_a), "--out", str(save), "--overwrite", "--batch_size", "100000",
+                               "--device", "cpu"])
+    assert snapshot(save.parent) == before
+
+
+def test_every_file_of_a_run_carries_its_id_and_resume_refuses_another_runs_best(run_a, tmp_path):
+    """H-3: a resume point of run X never continues run Y's best model at the same path."""
+    best = torch.load(run_a, weights_only=True)
+    resume = torch.load(run_a.parent / "a.resume.pt", weights_only=True)
+    final = json.loads((run_a.parent / "a.final.json").read_text())
+    assert best["run"] == resume["run"] == final["run"] and len(best["run"]) == 32
+    save = copy_run(run_a, tmp_path / "h3")
+    best["run"] = "f" * 32  # what a later run at the same path wrote
+    atomic_torch_save(best, save)
+    before = snapshot(save.parent)
+    with pytest.raises(UserError, match="written by another run"):
+        main_cli.main(["--resume", str(save.parent / "a.resume.pt"), "--epochs", "2", "--device", "cpu"])
+    assert snapshot(save.parent) == before
+
+
+def test_resume_refuses_a_changed_corpus_with_the_same_vocabulary(run_a, tiny_corpus, tmp_path):
+    """M-12: the resume point records its corpus's content hash."""
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_corpus, changed)
+    with open(changed / "train.txt", "a", encoding="utf-8") as f:
+        f.write("the the\n")  # known words only: the vocabulary stays the same
+    with pytest.raises(UserError, match="not the one this run trained on"):
+        main_cli.main(["--resume", str(run_a.parent / "a.resume.pt"), "--data", str(changed), "--epochs", "2",
+                       "--device", "cpu"])
+
+
+def test_a_flipped_bit_in_the_weights_is_found_on_load(run_a, tmp_path):
+    """M-14: the weights checksum; checkpoints written before it still load."""
+    blob = torch.load(run_a, weights_only=True)
+    blob["model"]["decoder.bias"][3] = float("inf")
+    atomic_torch_save(blob, tmp_path / "flipped.pt")
+    with pytest.raises(UserError, match="do not match the checksum"):
+        evaluate_cli.main(["--save", str(tmp_path / "flipped.pt"), "--device", "cpu", "--max_batches", "1"])
+    del blob["weights_sha256"]
+    atomic_torch_save(blob, tmp_path / "old.pt")
+    assert trainer.load_checkpoint(tmp_path / "old.pt", "best")["model"]["decoder.bias"][3] == float("inf")
+
+
+@pytest.mark.parametrize("text", [b"hello world\n", b"", b"0123 4567\n" * 50, b"PK\x03\x04 not really a zip"])
+def test_a_text_file_as_checkpoint_is_one_line(tmp_path, text):
+    """M-2: whatever torch.load raises on a file that is not a checkpoint."""
+    (tmp_path / "t.pt").write_bytes(text)
+    with pytest.raises(UserError, match="cannot read checkpoint|not a checkpoint"):
+        trainer.load_checkpoint(tmp_path / "t.pt")
+
+
+def test_seeds_and_tiny_temperatures_in_the_tools(run_a, tmp_path):
+    """M-3 / M-4: seeds range-checked everywhere; a temperature that underflows still samples."""
+    import generate as generate_cli
+    with pytest.raises(UserError, match="--seed"):
+        generate_cli.main(["--save", str(run_a), "--seed", "99999999999999999999"])
+    with pytest.raises(UserError, match="--seed"):
+        evaluate_cli.main(["--save", str(run_a), "--seed", "4294967296"])
+    text = generate_cli.main(["--save", str(run_a), "--device", "cpu", "--words", "5", "--temperature", "1e-300"])
+    assert len(text.split()) >= 1
+
+
+def test_generate_never_writes_text_over_a_run_and_a_full_disk_is_one_line(run_a, tmp_path, monkeypatch):
+    """M-5 / M-6 / M-18."""
+    import generate as generate_cli
+    before = run_a.read_bytes()
+    for outf, needle in ((run_a, "checkpoint or a file of a run"), (run_a.parent / "a.final.json", "file of a run"),
+                         (tmp_path, "is a folder")):
+        with pytest.raises(UserError, match=needle):
+            generate_cli.main(["--save", str(run_a), "--device", "cpu", "--words", "3", "--outf", str(outf),
+                               "--overwrite"])
+    assert run_a.read_bytes() == before
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(utils.os, "fsync", full)
+    with pytest.raises(UserError, match="no space left"):
+        generate_cli.main(["--save", str(run_a), "--device", "cpu", "--words", "3", "--outf", str(tmp_path / "s.txt")])
+    assert list(tmp_path.iterdir()) == []  # no temp file left
+
+
+@pytest.mark.parametrize("case", ["long-name", "lock-folder", "final-folder"])
+def test_every_file_name_of_the_run_is_tried_before_training(tiny_corpus, tmp_path, monkeypatch, case):
+    """M-7 / M-11: a name too long for the resume point's temp file, a folder where the lock or final.json goes."""
+    save = tmp_path / ("x" * 236 + ".pt" if case == "long-name" else "m.pt")
+    if case != "long-name":
+        (tmp_path / f"m.{case.split('-')[0]}{'.json' if case == 'final-folder' else ''}").mkdir()
+    trained = []
+    monkeypatch.setattr(trainer, "train_epoch", lambda *a, **k: trained.append(1))
+    with pytest.raises(UserError, match="too long|is a folder"):
+        main_cli.main(tiny_args(tiny_corpus, save, epochs=1))
+    assert not trained
+
+
+def test_the_annealing_reload_of_a_mismatched_best_is_one_line(run_a, tmp_path):
+    """M-10: the best model reloaded during training goes through the tidy weight check."""
+    import distributed
+    from checkpoint import build_model
+    cfg = torch.load(run_a, weights_only=True)["config"]
+    other = build_model(dict(cfg, nhid=cfg["nhid"] + 2), 50)
+    with pytest.raises(UserError, match="do not fit"):
+        distributed.load_best(other, run_a)
+
+
+@pytest.mark.parametrize("save", ["c2/a.resume.pt", "c2/a.metrics.jsonl", "c2/a.lock"])
+def test_a_save_named_like_another_runs_file_is_refused(tiny_corpus, tmp_path, save):
+    """M-16: --save c2/a.resume.pt would write over the resume point of the run saved at c2/a.pt."""
+    with pytest.raises(UserError, match="name of another run's"):
+        main_cli.main(tiny_args(tiny_corpus, tmp_path / save, epochs=1))
+    assert not (tmp_path / "c2").exists() or not list((tmp_path / "c2").iterdir())
+
+
+def test_temp_file_clean_up_touches_only_the_runs_own(tmp_path):
+    """M-19: the run saved at tmpx/a leaves alone the temp file of the run writing tmpx/a.b.pt."""
+    theirs, mine = tmp_path / ".a.b.pt.k3j4h5g6.tmp", tmp_path / ".a.q1w2e3r4.tmp"
+    theirs.write_bytes(b"another run's write in progress")
+    mine.write_bytes(b"left by a killed write")
+    utils.remove_stale_temp_files(tmp_path / "a")
+    assert theirs.exists() and not mine.exists()
+
+
+@pytest.mark.parametrize("out", ["{stem}.resume.pt", "{stem}"])
+def test_finetune_out_never_reaches_a_file_of_its_inputs_run(run_a, tmp_path, out):
+    """M-17: --out <input>.resume.pt, or the input's stem (whose resume point is the input's), even with --overwrite."""
+    save = copy_run(run_a, tmp_path / "ft")
+    before = snapshot(save.parent)
+    with pytest.raises(UserError, match="another run's|input's own run"):
+        finetune_cli.main(["--save", str(save), "--out", out.format(stem=save.with_suffix("")), "--overwrite",
+                           "--device", "cpu", "--batch_size", "4", "--eval_batch_size", "4"])
+    assert snapshot(save.parent) == before
+
+
+def test_resume_flags_that_would_do_nothing_are_refused(run_a):
+    """L-3 (--epochs below the epochs done) and L-4 (--overwrite with --resume)."""
+    resume = str(run_a.parent / "a.resume.pt")
+    before = snapshot(run_a.parent)
+    with pytest.raises(UserError, match="--overwrite has no effect"):
+        main_cli.main(["--resume", resume, "--overwrite", "--device", "cpu"])
+    blob = torch.load(resume, weights_only=True)  # run_a did 1 epoch: only --epochs 0 is below (the flag's
+    with pytest.raises(UserError, match="below the 1 epochs"):  # check refuses 0, so the configuration is given)
+        trainer.run(dict(blob["config"], epochs=0), "training", resume=blob)
+    assert snapshot(run_a.parent) == before
+
+
+def test_words_of_the_messages(tmp_path, monkeypatch):
+    """L-9 (vocabulary), L-10 (finetune's lock names --out), L-13 (sizes under a MiB)."""
+    from checkpoint import check_vocab
+    from data import Dictionary
+    blob = {"vocab": {"size": 2, "sha256": Dictionary(["a", "b"]).fingerprint()}}
+    with pytest.raises(UserError) as e:
+        check_vocab(blob, Dictionary(["a", "c"]), "the resume checkpoint", "data/x")
+    assert str(e.value).startswith("the resume checkpoint was trained on a vocabulary of 2 words, the corpus at "
+                                   "data/x has other words of the same count")
+    with RunLock(tmp_path / "f.lock"):
+        with pytest.raises(UserError, match="choose another --out"):
+            with RunLock(tmp_path / "f.lock", "--out"):
+                pass
+    assert utils.size_text(0) == "0 bytes" and utils.size_text(3 << 10) == "3 KiB"
