@@ -1,4 +1,5 @@
 """Tests for data.py: corpora, tokenization, the content-keyed cache, batchify / get_batch."""
+import os
 import shutil
 from pathlib import Path
 
@@ -248,3 +249,61 @@ def test_folder_marked_read_only_gets_no_cache_even_for_root(tmp_path, monkeypat
         assert len(list((tmp_path / "xdg" / "fraternal-dropout").glob(CACHE_GLOB))) == 1
     finally:
         folder.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- a cache proves what it is (issue 18)
+
+def _cache_blob(folder):
+    (cache,) = folder.glob(CACHE_GLOB)
+    return cache, torch.load(cache, weights_only=True)
+
+
+@pytest.mark.parametrize("damage", ["flipped-id", "float-ids", "id-out-of-range", "other-corpus"])
+def test_a_cache_that_is_not_its_corpus_is_rebuilt(writable_corpus, tmp_path, damage, capsys):
+    """H-2: a loadable cache is used only if its source hash, dtypes, id range and checksum hold."""
+    reference = Corpus(writable_corpus, use_cache=False)
+    Corpus(writable_corpus)
+    cache, blob = _cache_blob(writable_corpus)
+    if damage == "flipped-id":
+        blob["valid"][7] ^= 1
+    elif damage == "float-ids":
+        blob["train"] = blob["train"].float()
+    elif damage == "id-out-of-range":
+        blob["test"][0] = 10**6
+    else:  # another corpus's valid cache under this one's name
+        other = _write_corpus(tmp_path / "other", train="a b\n", valid="b\n", test="a\n")
+        Corpus(other)
+        _, blob = _cache_blob(other)
+    torch.save(blob, cache)
+    _same_corpus(reference, Corpus(writable_corpus))
+    assert "rebuilding it" in capsys.readouterr().err
+    assert torch.equal(_cache_blob(writable_corpus)[1]["valid"], reference.valid)  # the cache rewritten whole
+
+
+def test_a_full_disk_for_the_cache_runs_without_it(writable_corpus, monkeypatch, capsys):
+    """M-1: the cache is optional; no place for it is said once, and the corpus is read all the same."""
+    def full(obj, target):
+        raise UserError(f"no space left on the device to write {target}")
+    monkeypatch.setattr(data, "atomic_torch_save", full)
+    first, second = Corpus(writable_corpus), Corpus(writable_corpus)
+    _same_corpus(first, second)
+    assert capsys.readouterr().err.count("running without it") == 1
+
+
+def test_a_new_cache_replaces_the_folders_old_ones_and_old_temp_files(writable_corpus):
+    """L-16: caches of earlier contents and temp files of killed cache writes do not pile up."""
+    stale = writable_corpus / ".corpus-cache-0123456789abcdef01234567.pt"
+    stale.write_bytes(b"an old cache")
+    killed = writable_corpus / "..corpus-cache-v2-x.pt.abcd1234.tmp"
+    killed.write_bytes(b"half a cache")
+    os.utime(killed, (0, 0))
+    Corpus(writable_corpus)
+    assert [p.name for p in writable_corpus.glob(".*")] == [next(writable_corpus.glob(CACHE_GLOB)).name]
+
+
+def test_a_non_utf8_corpus_names_the_file_and_line(tmp_path):
+    """L-14."""
+    folder = _write_corpus(tmp_path / "c", train="a b\nc d\n", valid="b\n", test="a\n")
+    (folder / "valid.txt").write_bytes(b"fine\nstill fine\nbad \xff byte\n")
+    with pytest.raises(UserError, match=r"valid.txt line 3 is not UTF-8"):
+        Corpus(folder)
