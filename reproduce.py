@@ -154,7 +154,7 @@ def plan_chains(selected, seeds, scale, out, data_root):
         data = out / "corpus" / chain.corpus if spec["cut"] else Path(data_root).resolve() / chain.corpus
         last = max(rows.STAGES.index(r.stage) for r in chain_rows)
         default_seed = train_config(list(spec["train"]) + list(chain.train))["seed"]
-        for seed in seeds or [default_seed]:
+        for seed in dict.fromkeys(seeds or [default_seed]):  # a seed named twice runs once
             where = out / chain.id / f"seed{seed}"
             train = Step("train", where, [TOOLS["train"], *spec["train"], *chain.train, "--seed", str(seed),
                                           "--data", str(data), "--save", str(where / "train.pt")])
@@ -341,11 +341,21 @@ def finish(run):
     run.proc = None
     if reason:
         run.status = "failed"
-        run.failure = {"step": step.name, "reason": reason, "rc": rc, "log": str(step.log), "last_line": last_line(step.log)}
+        run.failure = {"step": step.name, "reason": reason, "rc": rc, "log": shown(step.log),
+                       "last_line": last_line(step.log)}
         return
     step.state = "done"
     run.current += 1
     run.status = "pending" if run.current < len(run.steps) else "done"
+
+
+def shown(path):
+    """A path as the report shows it: relative to the working folder when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def last_line(path):
@@ -497,7 +507,7 @@ def row_report(row, runs):
             result = read_json(step.result)
             attempts = (read_json(step.record) or {}).get("attempts", [])
             entries.append({"seed": run.seed, "valid_ppl": result["valid_ppl"], "test_ppl": result["test_ppl"],
-                            "result_file": str(step.result),
+                            "result_file": shown(step.result),
                             "epochs": {s.name: epochs_run(s)[0] for s in upto if s.name in ("train", "finetune")},
                             "wall_s": round(sum(step_wall(s) for s in upto), 1),
                             "device": attempts[-1]["device"] if attempts else None})
