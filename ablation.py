@@ -54,23 +54,17 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from config import VARIANTS, build_config, train_config
+from config import SETTING, VARIANTS, build_config, train_config, with_settings_added_since
 from data import SPLITS, Corpus, batchify
 from mc_dropout import mask_variance
-from study_report import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, MASK_SITES, QUICK, SITE_NAMES, default_kappa, report,
-                          report_path)
+from study import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, FULL_SEEDS, KAPPAS, OTHER_SEEDS, QUICK, SITE_NAMES,
+                   STUDY_SITES, variant_kappa)
+from study_report import report, report_path
 from trainer import run, run_paths
 from utils import UserError, atomic_write_json, cpu_model, get_device, run_cli, set_seed
 
-KAPPAS = [0.0, 0.05, 0.15, 0.5, 1.5]
-FULL_SEEDS = [321, 322, 323, 324]
-OTHER_SEEDS = [321, 322, 323]
 STUDIES = ("full", "seeds", "kappa", "masks")
-# Keys of a run's configuration that say where and how it ran, not what it computed.
 COMMIT = "unknown"
-LOCATION_KEYS = ("save", "data", "device", "log_interval", "checkpoint_every", "fused_loss", "overlap_passes")
-# Settings added to main.py since runs were committed, at the value those runs trained with.
-ADDED = {"train_fraction": 1.0}
 
 
 # ---------------------------------------------------------------- run specs and plans
@@ -79,13 +73,13 @@ def make_spec(variant, seed, kappa=None, same=""):
     """A run: variant, seed, kappa (None: the variant's default) and shared mask sites."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
-    bad = set(same) - set(MASK_SITES)
+    bad = set(same) - set(STUDY_SITES)
     if bad:
-        raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {MASK_SITES} ({SITE_NAMES})")
-    if kappa is not None and float(kappa) == default_kappa(variant):
+        raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {STUDY_SITES} ({SITE_NAMES})")
+    if kappa is not None and float(kappa) == variant_kappa(variant):
         kappa = None  # the default-kappa run has one name, so a sweep reuses it
     return {"variant": variant, "seed": int(seed), "kappa": None if kappa is None else float(kappa),
-            "same": "".join(s for s in MASK_SITES if s in same)}
+            "same": "".join(s for s in STUDY_SITES if s in same)}
 
 
 def run_name(spec):
@@ -123,7 +117,7 @@ def kappa_plan(kappas, seeds):
 
 
 def masks_plan(seeds):
-    return [make_spec("FD", s, same=site) for s in seeds for site in ["", *MASK_SITES]]
+    return [make_spec("FD", s, same=site) for s in seeds for site in ["", *STUDY_SITES]]
 
 
 def full_plan():
@@ -196,7 +190,8 @@ def finished(cfg, paths):
 def train(cfg):
     """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one."""
     paths = run_paths(cfg["save"])
-    if os.path.exists(paths["resume"]) and dict(ADDED, **load_checkpoint(paths["resume"], "resume")["config"]) == cfg:
+    if (os.path.exists(paths["resume"])
+            and with_settings_added_since(load_checkpoint(paths["resume"], "resume")["config"]) == cfg):
         if finished(cfg, paths) and os.path.exists(paths["best"]):
             print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
             return json.load(open(paths["final"]))
@@ -214,7 +209,9 @@ def measure_mask_variance(save, data, device):
 
 
 def comparable(cfg):
-    return {k: v for k, v in dict(ADDED, **cfg).items() if k not in LOCATION_KEYS}
+    """What a run computed: its configuration without the settings that say where and how it ran, with the
+    settings added since it was committed at the values it trained with."""
+    return {k: v for k, v in with_settings_added_since(cfg).items() if SETTING.get(k) is None or SETTING[k].result}
 
 
 def summary_mismatch(summary, cfg, study, train_sha):

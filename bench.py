@@ -2,7 +2,7 @@
 
 FD runs the network twice per batch, so its step should cost about twice a baseline step; the
 FD / baseline ratio says how close to 2 it is.  What is timed is the real step, ``trainer.train_step``
-called as ``train_epoch`` calls it, on the model of ``checkpoint.build_model`` and the configuration of
+called as ``train_epoch`` calls it, on the model of ``RNNModel.from_config`` and the configuration of
 main.py's parser (``--preset P --model M``): batch and bptt of the preset, seq_len = bptt, random token
 ids of the preset's vocabulary, the optimizer a run starts with.  The configurations of a preset are
 stepped in turn (baseline, FD, baseline, FD, ...) on the same batches, so load from other processes
@@ -38,11 +38,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from checkpoint import build_model
 from config import PRESETS, VARIANTS, train_config
 from data import get_batch
 from fraternal import Regularizer, overlap_blocker
 from fused_loss import chunk_rows
+from model import RNNModel
 from schedule import Schedule
 from trainer import evaluate, make_optimizer, train_step
 from utils import UserError, cpu_model, get_device, run_cli, set_seed
@@ -109,7 +109,7 @@ class Runner:
     def __init__(self, cfg, vocab, device):
         set_seed(cfg["seed"])
         self.cfg, self.device, self.times, self.mem = cfg, device, [], 0.0
-        self.model = build_model(cfg, vocab).to(device).train()
+        self.model = RNNModel.from_config(cfg, vocab).to(device).train()
         self.params = list(self.model.parameters())
         self.opt = make_optimizer(cfg, Schedule(cfg), self.model.parameters(), device)
         self.reg = Regularizer.from_config(cfg)

@@ -144,14 +144,9 @@ def check_vocab(blob, dictionary, what, data):
                         f"pass the --data folder the model was trained on")
 
 
-def build_model(cfg, ntoken):
-    return RNNModel(ntoken, cfg["emsize"], cfg["nhid"], cfg["nlayers"], cfg["dropout"], cfg["dropouth"],
-                    cfg["dropouti"], cfg["dropoute"], cfg["wdrop"], cfg["tied"], cfg["locked"])
-
-
 def model_from_checkpoint(blob, device):
     try:
-        model = build_model(blob["config"], blob["vocab"]["size"])
+        model = RNNModel.from_config(blob["config"], blob["vocab"]["size"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"the config in this checkpoint does not describe a model ({e}): "
                         f"use an intact checkpoint written by main.py") from None

@@ -1,12 +1,16 @@
-"""Presets (the columns of the paper's experiment table) and the command line built on them.
+"""A run's configuration, declared once: every setting with its type, default, help and rule
+(``SETTINGS``), and the tables that override defaults (presets, fine-tuning rows, per-preset kappa).
 
-Every hyper-parameter flag defaults to None; the chosen ``--preset`` fills what the user did not
-give, so an explicit flag always wins and ``--help`` can show each preset's value.
+The command lines (main.py, finetune.py), ``--help`` with each preset's value, validation and the plain
+dict every checkpoint stores are all derived from these declarations.  A new hyper-parameter is one
+``Setting`` (plus, if it varies per preset, one value in each ``PRESETS`` row) and the code where it acts.
+Every flag defaults to None, so the precedence is: an explicit flag, then the preset (or, for the
+regularizer's settings, the variant), then the setting's own default.
 """
 import argparse
 import math
 import os
-from typing import Optional, TypedDict, get_type_hints
+from dataclasses import dataclass
 
 from checkpoint import run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS
@@ -58,56 +62,230 @@ FINETUNE = {
 }
 
 
+# Each variant's kappa is fraternal.VARIANTS' unless a preset's experiments used another.
+PRESET_KAPPA = {("single", "FD"): 0.15}
+
 OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
-DROPOUT_FLAGS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 MASK_SITES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
               "h": "between layers (dropouth)", "w": "W_hh DropConnect (wdrop)",
               "o": "last layer output (dropout)"}
+SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
+DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropouti, dropoute, wdrop
+
+PRESET, VARIANT = "<preset>", "<variant>"  # defaults read from PRESETS / the variant
 
 
-def per_preset(key, table=PRESETS):
-    return "; ".join(f"{p}: {table[p][key]}" for p in table)
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a run.  ``rule`` names the check of ``RULES`` its value must pass; ``flag``: main.py
+    takes it; ``resume``: a resumed run may change it (it does not change what the run computes);
+    ``finetune``: finetune.py's help for it (empty: not a fine-tuning flag); ``before``: the value of a
+    checkpoint written before the setting existed; ``optional``: only some stages have it; ``result``:
+    the values a run computes depend on it (False: it says only where or how the run ran)."""
+    name: str
+    kind: type
+    help: str
+    default: object = PRESET
+    rule: str = ""
+    group: str = "optimization"
+    choices: tuple = ()
+    flag: bool = True
+    resume: bool = False
+    finetune: str = ""
+    before: object = None
+    optional: bool = False
+    result: bool = True
 
 
-def kappa_defaults():
-    return "; ".join(f"{name} {v.kappa:g}" + "".join(f", {p} {k:g}" for p, k in v.preset_kappa)
-                     for name, v in VARIANTS.items())
+SETTINGS = (
+    Setting("preset", str, "experiment setup whose hyper-parameters fill every flag not given", "single", "choice",
+            "run", tuple(PRESETS)),
+    Setting("model", str, "regularizer: FD fraternal dropout, ELD expectation-linear dropout, PM Pi-model, RD R-Drop "
+            "(symmetric KL), baseline (one pass)", "FD", "choice", "run", tuple(VARIANTS)),
+    Setting("data", str, "corpus folder with train/valid/test.txt", group="run", resume=True,
+            finetune="corpus folder (default: the one recorded in the checkpoint)", result=False),
+    Setting("train_fraction", float, "train on the first FRACTION of the training text's lines, as ablation.py cuts "
+            "it; validation and test stay whole, and so does the vocabulary, so finetune.py, evaluate.py, pointer.py "
+            "and generate.py read the same --data", 1.0, "fraction", "run", before=1.0),
+    Setting("save", str, "best-model checkpoint (default runs/<preset>_<model>.pt); metrics, final results and the "
+            "resume checkpoint are written beside it", None, "", "running", result=False),
+    # model
+    Setting("emsize", int, "word embedding size", rule="positive_int", group="model"),
+    Setting("nhid", int, "hidden units per LSTM layer", rule="positive_int", group="model"),
+    Setting("nlayers", int, "number of LSTM layers", rule="positive_int", group="model"),
+    Setting("dropout", float, "dropout on the last layer's output", rule="probability", group="model",
+            finetune="override the checkpoint's dropout rate"),
+    Setting("dropouth", float, "dropout between LSTM layers", rule="probability", group="model",
+            finetune="override the checkpoint's dropouth rate"),
+    Setting("dropouti", float, "dropout on the embedding output", rule="probability", group="model",
+            finetune="override the checkpoint's dropouti rate"),
+    Setting("dropoute", float, "dropout of whole embedding rows", rule="probability", group="model",
+            finetune="override the checkpoint's dropoute rate"),
+    Setting("wdrop", float, "DropConnect on every W_hh", rule="probability", group="model",
+            finetune="override the checkpoint's wdrop rate"),
+    Setting("locked", bool, "one dropout mask per sequence, reused over time; --no-locked draws full-shape masks",
+            group="model"),
+    Setting("tied", bool, "tie embedding and softmax weights", group="model"),
+    # regularizer
+    Setting("kappa", float, "weight of the penalty between the two passes. 0 keeps FD's two passes and averaged "
+            "target without a penalty (the reference reset kappa <= 0 to the default)", VARIANT, "non_negative",
+            "regularizer"),
+    Setting("double_target", bool, "average the target loss of both passes (on for FD and RD)", VARIANT,
+            group="regularizer"),
+    Setting("eval_auxiliary", bool, "run the second pass in eval mode, without dropout (on for ELD)", VARIANT,
+            group="regularizer"),
+    Setting("penalty", str, "the penalty between the passes", VARIANT, "choice", "regularizer", tuple(PENALTIES),
+            flag=False),
+    Setting("same_mask", str, "sites of pass 1's masks that pass 2 reuses (--same_mask_e/i/h/w/o)", "", "mask_sites",
+            "regularizer", flag=False),
+    Setting("batch_passes", bool, "with --same_mask_w, run both passes as one forward of twice the batch (same "
+            "values, faster where the batch is small); on by default", True, group="regularizer", before=True),
+    Setting("fused_loss", bool, "decoder, cross-entropies and penalty in cache-sized chunks with gradients formed in "
+            "the forward (fused_loss.py): the plain loss's values, less memory traffic; on by default", True,
+            group="regularizer", before=True, result=False),
+    Setting("overlap_passes", bool, "run the second pass on a second CUDA stream beside the first, so that their "
+            "kernels overlap (same masks and values as one pass after the other). CUDA only: on a CPU, with "
+            "--same_mask_* and with ELD's eval-mode pass the passes run one after the other (the run says so). Off "
+            "by default: its speed has not been measured on a GPU", False, group="regularizer", before=False,
+            result=False),
+    Setting("alpha", float, "activation regularization (AR) weight", rule="non_negative", group="regularizer",
+            finetune="AR weight (2)"),
+    Setting("beta", float, "temporal activation regularization (TAR) weight", rule="non_negative",
+            group="regularizer", finetune="TAR weight (1)"),
+    # optimization
+    Setting("optimizer", str, "sgd-anneal: SGD, lr / --anneal after more than --patience epochs without a new best "
+            "(reloading the best model), stop below --min_lr; asgd-nt: SGD switching to averaged SGD by the "
+            "non-monotone rule; sgd: plain SGD; asgd: averaged SGD from the start, stopping by the non-monotone "
+            "rule; adam", rule="choice", choices=OPTIMIZERS),
+    Setting("lr", float, "initial learning rate", rule="positive",
+            finetune="learning rate of averaged SGD (the training run's, 30)"),
+    Setting("clip", float, "gradient norm clipping", rule="positive", finetune="gradient norm clipping (the training "
+            "run's)"),
+    Setting("wdecay", float, "weight decay", rule="non_negative", finetune="weight decay (the training run's)"),
+    Setting("epochs", int, "upper epoch limit", rule="positive_int", resume=True, finetune="upper epoch limit"),
+    Setting("batch_size", int, "training batch size", rule="positive_int", finetune="batch size"),
+    Setting("bptt", int, "base sequence length", rule="positive_int",
+            finetune="base sequence length (the training run's)"),
+    Setting("max_seq_len", int, "cap on the drawn sequence length, 0 for none", rule="seq_cap"),
+    Setting("reset_hidden_prob", float, "probability of zeroing the hidden state before a batch", rule="probability"),
+    Setting("nonmono", int, "non-monotone interval of NT-ASGD", rule="positive_int",
+            finetune="stop once the averaged validation loss breaks the non-monotone rule over this many epochs (5)"),
+    Setting("patience", int, "sgd-anneal: epochs without a new best before annealing", rule="positive_int"),
+    Setting("anneal", float, "sgd-anneal: divide lr by this", rule="positive"),
+    Setting("min_lr", float, "sgd-anneal: stop once lr falls below", rule="non_negative"),
+    Setting("seed", int, "random seed", rule="seed", finetune="random seed"),
+    Setting("eval_batch_size", int, "validation batch size (10)", 10, "positive_int",
+            finetune="validation batch size (10)"),
+    Setting("test_batch_size", int, "test batch size (1)", 1, "positive_int", finetune="test batch size (1)"),
+    # running
+    Setting("device", str, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)", "auto", "device",
+            "running", resume=True, result=False,
+            finetune="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)"),
+    Setting("log_interval", int, "batches between progress lines (default 200)", 200, "positive_int", "running",
+            resume=True, finetune="batches between progress lines (default 200)", result=False),
+    Setting("checkpoint_every", float, "minutes between mid-epoch resume points written beside the checkpoint, 0 for "
+            "none (default 10)", 10.0, "non_negative", "running", resume=True, before=0.0,
+            finetune="minutes between mid-epoch resume points, 0 for none (default 10)", result=False),
+    Setting("dry_run", bool, "two training batches and a short validation and test, then exit (smoke test)", False,
+            group="running", resume=True),
+    # fine-tuning only
+    Setting("stage", str, "finetune for a fine-tuning run", "train", flag=False, optional=True),
+    Setting("finetuned_from", str, "the checkpoint a fine-tuning run started from", None, flag=False, optional=True),
+)
+SETTING = {s.name: s for s in SETTINGS}
+RESUME_OVERRIDES = tuple(s.name for s in SETTINGS if s.resume)
 
 
-def add_flags(group, specs, table=PRESETS):
-    """Flags given as (name, type, help); with a ``table``, the help ends with each preset's value."""
-    for name, kind, text in specs:
-        group.add_argument(f"--{name}", type=kind, help=f"{text} ({per_preset(name, table)})" if table else text)
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-MODEL_FLAGS = [
-    ("emsize", int, "word embedding size"), ("nhid", int, "hidden units per LSTM layer"),
-    ("nlayers", int, "number of LSTM layers"), ("dropout", float, "dropout on the last layer's output"),
-    ("dropouth", float, "dropout between LSTM layers"), ("dropouti", float, "dropout on the embedding output"),
-    ("dropoute", float, "dropout of whole embedding rows"), ("wdrop", float, "DropConnect on every W_hh")]
-OPTIMIZATION_FLAGS = [
-    ("lr", float, "initial learning rate"), ("clip", float, "gradient norm clipping"),
-    ("wdecay", float, "weight decay"), ("epochs", int, "upper epoch limit"),
-    ("batch_size", int, "training batch size"), ("bptt", int, "base sequence length"),
-    ("max_seq_len", int, "cap on the drawn sequence length, 0 for none"),
-    ("reset_hidden_prob", float, "probability of zeroing the hidden state before a batch"),
-    ("nonmono", int, "non-monotone interval of NT-ASGD"),
-    ("patience", int, "sgd-anneal: epochs without a new best before annealing"),
-    ("anneal", float, "sgd-anneal: divide lr by this"), ("min_lr", float, "sgd-anneal: stop once lr falls below"),
-    ("seed", int, "random seed")]
-EVAL_BATCH_FLAGS = [("eval_batch_size", int, "validation batch size (10)"), ("test_batch_size", int, "test batch size (1)")]
+# rule: (test, what the value must be)
+RULES = {
+    "positive_int": (lambda v, s: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "positive": (lambda v, s: _finite(v) and v > 0, "a finite number > 0"),
+    "non_negative": (lambda v, s: _finite(v) and v >= 0, "a finite number >= 0"),
+    "probability": (lambda v, s: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    "fraction": (lambda v, s: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    "seed": (lambda v, s: 0 <= v < 2**32, "in [0, 2**32)"),
+    "seq_cap": (lambda v, s: v == 0 or v >= 5, "0 (no cap) or at least 5"),
+    "choice": (lambda v, s: v in s.choices, "one of {choices}"),
+    "mask_sites": (lambda v, s: not set(v) - set(MASK_SITES), "a subset of " + "".join(MASK_SITES)),
+    "device": (lambda v, s: check_device_name(v) is not None, "a device"),
+    "": (lambda v, s: True, ""),
+}
 
 
-def add_model_args(p):
-    """Architecture and dropout flags."""
-    g = p.add_argument_group("model (default: the preset's value)")
-    add_flags(g, MODEL_FLAGS)
-    g.add_argument("--locked", action=argparse.BooleanOptionalAction,
-                   help=f"one dropout mask per sequence, reused over time; --no-locked draws full-shape masks "
-                        f"({per_preset('locked')})")
-    g.add_argument("--tied", action=argparse.BooleanOptionalAction,
-                   help=f"tie embedding and softmax weights ({per_preset('tied')})")
-    return g
+def default_kappa(preset, model):
+    return PRESET_KAPPA.get((preset, model), VARIANTS[model].kappa)
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def preset_values(name, table=PRESETS):
+    return "; ".join(f"{p}: {row[name]}" for p, row in table.items())
+
+
+def kappa_values():
+    return "; ".join(f"{m} {v.kappa:g}" for m, v in VARIANTS.items()) + "".join(
+        f"; {m} on {p} {k:g}" for (p, m), k in PRESET_KAPPA.items())
+
+
+def add_flag(group, s, help_text=None, table=PRESETS):
+    """``s`` as a flag defaulting to None: the help says where its value comes from when not given."""
+    text = help_text or s.help
+    if help_text is None and s.default == PRESET:
+        text += f" ({preset_values(s.name, table)})"
+    elif help_text is None and s.name == "kappa":
+        text += f" ({kappa_values()})"
+    elif help_text is None and s.default not in (VARIANT, None, False) and "default" not in text:
+        text += f" (default {s.default})"
+    names = [f"--{s.name}"] + ([f"--{s.name.replace('_', '-')}"] if s.name == "log_interval" else [])
+    if s.kind is bool:
+        action = "store_true" if s.name == "dry_run" else argparse.BooleanOptionalAction
+        group.add_argument(*names, dest=s.name, action=action, default=None, help=text)
+    else:
+        group.add_argument(*names, dest=s.name, type=s.kind, choices=list(s.choices) or None, help=text)
+
+
+def build_train_parser():
+    p = argparse.ArgumentParser(
+        prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train an LSTM language model with fraternal dropout (or a comparison regularizer).")
+    groups = {"run": p, "model": p.add_argument_group("model (default: the preset's value)"),
+              "regularizer": p.add_argument_group("regularizer (default: set by --model)"),
+              "optimization": p.add_argument_group("optimization (default: the preset's value)"),
+              "running": p.add_argument_group("running")}
+    for s in SETTINGS:
+        if s.flag:
+            add_flag(groups[s.group], s)
+        if s.name == "eval_auxiliary":
+            for site, what in MASK_SITES.items():
+                groups["regularizer"].add_argument(f"--same_mask_{site}", action="store_true", default=None,
+                                                   help=f"second pass reuses the first pass's mask at the {what}")
+    g = groups["running"]
+    g.add_argument("--resume", help="continue the interrupted run whose resume checkpoint is at this path")
+    g.add_argument("--overwrite", action="store_true", help="allow --save to replace an existing checkpoint")
+    return p
+
+
+def build_finetune_parser(doc):
+    """finetune.py's command line: the settings a fine-tuning run may change, with the reference's row."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--save", help="the trained best-model checkpoint to fine-tune (never modified)")
+    p.add_argument("--out", help="where the fine-tuned best model goes (default: <save stem>.finetune.pt)")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
+    g = p.add_argument_group("fine-tuning (defaults: the reference's fine-tuning row)")
+    for s in SETTINGS:
+        if s.finetune and s.name in FINETUNE["single"]:
+            add_flag(g, s, f"{s.finetune} ({preset_values(s.name, FINETUNE)})")
+        elif s.finetune:
+            add_flag(g, s, s.finetune)
+    g.add_argument("--resume", help="continue an interrupted fine-tuning from its .resume.pt checkpoint")
+    g.add_argument("--dry_run", action="store_true", default=None,
+                   help="two batches, short validation and test, then exit")
+    return p
 
 
 def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)"):
@@ -119,78 +297,7 @@ def tool_parser(doc, data_help="corpus folder (default: the one recorded in the 
     return p
 
 
-def add_run_args(p):
-    g = p.add_argument_group("running")
-    g.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--log-interval", "--log_interval", dest="log_interval", type=int,
-                   help="batches between progress lines (default 200)")
-    g.add_argument("--checkpoint_every", type=float,
-                   help="minutes between mid-epoch resume points written beside the checkpoint, 0 for none "
-                        "(default 10)")
-    return g
-
-
-def build_train_parser():
-    p = argparse.ArgumentParser(
-        prog="main.py", description="Train an LSTM language model with fraternal dropout (or a comparison regularizer).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS),
-                   help="experiment setup whose hyper-parameters fill every flag not given (default single)")
-    p.add_argument("--model", choices=list(VARIANTS),
-                   help="regularizer: FD fraternal dropout, ELD expectation-linear dropout, PM Pi-model, "
-                        "RD R-Drop (symmetric KL), baseline (one pass) (default FD)")
-    p.add_argument("--data", help=f"corpus folder with train/valid/test.txt ({per_preset('data')})")
-    p.add_argument("--train_fraction", type=float,
-                   help="train on the first FRACTION of the training text's lines, as ablation.py cuts it; validation "
-                        "and test stay whole, and so does the vocabulary, so finetune.py, evaluate.py, pointer.py "
-                        "and generate.py read the same --data (default 1)")
-    add_model_args(p)
-    g = p.add_argument_group("regularizer (default: set by --model)")
-    g.add_argument("--kappa", type=float,
-                   help=f"weight of the penalty between the two passes ({kappa_defaults()}). 0 keeps FD's two "
-                        f"passes and averaged target without a penalty (the reference reset kappa <= 0 to the "
-                        f"default)")
-    g.add_argument("--double_target", action=argparse.BooleanOptionalAction,
-                   help="average the target loss of both passes (on for FD and RD)")
-    g.add_argument("--eval_auxiliary", action=argparse.BooleanOptionalAction,
-                   help="run the second pass in eval mode, without dropout (on for ELD)")
-    for site, what in MASK_SITES.items():
-        g.add_argument(f"--same_mask_{site}", action="store_true", default=None,
-                       help=f"second pass reuses the first pass's mask at the {what}")
-    g.add_argument("--batch_passes", action=argparse.BooleanOptionalAction,
-                   help="with --same_mask_w, run both passes as one forward of twice the batch (same values, "
-                        "faster where the batch is small); on by default")
-    g.add_argument("--fused_loss", action=argparse.BooleanOptionalAction,
-                   help="decoder, cross-entropies and penalty in cache-sized chunks with gradients formed in the "
-                        "forward (fused_loss.py): the plain loss's values, less memory traffic; on by default")
-    g.add_argument("--overlap_passes", action=argparse.BooleanOptionalAction,
-                   help="run the second pass on a second CUDA stream beside the first, so that their kernels "
-                        "overlap (same masks and values as one pass after the other). CUDA only: on a CPU, with "
-                        "--same_mask_* and with ELD's eval-mode pass the passes run one after the other (the run "
-                        "says so). Off by default: its speed has not been measured on a GPU")
-    g.add_argument("--alpha", type=float, help=f"activation regularization (AR) weight ({per_preset('alpha')})")
-    g.add_argument("--beta", type=float, help=f"temporal activation regularization (TAR) weight ({per_preset('beta')})")
-    g = p.add_argument_group("optimization (default: the preset's value)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS,
-                   help="sgd-anneal: SGD, lr / --anneal after more than --patience epochs without a new best "
-                        "(reloading the best model), stop below --min_lr; asgd-nt: SGD switching to averaged "
-                        "SGD by the non-monotone rule; sgd: plain SGD; asgd: averaged SGD from the start, "
-                        f"stopping by the non-monotone rule; adam ({per_preset('optimizer')})")
-    add_flags(g, OPTIMIZATION_FLAGS)
-    add_flags(g, EVAL_BATCH_FLAGS, table=None)
-    g = add_run_args(p)
-    g.add_argument("--save", help="best-model checkpoint (default runs/<preset>_<model>.pt); metrics, final "
-                                  "results and the resume checkpoint are written beside it")
-    g.add_argument("--resume", help="continue the interrupted run whose resume checkpoint is at this path")
-    g.add_argument("--overwrite", action="store_true", help="allow --save to replace an existing checkpoint")
-    g.add_argument("--dry_run", action="store_true",
-                   help="two training batches and a short validation and test, then exit (smoke test)")
-    return p
-
-
-# Flags a resumed run may change: they do not alter what the run computes.
-RESUME_OVERRIDES = ("epochs", "device", "log_interval", "dry_run", "data", "checkpoint_every")
-RUN_DEFAULTS = dict(eval_batch_size=10, test_batch_size=1, device="auto", log_interval=200, checkpoint_every=10.0)
+# ---------------------------------------------------------------- building a configuration
 
 
 def build_config(flags, stage="train", base=None):
@@ -222,20 +329,20 @@ def train_config(argv):
 
 def _train_config(flags):
     given = {k: v for k, v in flags.items() if v is not None}
-    preset, model = given.get("preset") or "single", given.get("model") or "FD"
-    cfg = dict(PRESETS[preset], preset=preset, model=model, **RUN_DEFAULTS)
-    cfg.update({k: v for k, v in given.items() if k in cfg})
+    preset = given.get("preset") or SETTING["preset"].default
+    model = given.get("model") or SETTING["model"].default
     variant = VARIANTS[model]
-    cfg["kappa"] = given.get("kappa", variant.default_kappa(preset))
-    cfg["double_target"] = given.get("double_target", variant.double_target)
-    cfg["eval_auxiliary"] = given.get("eval_auxiliary", variant.second_pass == "eval")
-    cfg["penalty"] = variant.penalty
-    cfg["fused_loss"] = given.get("fused_loss", True)
-    cfg["same_mask"] = "".join(s for s in MASK_SITES if given.get(f"same_mask_{s}"))
-    cfg["batch_passes"] = given.get("batch_passes", True)
-    cfg["train_fraction"] = given.get("train_fraction", 1.0)
-    cfg["overlap_passes"] = given.get("overlap_passes", False)
-    cfg["dry_run"] = bool(given.get("dry_run"))
+    from_variant = {"kappa": default_kappa(preset, model), "double_target": variant.double_target,
+                    "eval_auxiliary": variant.second_pass == "eval", "penalty": variant.penalty}
+    cfg = {}
+    for s in SETTINGS:
+        if s.optional:
+            continue
+        default = PRESETS[preset][s.name] if s.default == PRESET else (
+            from_variant[s.name] if s.default == VARIANT else s.default)
+        cfg[s.name] = given[s.name] if s.flag and s.name in given else default
+    cfg.update(preset=preset, model=model, dry_run=bool(given.get("dry_run")))
+    cfg["same_mask"] = "".join(site for site in MASK_SITES if given.get(f"same_mask_{site}"))
     # A dry run writes to a temporary folder unless told where.
     cfg["save"] = given.get("save") or (None if cfg["dry_run"] else f"runs/{preset}_{model}.pt")
     if cfg["save"] is not None:  # resolved now, so a resumed run writes here from any folder
@@ -248,8 +355,9 @@ def _train_config(flags):
 # What fine-tuning changes in the trained run's configuration (the reference's finetune.py).
 FINETUNE_RECIPE = dict(alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0, double_target=False,
                        eval_auxiliary=False, same_mask="", overlap_passes=False, stage="finetune")
-FINETUNE_FLAGS = ("data", "batch_size", "epochs", "seed", "alpha", "beta", "nonmono", "lr", "clip", "wdecay", "bptt",
-                  "eval_batch_size", "test_batch_size", "device", "log_interval", "checkpoint_every", *DROPOUT_FLAGS)
+FINETUNE_FLAGS = tuple(s.name for s in SETTINGS if s.finetune)
+# Settings a fine-tuning run starts at their defaults rather than inheriting from the trained run.
+FRESH = ("eval_batch_size", "test_batch_size", "device", "log_interval", "checkpoint_every")
 
 
 def _finetune_config(flags, trained):
@@ -259,8 +367,9 @@ def _finetune_config(flags, trained):
     if preset not in FINETUNE:
         raise UserError(f"{source} was trained with an unknown preset {preset!r}: fine-tune a checkpoint written "
                         f"by main.py")
-    cfg = dict(trained, **FINETUNE[preset], **FINETUNE_RECIPE, finetuned_from=str(source), **RUN_DEFAULTS)
-    cfg.setdefault("train_fraction", 1.0)  # fine-tuning keeps the trained run's cut of the training text
+    cfg = with_settings_added_since(trained)
+    cfg.update(**FINETUNE[preset], **FINETUNE_RECIPE, finetuned_from=str(source),
+               **{k: SETTING[k].default for k in FRESH})
     cfg.update({k: given[k] for k in FINETUNE_FLAGS if k in given})
     cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
     cfg["dry_run"] = bool(given.get("dry_run"))
@@ -277,9 +386,19 @@ def _finetune_config(flags, trained):
     return cfg, {}
 
 
+def with_settings_added_since(cfg):
+    """A checkpoint's config with every setting added after it was written, at the value that keeps its
+    meaning (``Setting.before``)."""
+    cfg = dict(cfg)
+    for s in SETTINGS:
+        if s.before is not None:
+            cfg.setdefault(s.name, s.before)
+    return cfg
+
+
 def _resume_config(flags, blob):
     """A resume file continues only the run it belongs to, writing where that run was started."""
-    cfg = dict(blob["config"])
+    cfg = with_settings_added_since(blob["config"])
     own = run_paths(cfg["save"])["resume"]
     if not (os.path.exists(own) and os.path.samefile(own, flags["resume"])):
         raise UserError(f"{flags['resume']} belongs to the run saved at {cfg['save']}, whose resume file is {own}: "
@@ -291,13 +410,13 @@ def _resume_config(flags, blob):
             raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
                             f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
         cfg[key] = value
-    for key, value in (("checkpoint_every", 0.0), ("fused_loss", True), ("batch_passes", True),
-                       ("overlap_passes", False), ("train_fraction", 1.0)):
-        cfg.setdefault(key, value)  # settings added since older checkpoints were written
     if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
         cfg["save"] = None
     return cfg, {}
+
+
+# ---------------------------------------------------------------- validation
 
 
 def check_train_config(cfg, given):
@@ -313,72 +432,48 @@ def check_train_config(cfg, given):
     validate(cfg)
 
 
-class RunConfig(TypedDict, total=False):
-    """Every setting of a run and its type: what ``build_config`` returns, ``validate`` checks and every
-    checkpoint stores (a plain dict, so checkpoints load with ``weights_only=True``)."""
-    preset: str  # a key of PRESETS
-    model: str  # a key of fraternal.VARIANTS
-    data: str  # corpus folder
-    train_fraction: float  # the first fraction of the training text's lines that the run trains on
-    save: Optional[str]  # best-model checkpoint, absolute; None for a dry run's temporary folder
-    # model
-    emsize: int
-    nhid: int
-    nlayers: int
-    dropout: float
-    dropouth: float
-    dropouti: float
-    dropoute: float
-    wdrop: float
-    locked: bool  # one mask per sequence (3-layer) or full-shape masks (single-layer)
-    tied: bool
-    # regularizer
-    kappa: float
-    double_target: bool
-    eval_auxiliary: bool
-    penalty: str  # a key of fraternal.PENALTIES
-    same_mask: str  # sites of pass 1's masks that pass 2 reuses, a subset of "eihwo"
-    batch_passes: bool
-    fused_loss: bool
-    overlap_passes: bool  # pass 2 on a second CUDA stream (fraternal.overlap_blocker says where it applies)
-    alpha: float
-    beta: float
-    # optimization
-    optimizer: str  # one of OPTIMIZERS
-    lr: float
-    clip: float
-    wdecay: float
-    epochs: int
-    batch_size: int
-    bptt: int
-    max_seq_len: int  # 0 for no cap
-    reset_hidden_prob: float
-    nonmono: int
-    patience: int
-    anneal: float
-    min_lr: float
-    seed: int
-    eval_batch_size: int
-    test_batch_size: int
-    # running
-    device: str
-    log_interval: int
-    checkpoint_every: float  # minutes; 0 for no mid-epoch resume points
-    dry_run: bool
-    # fine-tuning only
-    stage: str
-    finetuned_from: str
+def _has_type(value, s):
+    if value is None:
+        return s.name in ("save", "finetuned_from")
+    if s.kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if s.kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, s.kind)
 
 
-OPTIONAL = ("stage", "finetuned_from")
+def validate(cfg):
+    """Every value of a run's configuration, for every entry point (training, fine-tuning, resume):
+    the one place where a bad setting becomes a one-line error before any work."""
+    missing = [s.name for s in SETTINGS if s.name not in cfg and not s.optional]
+    if missing:
+        raise UserError(f"the run's configuration lacks {', '.join(missing)} (a damaged or hand-made checkpoint?): "
+                        f"use a checkpoint written by main.py or finetune.py")
+    for s in SETTINGS:
+        if s.name not in cfg:
+            continue
+        value = cfg[s.name]
+        if not _has_type(value, s):
+            raise UserError(f"--{s.name} must be of type {s.kind.__name__}, got {value!r}")
+        test, what = RULES[s.rule]
+        if value is not None and not test(value, s):
+            if s.rule == "choice":
+                raise UserError(f"--{s.name} {value!r} is unknown: choose from {', '.join(s.choices)}")
+            if s.rule == "mask_sites":
+                raise UserError(f"unknown mask sites {value!r}: {what}")
+            raise UserError(f"--{s.name} must be {what}, got {value}")
+    if cfg["eval_auxiliary"] and cfg["same_mask"]:
+        raise UserError("the eval-mode second pass (--eval_auxiliary, ELD) has no dropout masks to share: "
+                        "drop the --same_mask_* flags or --eval_auxiliary")
+    if "h" in cfg["same_mask"] and cfg["nlayers"] < 2:
+        raise UserError("--same_mask_h needs at least 2 layers (there is no dropout between layers)")
+    active = {s for s, rate in SITE_RATE.items() if cfg[rate] > 0 and (s != "h" or cfg["nlayers"] > 1)}
+    second_pass = cfg["kappa"] > 0 or cfg["double_target"]
+    if second_pass and not cfg["eval_auxiliary"] and active <= set(cfg["same_mask"]):
+        raise UserError(f"--same_mask_{' --same_mask_'.join(sorted(cfg['same_mask']) or ['*'])} shares every "
+                        f"active dropout mask, so the second pass repeats the first and the penalty is 0: "
+                        f"leave at least one site with its own mask")
 
-
-POSITIVE_INT = ("emsize", "nhid", "nlayers", "batch_size", "bptt", "epochs", "eval_batch_size", "test_batch_size",
-                "log_interval", "nonmono", "patience")
-POSITIVE = ("lr", "clip", "anneal")
-NON_NEGATIVE = ("kappa", "alpha", "beta", "wdecay", "min_lr", "checkpoint_every")
-PROBABILITY = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "reset_hidden_prob")
-SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
 
 def check_numbers(values, positive_ints=(), optional_positive_ints=(), non_negative_ints=()):
     """Numeric flags of the evaluation tools (which build no training configuration)."""
@@ -391,69 +486,3 @@ def check_numbers(values, positive_ints=(), optional_positive_ints=(), non_negat
     for key in non_negative_ints:
         if values[key] < 0:
             raise UserError(f"--{key} must be >= 0, got {values[key]}")
-
-
-def _has_type(value, kind):
-    if kind is Optional[str]:
-        return value is None or isinstance(value, str)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def validate(cfg):
-    """Every value of a run's configuration, for every entry point (training, fine-tuning, resume):
-    the one place where a bad setting becomes a one-line error before any work."""
-    def bad(key, rule):
-        raise UserError(f"--{key} must be {rule}, got {cfg[key]}")
-
-    missing = [k for k in RunConfig.__annotations__ if k not in cfg and k not in OPTIONAL]
-    if missing:
-        raise UserError(f"the run's configuration lacks {', '.join(missing)} (a damaged or hand-made checkpoint?): "
-                        f"use a checkpoint written by main.py or finetune.py")
-    for key, kind in get_type_hints(RunConfig).items():
-        if key in cfg and not _has_type(cfg[key], kind):
-            raise UserError(f"--{key} must be of type {getattr(kind, '__name__', kind)}, got {cfg[key]!r}")
-    for key, allowed in (("preset", PRESETS), ("model", VARIANTS), ("optimizer", OPTIMIZERS),
-                         ("penalty", PENALTIES)):
-        if cfg[key] not in allowed:
-            raise UserError(f"--{key} {cfg[key]!r} is unknown: choose from {', '.join(allowed)}")
-    if set(cfg["same_mask"]) - set(MASK_SITES):
-        raise UserError(f"unknown mask sites {cfg['same_mask']!r}: a subset of {''.join(MASK_SITES)}")
-
-    for key in POSITIVE_INT:
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0:
-            bad(key, "a positive integer")
-    for key in POSITIVE + NON_NEGATIVE + PROBABILITY:
-        value = cfg.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            bad(key, "a finite number")
-    for key in POSITIVE:
-        if cfg[key] <= 0:
-            bad(key, "positive")
-    for key in NON_NEGATIVE:
-        if cfg.get(key, 0.0) < 0:
-            bad(key, ">= 0")
-    for key in PROBABILITY:
-        if not 0.0 <= cfg[key] < 1.0:
-            bad(key, "in [0, 1)")
-    if not 0 < cfg["train_fraction"] <= 1:
-        bad("train_fraction", "in (0, 1]")
-    if not 0 <= cfg["seed"] < 2**32:
-        bad("seed", "in [0, 2**32)")
-    if cfg["max_seq_len"] and cfg["max_seq_len"] < 5:
-        bad("max_seq_len", "0 (no cap) or at least 5")
-    check_device_name(cfg["device"])
-    if cfg["eval_auxiliary"] and cfg["same_mask"]:
-        raise UserError("the eval-mode second pass (--eval_auxiliary, ELD) has no dropout masks to share: "
-                        "drop the --same_mask_* flags or --eval_auxiliary")
-    if "h" in cfg["same_mask"] and cfg["nlayers"] < 2:
-        raise UserError("--same_mask_h needs at least 2 layers (there is no dropout between layers)")
-    active = {s for s, rate in SITE_RATE.items() if cfg[rate] > 0 and (s != "h" or cfg["nlayers"] > 1)}
-    second_pass = cfg["kappa"] > 0 or cfg["double_target"]
-    if second_pass and not cfg["eval_auxiliary"] and active <= set(cfg["same_mask"]):
-        raise UserError(f"--same_mask_{' --same_mask_'.join(sorted(cfg['same_mask']) or ['*'])} shares every "
-                        f"active dropout mask, so the second pass repeats the first and the penalty is 0: "
-                        f"leave at least one site with its own mask")

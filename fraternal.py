@@ -43,19 +43,15 @@ PENALTIES = {"mse": mse_penalty, "kl": symmetric_kl_penalty}
 @dataclass(frozen=True)
 class Variant:
     """A regularizer, declared once: what its second pass is, which target losses it averages, its
-    penalty and its default kappa (``preset_kappa`` where a preset's experiments used another)."""
+    penalty and its default kappa (config.PRESET_KAPPA where a preset's experiments used another)."""
     second_pass: str  # "train" (new masks), "eval" (no dropout) or "none"
     double_target: bool  # (CE1 + CE2) / 2 instead of CE1
     penalty: str  # a key of PENALTIES
     kappa: float
-    preset_kappa: tuple = ()  # ((preset, kappa), ...)
-
-    def default_kappa(self, preset):
-        return dict(self.preset_kappa).get(preset, self.kappa)
 
 
 VARIANTS = {
-    "FD": Variant("train", True, "mse", 0.1, (("single", 0.15),)),
+    "FD": Variant("train", True, "mse", 0.1),
     "ELD": Variant("eval", False, "mse", 0.25),
     "PM": Variant("train", False, "mse", 0.15),
     "RD": Variant("train", True, "kl", 1.0),

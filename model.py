@@ -37,6 +37,13 @@ class Features(NamedTuple):
 
 
 class RNNModel(nn.Module):
+    @classmethod
+    def from_config(cls, cfg, ntoken):
+        """The model a run's configuration describes: the one way the code builds it from settings."""
+        return cls(ntoken, ninp=cfg["emsize"], nhid=cfg["nhid"], nlayers=cfg["nlayers"], dropout=cfg["dropout"],
+                   dropouth=cfg["dropouth"], dropouti=cfg["dropouti"], dropoute=cfg["dropoute"], wdrop=cfg["wdrop"],
+                   tie_weights=cfg["tied"], locked=cfg["locked"])
+
     def __init__(self, ntoken, ninp=400, nhid=1150, nlayers=3, dropout=0.4, dropouth=0.3,
                  dropouti=0.4, dropoute=0.1, wdrop=0.5, tie_weights=True, locked=True):
         super().__init__()

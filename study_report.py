@@ -16,27 +16,12 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from config import train_config
+from study import ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, QUICK, SITE_NAMES, STUDY_SITES, variant_kappa
 from utils import UserError, atomic_write_json, run_cli
 
-DEFAULT_OUT = Path("results/ablation")
-# The study's scale: the committed study's, and --quick's (ablation.py's flags of the same names).
-DEFAULTS = dict(emsize=200, nhid=200, epochs=30, train_fraction=0.1, batch_size=20, bptt=35)
-QUICK = dict(emsize=32, nhid=32, epochs=2, train_fraction=0.02, batch_size=20, bptt=35)
-ALL_VARIANTS = ["baseline", "FD", "ELD", "PM", "RD"]
-MASK_SITES = "eiwo"  # the single layer has no between-layer site (h)
-SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
-              "w": "W_hh DropConnect (wdrop)", "o": "LSTM output (dropout)"}
 BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
 END = "<!-- end of ablation.py's report -->"
 PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same W_hh mask 66.9 / 64.6"
-
-
-@lru_cache(maxsize=None)
-def default_kappa(variant):
-    """What main.py gives the single-layer preset without --kappa (config.py owns the table)."""
-    return train_config(["--preset", "single", "--model", variant])["kappa"]
-
 
 
 # ---------------------------------------------------------------- aggregation
@@ -58,7 +43,7 @@ def paired(summaries, key, a="baseline", b="FD"):
 
 
 def is_default(s):
-    return s["kappa"] == default_kappa(s["variant"]) and not s["same_mask"]
+    return s["kappa"] == variant_kappa(s["variant"]) and not s["same_mask"]
 
 
 def fmt(values, digits):
@@ -167,7 +152,7 @@ def versus_fd(group, fd, key):
 def kappa_rows(summaries):
     """FD's runs per kappa, on the seeds the sweep covers (so every kappa averages the same seeds)."""
     runs = [s for s in summaries if s["variant"] == "FD" and not s["same_mask"]]
-    swept = {s["seed"] for s in runs if s["kappa"] != default_kappa("FD")}
+    swept = {s["seed"] for s in runs if s["kappa"] != variant_kappa("FD")}
     runs = [s for s in runs if s["seed"] in swept]
     return {k: [s for s in runs if s["kappa"] == k] for k in sorted({s["kappa"] for s in runs})}
 
@@ -184,7 +169,7 @@ def kappa_table(summaries, study, ntrain):
              "|---|---|---|---|---|---|---|---|---|---|"]
     fd = fd_by_seed(summaries)
     for k, s in groups.items():
-        lines.append(f"| {k:g}{' (default)' if k == default_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
+        lines.append(f"| {k:g}{' (default)' if k == variant_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
                      f"{result_cells(s)} | {versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | "
                      f"{cpus(s)} |")
     lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard deviation "
@@ -195,7 +180,7 @@ def kappa_table(summaries, study, ntrain):
 
 def mask_runs(summaries):
     """FD at its default kappa on the seeds of the same-mask sweep (plain FD included), and those seeds."""
-    runs = [s for s in summaries if s["variant"] == "FD" and s["kappa"] == default_kappa("FD")]
+    runs = [s for s in summaries if s["variant"] == "FD" and s["kappa"] == variant_kappa("FD")]
     if not any(s["same_mask"] for s in runs):
         return [], ""
     seeds = seed_list(s["seed"] for s in runs if s["same_mask"])
@@ -210,7 +195,7 @@ def masks_table(summaries, study, ntrain):
              "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
              "− FD, valid | − FD, test | CPU |", "|---|---|---|---|---|---|---|---|---|"]
     fd = fd_by_seed(summaries)
-    for site in ["", *MASK_SITES]:
+    for site in ["", *STUDY_SITES]:
         s = [x for x in runs if x["same_mask"] == site]
         if s:
             lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
@@ -302,7 +287,7 @@ def plot_masks(summaries, path, title):
     runs, _ = mask_runs(summaries)
     if plt is None or not runs:
         return False
-    sites = [site for site in ["", *MASK_SITES] if any(x["same_mask"] == site for x in runs)]
+    sites = [site for site in ["", *STUDY_SITES] if any(x["same_mask"] == site for x in runs)]
     fd = [s["best_valid_ppl"] for s in summaries if s["variant"] == "FD" and is_default(s)]
     fig, ax = plt.subplots(figsize=(8, 4))
     if len(fd) > 1:
@@ -369,7 +354,7 @@ def archived(out, study):
 
 
 def sort_key(s):
-    return (ALL_VARIANTS.index(s["variant"]), s["kappa"], MASK_SITES.find(s["same_mask"]) if s["same_mask"] else -1,
+    return (ALL_VARIANTS.index(s["variant"]), s["kappa"], STUDY_SITES.find(s["same_mask"]) if s["same_mask"] else -1,
             s["seed"])
 
 

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed
-from checkpoint import (build_model, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
+from checkpoint import (check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
                         set_rng_state, vocab_info)
 from data import Corpus, batchify, check_split_sizes, count_windows, first_lines, get_batch, windows
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
+from model import RNNModel
 from schedule import ANNEAL, STOP, SWITCH, Schedule
 from utils import (DeferredInterrupt, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
                    get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
@@ -421,7 +422,7 @@ def _prepare(cfg, label, device, paths, resume, source):
     splits = {"train": distributed.shard(batchify(corpus.train, cfg["batch_size"], device)),
               "valid": batchify(corpus.valid, cfg["eval_batch_size"], device),
               "test": batchify(corpus.test, cfg["test_batch_size"], device)}
-    model = build_model(cfg, len(corpus.dictionary)).to(device)
+    model = RNNModel.from_config(cfg, len(corpus.dictionary)).to(device)
     state = {"corpus": corpus, "splits": splits, "model": model, "optimizer_state": None, "position": None,
              "schedule": Schedule(cfg)}
     if resume is not None:

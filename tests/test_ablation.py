@@ -121,7 +121,7 @@ def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
 
 
 def fake(variant, seed, valid, test, mvar, kappa=None, same=""):
-    kappa = study_report.default_kappa(variant) if kappa is None else kappa
+    kappa = study_report.variant_kappa(variant) if kappa is None else kappa
     return {"name": f"{variant}_{seed}", "variant": variant, "seed": seed, "kappa": kappa, "same_mask": same,
             "best_valid_ppl": valid, "test_ppl": test, "mask_variance": mvar}
 

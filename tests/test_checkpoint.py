@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import (FORMAT, build_model, load_checkpoint, load_weights, model_from_checkpoint, rng_state,
+from checkpoint import (FORMAT, load_checkpoint, load_weights, model_from_checkpoint, rng_state,
                         run_paths, save_checkpoint, set_rng_state)
 from config import build_config, build_train_parser
+from model import RNNModel
 from utils import UserError
 
 VOCAB = {"size": 30, "sha256": "0" * 64}
@@ -21,7 +22,7 @@ def small_config():
 def test_round_trip_loads_weights_only_and_rebuilds_the_same_model(tmp_path):
     cfg = small_config()
     torch.manual_seed(0)
-    model = build_model(cfg, VOCAB["size"]).eval()
+    model = RNNModel.from_config(cfg, VOCAB["size"]).eval()
     save_checkpoint(tmp_path / "m.pt", "best", model, cfg, VOCAB, epoch=3)
     blob = torch.load(tmp_path / "m.pt", weights_only=True)  # no pickled classes
     assert blob["format"] == FORMAT and blob["config"] == cfg and blob["epoch"] == 3
@@ -44,7 +45,7 @@ def test_run_files_sit_beside_the_best_checkpoint():
 ])
 def test_damaged_or_hand_made_checkpoints_are_refused_on_load(tmp_path, damage, needle):
     cfg = small_config()
-    save_checkpoint(tmp_path / "r.pt", "resume", build_model(cfg, 30), cfg, VOCAB, schedule={}, optimizer={}, rng={})
+    save_checkpoint(tmp_path / "r.pt", "resume", RNNModel.from_config(cfg, 30), cfg, VOCAB, schedule={}, optimizer={}, rng={})
     blob = torch.load(tmp_path / "r.pt", weights_only=True)
     damage(blob)
     torch.save(blob, tmp_path / "bad.pt")
@@ -54,14 +55,14 @@ def test_damaged_or_hand_made_checkpoints_are_refused_on_load(tmp_path, damage, 
 
 def test_kind_mismatch_says_which_file_to_pass(tmp_path):
     cfg = small_config()
-    save_checkpoint(tmp_path / "m.pt", "best", build_model(cfg, 30), cfg, VOCAB)
+    save_checkpoint(tmp_path / "m.pt", "best", RNNModel.from_config(cfg, 30), cfg, VOCAB)
     with pytest.raises(UserError, match="'best' checkpoint, a 'resume' one is needed"):
         load_checkpoint(tmp_path / "m.pt", "resume")
 
 
 def test_weights_that_do_not_fit_are_one_line():
     cfg = small_config()
-    model = build_model(cfg, 30)
+    model = RNNModel.from_config(cfg, 30)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["decoder.bias"] = torch.zeros(31)
     with pytest.raises(UserError, match="do not fit the model"):

@@ -11,6 +11,7 @@ import torch
 import evaluate as evaluate_cli
 import finetune as finetune_cli
 import main as main_cli
+from model import RNNModel
 import trainer
 from checkpoint import weights_sha256
 from config import build_config
@@ -79,7 +80,7 @@ def test_run_writes_best_resume_metrics_and_final(trained):
 def assert_saved_weights_are_asgd_averages(best_path, resume_path):
     best = torch.load(best_path, weights_only=True)
     resume = torch.load(resume_path, weights_only=True)
-    model = trainer.build_model(best["config"], best["vocab"]["size"])
+    model = RNNModel.from_config(best["config"], best["vocab"]["size"])
     for i, (name, _) in enumerate(model.named_parameters()):  # optimizer state is indexed in this order
         ax = resume["optimizer"]["state"][i]["ax"]
         assert torch.equal(best["model"][name], ax), name

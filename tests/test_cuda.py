@@ -17,10 +17,10 @@ import torch.nn.functional as F
 import evaluate as evaluate_cli
 import fraternal
 import main as main_cli
-from checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from config import PRESETS, train_config
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
-from model import Masks
+from model import Masks, RNNModel
 from schedule import Schedule
 from trainer import make_optimizer, train_step
 from weight_drop import WeightDropLSTM
@@ -90,8 +90,8 @@ def test_two_forwards_one_backward_gives_the_cpu_gradients(model_name):
     """Fraternal loss on CUDA (fused loss, cuDNN) against plain autograd on the CPU, same masks."""
     cfg = _small_cfg("awd-ptb", model_name)
     torch.manual_seed(1)
-    cpu = build_model(cfg, 50).train()
-    gpu = build_model(cfg, 50)
+    cpu = RNNModel.from_config(cfg, 50).train()
+    gpu = RNNModel.from_config(cfg, 50)
     gpu.load_state_dict(cpu.state_dict())
     gpu.to(CUDA).train()
     data = torch.randint(0, 50, (12, 3))
@@ -163,7 +163,7 @@ def test_overlapped_passes_equal_the_sequential_path(model_name, ar_tar, fused, 
     weights are summed across the two streams)."""
     cfg = _small_cfg("awd-ptb", model_name, *ar_tar)
     torch.manual_seed(1)
-    model = build_model(cfg, 50).to(CUDA).train()
+    model = RNNModel.from_config(cfg, 50).to(CUDA).train()
     data = torch.randint(0, 50, (12, 3), device=CUDA)
     targets = torch.randint(0, 50, (12 * 3,), device=CUDA)
     sequential = dataclasses.replace(Regularizer.from_config(cfg), fused=fused)
@@ -191,13 +191,13 @@ def test_training_steps_with_overlapped_passes_match_the_sequential_steps(model_
     """Six optimizer steps (lr scaling, clipping, SGD) on the same batches from the same weights."""
     cfg = _small_cfg("awd-ptb", model_name)
     torch.manual_seed(2)
-    init = build_model(cfg, 50).state_dict()
+    init = RNNModel.from_config(cfg, 50).state_dict()
     batches = [(torch.randint(0, 50, (10, 4), device=CUDA), torch.randint(0, 50, (40,), device=CUDA))
                for _ in range(6)]
     calls = _overlap_spy(monkeypatch)
     runs = {}
     for overlap in (False, True):
-        model = build_model(cfg, 50)
+        model = RNNModel.from_config(cfg, 50)
         model.load_state_dict(init)
         model.to(CUDA).train()
         params = list(model.parameters())
@@ -243,7 +243,7 @@ def test_checkpoint_crosses_devices(tmp_path, direction):
     cfg = _small_cfg()
     src, dst = (CUDA, torch.device("cpu")) if direction == "cuda_to_cpu" else (torch.device("cpu"), CUDA)
     torch.manual_seed(3)
-    model = build_model(cfg, 50).to(src).eval()
+    model = RNNModel.from_config(cfg, 50).to(src).eval()
     path = tmp_path / "m.pt"
     save_checkpoint(path, "best", model, cfg, {"size": 50, "sha256": "x"})
     loaded = model_from_checkpoint(load_checkpoint(path, "best"), dst).eval()
@@ -275,7 +275,7 @@ def test_evaluate_mc_on_cuda(tiny_corpus, tmp_path):
     from checkpoint import vocab_info
     corpus = Corpus(tiny_corpus)
     cfg = dict(_small_cfg("single", "FD"), data=str(tiny_corpus))
-    model = build_model(cfg, len(corpus.dictionary))
+    model = RNNModel.from_config(cfg, len(corpus.dictionary))
     path = tmp_path / "m.pt"
     save_checkpoint(path, "best", model, cfg, vocab_info(corpus.dictionary))
     res = evaluate_cli.main(["--save", str(path), "--mc", "4", "--mask_variance", "--device", "cuda",

@@ -16,8 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dynamiceval
+from model import RNNModel
 import pointer
-from checkpoint import build_model, save_checkpoint, vocab_info
+from checkpoint import save_checkpoint, vocab_info
 from data import Corpus, batchify, count_windows, windows
 from trainer import evaluate, ppl
 from utils import UserError, repackage_hidden, set_seed
@@ -30,7 +31,7 @@ HYPER = ["--lr", "3e-5", "--lamb", "0.002", "--epsilon", "1e-5"]  # the tiny cor
 
 def tiny_model(corpus, seed=0):
     set_seed(seed)
-    return build_model(TINY, len(corpus.dictionary))
+    return RNNModel.from_config(TINY, len(corpus.dictionary))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def run(save, *args):
 
 def load(save):
     blob = torch.load(save, weights_only=True)
-    model = build_model(blob["config"], blob["vocab"]["size"])
+    model = RNNModel.from_config(blob["config"], blob["vocab"]["size"])
     model.load_state_dict(blob["model"])
     return model
 
@@ -203,7 +204,7 @@ def test_published_defaults_per_corpus():
         assert d["lr"] == pytest.approx(0.002 / math.sqrt(batches))
         assert d["epsilon"] == pytest.approx(0.001 / math.sqrt(batches))
         assert d["lamb"] == pytest.approx(0.02 / 14)
-    three_layers = build_model(dict(TINY, nlayers=3), 50)
+    three_layers = RNNModel.from_config(dict(TINY, nlayers=3), 50)
     assert len(list(three_layers.parameters())) == dynamiceval.AWD_LSTM_TENSORS  # tied: 1 + 4 * 3 + 1
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import generate
-from checkpoint import build_model, save_checkpoint, vocab_info
+from checkpoint import save_checkpoint, vocab_info
 from data import Corpus
+from model import RNNModel
 from utils import UserError, set_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ def model(tiny_corpus, tmp_path_factory):
     corpus = Corpus(tiny_corpus)
     cfg = dict(TINY, data=str(tiny_corpus))
     set_seed(0)
-    net = build_model(cfg, len(corpus.dictionary))
+    net = RNNModel.from_config(cfg, len(corpus.dictionary))
     with torch.no_grad():
         net.decoder.bias.normal_(0, 3)
     path = tmp_path_factory.mktemp("generate") / "tiny.pt"

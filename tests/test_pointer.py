@@ -11,8 +11,9 @@ import sys
 import pytest
 import torch
 
+from model import RNNModel
 import pointer
-from checkpoint import build_model, save_checkpoint, vocab_info
+from checkpoint import save_checkpoint, vocab_info
 from data import Corpus, batchify
 from trainer import evaluate, ppl
 from utils import UserError, set_seed
@@ -26,7 +27,7 @@ def make_checkpoint(data, path, seed=0):
     corpus = Corpus(data)
     cfg = dict(TINY, data=str(data))
     set_seed(seed)
-    save_checkpoint(path, "best", build_model(cfg, len(corpus.dictionary)), cfg, vocab_info(corpus.dictionary))
+    save_checkpoint(path, "best", RNNModel.from_config(cfg, len(corpus.dictionary)), cfg, vocab_info(corpus.dictionary))
     return path
 
 
@@ -54,7 +55,7 @@ def run(save, *args):
 
 def load(save):
     blob = torch.load(save, weights_only=True)
-    model = build_model(blob["config"], blob["vocab"]["size"])
+    model = RNNModel.from_config(blob["config"], blob["vocab"]["size"])
     model.load_state_dict(blob["model"])
     return model
 
