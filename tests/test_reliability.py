@@ -415,9 +415,9 @@ def test_every_file_name_of_the_run_is_tried_before_training(tiny_corpus, tmp_pa
 def test_the_annealing_reload_of_a_mismatched_best_is_one_line(run_a, tmp_path):
     """M-10: the best model reloaded during training goes through the tidy weight check."""
     import distributed
-    from checkpoint import build_model
+    from model import RNNModel
     cfg = torch.load(run_a, weights_only=True)["config"]
-    other = build_model(dict(cfg, nhid=cfg["nhid"] + 2), 50)
+    other = RNNModel.from_config(dict(cfg, nhid=cfg["nhid"] + 2), 50)
     with pytest.raises(UserError, match="do not fit"):
         distributed.load_best(other, run_a)
 
