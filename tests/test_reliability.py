@@ -456,9 +456,10 @@ def test_resume_flags_that_would_do_nothing_are_refused(run_a):
     before = snapshot(run_a.parent)
     with pytest.raises(UserError, match="--overwrite has no effect"):
         main_cli.main(["--resume", resume, "--overwrite", "--device", "cpu"])
-    blob = torch.load(resume, weights_only=True)  # run_a did 1 epoch: only --epochs 0 is below (the flag's
-    with pytest.raises(UserError, match="below the 1 epochs"):  # check refuses 0, so the configuration is given)
-        trainer.run(dict(blob["config"], epochs=0), "training", resume=blob)
+    blob = torch.load(resume, weights_only=True)  # run_a may have done only 1 epoch, and --epochs 0 is refused
+    done = blob["schedule"]["epoch"]               # by the flag's own check: the configuration is given directly
+    with pytest.raises(UserError, match=f"below the {done} epochs"):
+        trainer.run(dict(blob["config"], epochs=done - 1), "training", resume=blob)
     assert snapshot(run_a.parent) == before
 
 
@@ -476,3 +477,20 @@ def test_words_of_the_messages(tmp_path, monkeypatch):
             with RunLock(tmp_path / "f.lock", "--out"):
                 pass
     assert utils.size_text(0) == "0 bytes" and utils.size_text(3 << 10) == "3 KiB"
+
+
+def test_resume_without_its_best_model_leaves_no_stale_final_json(run_a, tmp_path):
+    """L-5: final.json described a best model that is gone."""
+    save = copy_run(run_a, tmp_path / "l5")
+    save.unlink()
+    done = str(torch.load(save.parent / "a.resume.pt", weights_only=True)["schedule"]["epoch"])
+    assert main_cli.main(["--resume", str(save.parent / "a.resume.pt"), "--epochs", done, "--device", "cpu"]) is None
+    assert not (save.parent / "a.final.json").exists()
+
+
+def test_a_dry_run_of_a_resume_reaches_the_test(run_a):
+    """L-6: the resumed dry run's short epoch rarely beats the run's best, and it still evaluates."""
+    before = snapshot(run_a.parent)
+    result = main_cli.main(["--resume", str(run_a.parent / "a.resume.pt"), "--dry_run", "--device", "cpu"])
+    assert result is not None and result["test_ppl"] > 0
+    assert snapshot(run_a.parent) == before  # in a temporary folder
