@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from checkpoint import run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS
+from masks import SITE_RATE, SITES as MASK_SITES
 from utils import UserError, check_device_name
 
 PRESETS = {
@@ -66,10 +67,6 @@ FINETUNE = {
 PRESET_KAPPA = {("single", "FD"): 0.15}
 
 OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
-MASK_SITES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
-              "h": "between layers (dropouth)", "w": "W_hh DropConnect (wdrop)",
-              "o": "last layer output (dropout)"}
-SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
 DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropouti, dropoute, wdrop
 
 PRESET, VARIANT = "<preset>", "<variant>"  # defaults read from PRESETS / the variant

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import check_dropout_p, dropout_mask, stored_mask
+from masks import check_dropout_p, dropout_mask, stored_mask
 
 
 class EmbeddingDropout(nn.Module):

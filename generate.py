@@ -9,9 +9,7 @@ after an '<eos>', i.e. at the start of a sentence; every sampled '<eos>' becomes
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
 """
 import math
-import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from tqdm import tqdm
 
 from checkpoint import open_checkpoint
 from config import tool_parser
-from utils import UserError, atomic_write_text, check_seed, run_cli
+from utils import UserError, atomic_write_text, check_output_path, check_seed, run_cli
 
 
 def build_parser():
@@ -57,13 +55,7 @@ def check_outf(outf, overwrite):
                         f"--outf such as samples.txt")
     if target.exists() and not overwrite:
         raise UserError(f"{outf} exists: pass --overwrite to replace it, or choose another --outf")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"cannot write --outf {outf} ({e.strerror or e}): choose a writable place") from None
+    check_output_path(target, "--outf")
 
 
 @torch.no_grad()

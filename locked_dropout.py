@@ -6,7 +6,7 @@ pass can reuse it (fraternal dropout's ``same_mask_i/h/o``).
 """
 import torch.nn as nn
 
-from utils import check_dropout_p, dropout_mask, stored_mask
+from masks import check_dropout_p, dropout_mask, stored_mask
 
 
 class LockedDropout(nn.Module):

@@ -16,9 +16,10 @@ import torch.nn as nn
 
 from embed_regularize import EmbeddingDropout
 from locked_dropout import LockedDropout
+from masks import SITES as SITE_NAMES
 from weight_drop import WeightDropLSTM
 
-SITES = ("e", "i", "h", "w", "o")
+SITES = tuple(SITE_NAMES)
 
 
 class Masks(NamedTuple):

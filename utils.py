@@ -241,8 +241,18 @@ class DeferredInterrupt:
             self.installed = False
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _umask():
+    """The process's umask: read from /proc where there is one (setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _disk_full(error):
@@ -261,7 +271,7 @@ def _atomic_write(target, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the user's usual permissions
         os.replace(tmp, target)
     except BaseException as e:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
@@ -297,29 +307,6 @@ def atomic_write_text(text, target):
 
 def atomic_write_jsonl(rows, target):
     _atomic_write(target, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-
-
-def dropout_mask(like, shape, p):
-    """Inverted-dropout mask {0, 1/(1-p)} drawn on ``like``'s device and dtype (no host copy).
-    Thresholding uniform draws is twice as fast as ``bernoulli_`` on CPU, with the same law."""
-    return torch.rand(shape, device=like.device, dtype=like.dtype).ge_(p).mul_(1.0 / (1.0 - p))
-
-
-def check_dropout_p(p):
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    return float(p)
-
-
-def stored_mask(module, shape):
-    """The mask of ``module``'s previous training forward, for reuse by a second pass."""
-    mask = module.mask
-    if mask is None:
-        raise RuntimeError(f"{type(module).__name__}: reuse asked for, but no training forward drew a mask yet")
-    if tuple(mask.shape) != tuple(shape):
-        raise RuntimeError(f"{type(module).__name__}: stored mask has shape {tuple(mask.shape)}, "
-                           f"this call needs {tuple(shape)}")
-    return mask
 
 
 def cpu_model():

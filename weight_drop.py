@@ -15,7 +15,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from utils import check_dropout_p, dropout_mask, stored_mask
+from masks import check_dropout_p, dropout_mask, stored_mask
 
 # cuDNN wants all weights in one flat buffer; a freshly dropped W_hh must be copied into one on
 # every call (unavoidable with new masks), and PyTorch would warn about that on every call.

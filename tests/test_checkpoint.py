@@ -76,3 +76,18 @@ def test_rng_state_round_trip_repeats_every_stream():
     set_rng_state(saved)
     again = (random.random(), np.random.normal(), torch.rand(3))
     assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def test_atomic_writes_take_the_umask_of_the_moment_without_changing_it(tmp_path):
+    """Files get the user's usual permissions (mkstemp alone makes 0600), read when written, not at import."""
+    import os
+    import stat
+
+    from utils import atomic_write_text
+    old = os.umask(0o027)
+    try:
+        atomic_write_text("x", tmp_path / "a.txt")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+        assert os.umask(0o027) == 0o027  # still the caller's
+    finally:
+        os.umask(old)

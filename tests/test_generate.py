@@ -88,7 +88,7 @@ def test_bad_checkpoint_and_unwritable_outf(model, tmp_path):
     with pytest.raises(UserError, match="no checkpoint at"):
         gen(tmp_path / "missing.pt")
     (tmp_path / "file").write_text("a file, not a folder")
-    with pytest.raises(UserError, match="cannot write --outf"):
+    with pytest.raises(UserError, match="--outf .*file is a file, not a folder"):
         gen(save, "--outf", tmp_path / "file" / "out.txt")
 
 
