@@ -9,8 +9,8 @@ theta_g, per parameter element:
     theta <- theta - lr * grad / (rms + epsilon) + min(lamb * rms / avg, 1) * (theta_g - theta)
 
 grad is the gradient of the segment's mean token loss; rms the root mean square of the gradients of
---max_batches training batches of --batch_size x --bptt tokens (the mean over batches, eq. 5 of the
-paper: the authors' code since its "hyper-parameters now reflect the paper equations" commit);
+--max_batches training batches of --batch_size x --bptt tokens (the mean over batches, as in the
+paper's equations and in the authors' code since its commit 81e7b35, which aligned the two);
 avg the mean over the model's parameter tensors of each one's mean rms.  The first version of that
 code summed squared gradients and tensor means instead, which scales lr and epsilon by
 1 / sqrt(batches) and lamb by 1 / tensors (see ``from_first_version``).  Dropout is off throughout;
@@ -127,7 +127,7 @@ def hyper_parameters(args, blob):
 
 def gradient_rms(model, source, bptt, max_batches=None):
     """Per parameter, the root mean square over training batches of the gradient of the batch's mean
-    token loss (eq. 5), hidden state carried, dropout off.  Returns the rms tensors and the batch count."""
+    token loss, hidden state carried, dropout off.  Returns the rms tensors and the batch count."""
     model.eval()
     params = list(model.parameters())
     sums = [torch.zeros_like(p) for p in params]

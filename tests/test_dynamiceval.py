@@ -111,7 +111,7 @@ def test_no_segment_sees_its_own_or_later_tokens(trained, tiny_corpus):
 
 
 def hand_rms(model, source, bptt):
-    """Eq. 5 written out: sqrt(1/N sum_k grad_k^2) over the training batches, hidden state carried."""
+    """The paper's statistics written out: sqrt(1/N sum_k grad_k^2) over the training batches, hidden state carried."""
     model.eval()
     params = list(model.parameters())
     squares, n = [torch.zeros_like(p) for p in params], 0
