@@ -109,6 +109,34 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+hostname_of_this_machine() {
+  uname -n 2>/dev/null || echo unknown
+}
+
+# A run killed with SIGKILL (or by a power cut) cannot remove its work
+# directory, so each run removes those whose owner, written beside the staged
+# files, is a process of this machine that no longer exists. A directory being
+# filled by a run in progress, or by another machine sharing the folder, stays;
+# one without an owner file stays until it is a minute old (its run may be
+# about to write it).
+remove_stale_work_dirs() {
+  local dir host pid
+  for dir in "$1"/.getdata.??????; do
+    [[ -d $dir && ! -L $dir ]] || continue
+    host='' pid=''
+    read -r host pid 2>/dev/null <"$dir/owner" || true
+    if [[ -n $pid ]]; then
+      [[ $host == "$(hostname_of_this_machine)" && $pid =~ ^[0-9]+$ ]] || continue
+      if kill -0 "$pid" 2>/dev/null || [[ -d /proc/$pid ]]; then
+        continue
+      fi
+    elif [[ -z $(find "$dir" -maxdepth 0 -mmin +1 2>/dev/null) ]]; then
+      continue
+    fi
+    rm -rf -- "$dir" 2>/dev/null || true
+  done
+}
+
 # Hashing stdin keeps odd characters in paths out of the tool's output format.
 # Fails rather than printing an empty or garbled digest, which would otherwise
 # be reported as a checksum mismatch.
@@ -307,6 +335,7 @@ connect_timeout=${FD_CONNECT_TIMEOUT:-15}
 [[ $connect_timeout =~ ^[1-9][0-9]*$ ]] || die "FD_CONNECT_TIMEOUT must be a positive whole number of seconds, got '$connect_timeout'"
 
 mkdir -p -- "$dest" || die "could not create $dest; pass a writable --dest DIR"
+remove_stale_work_dirs "$dest"
 
 for c in "${corpora[@]}"; do
   target=$dest/$c
@@ -316,6 +345,7 @@ for c in "${corpora[@]}"; do
   fi
   # Staged inside the destination so the final mv is a same-filesystem rename.
   work=$(mktemp -d "$dest/.getdata.XXXXXX") || die "could not create a temporary directory in $dest; pass a writable --dest DIR"
+  printf '%s %s\n' "$(hostname_of_this_machine)" "$$" >"$work/owner"
   staged=$work/$c
   mkdir -- "$staged"
   if [[ -n $mirror ]]; then

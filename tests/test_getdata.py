@@ -157,6 +157,28 @@ def test_failed_repair_keeps_the_good_files_it_found(mirror, tmp_path):
     assert entries(dest) == ["penn"]
 
 
+def test_a_rerun_removes_the_work_folders_of_killed_runs_only(mirror, tmp_path):
+    """L-15: a run killed with -9 cannot clean up its .getdata.XXXXXX/ (11 MB); the next run does, but never
+    the folder of a run still in progress (its owner alive) nor one another machine's run may be filling."""
+    dest = tmp_path / "data"
+    assert run(["--from", mirror, "--dest", dest, "--corpus", "penn"]).returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = os.uname().nodename
+    owners = {".getdata.Dead01": f"{host} {dead.pid}", ".getdata.Live01": f"{host} {os.getpid()}",
+              ".getdata.Other1": f"another-machine {dead.pid}", ".getdata.NoOwnr": None}
+    for name, owner in owners.items():
+        (dest / name / "penn").mkdir(parents=True)
+        (dest / name / "penn" / "train.txt").write_bytes(b"half a corpus")
+        if owner is not None:
+            (dest / name / "owner").write_text(owner + "\n")
+    old = time.time() - 600
+    os.utime(dest / ".getdata.NoOwnr", (old, old))  # killed before it could write its owner
+    proc = run(["--from", mirror, "--dest", dest, "--corpus", "penn"])
+    assert proc.returncode == 0, proc.stderr
+    assert entries(dest) == [".getdata.Live01", ".getdata.Other1", "penn"]
+
+
 def test_missing_mirror_file(mirror, tmp_path):
     partial = copy_mirror(mirror, tmp_path / "partial")
     (partial / "penn" / "test.txt").unlink()
