@@ -394,19 +394,26 @@ def with_settings_added_since(cfg):
 
 
 def _resume_config(flags, blob):
-    """A resume file continues only the run it belongs to, writing where that run was started."""
+    """A resume file continues only the run it belongs to, writing where that run's files are: where
+    the run was started, or, once its folder has moved as a whole, beside the resume file itself (so the
+    resume file's own location decides, and its name must be its run's)."""
     cfg = with_settings_added_since(blob["config"])
+    given = os.path.abspath(flags["resume"])
     own = run_paths(cfg["save"])["resume"]
-    if not (os.path.exists(own) and os.path.samefile(own, flags["resume"])):
-        raise UserError(f"{flags['resume']} belongs to the run saved at {cfg['save']}, whose resume file is {own}: "
-                        f"resume from that path (a resume file cannot continue another run's files)")
+    if not (os.path.exists(own) and os.path.samefile(own, given)):
+        here = os.path.join(os.path.dirname(given), os.path.basename(cfg["save"]))  # the run's best model, if moved
+        if run_paths(here)["resume"] != given:
+            raise UserError(f"{flags['resume']} belongs to the run saved at {cfg['save']}, whose resume file is "
+                            f"named {os.path.basename(own)}: resume from {own}, or, if the run's folder moved, from "
+                            f"its {os.path.basename(own)} there (a resume file cannot continue another run's files)")
+        cfg["save"] = here  # the folder moved: the run's files are the ones beside its resume file
     for key, value in flags.items():
         if value is None or value is False or key in ("resume", "overwrite"):
             continue
         if key not in RESUME_OVERRIDES:
             raise UserError(f"--resume continues a run with its saved configuration, so --{key} cannot change; "
                             f"only {', '.join('--' + k for k in RESUME_OVERRIDES)} can (start a new run instead)")
-        cfg[key] = value
+        cfg[key] = os.path.abspath(value) if key == "data" else value
     if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
         cfg["save"] = None

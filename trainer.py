@@ -190,12 +190,14 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
-def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None, stamp=None):
+def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None, stamp=None,
+        lock=None):
     """Run epochs until the limit or the schedule stops; returns the schedule.
 
     ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
     ``stamp``: what every checkpoint of the run carries besides (its run id, its corpus's hash).
-    ``position``: a mid-epoch resume point to continue from.  Ctrl-C ends training early at the end
+    ``position``: a mid-epoch resume point to continue from.  ``lock``: the run's RunLock (rank 0),
+    verified before each save.  Ctrl-C ends training early at the end
     of the batch (or of the validation) under way, writing a resume point first; what was saved stays
     saved."""
     dry = cfg["dry_run"]
@@ -209,9 +211,19 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
 
     written = {}  # where the last resume point of this process stands
 
+    def still_ours():  # collective: a run whose lock another process took stops before it writes again
+        error = None
+        if lock is not None:
+            try:
+                lock.verify()
+            except UserError as e:
+                error = e
+        distributed.gate(error)
+
     def save_resume_point(pos=None):  # collective: every rank joins, rank 0 writes
         pos = distributed.merge_position(pos) if pos is not None else None
         rng = distributed.rng_state()
+        still_ours()
         if distributed.is_main():
             save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=schedule.state_dict(),
                             optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}), **(stamp or {}))
@@ -235,6 +247,7 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
                                                       5 if dry else None, desc=f"validation, epoch {epoch}"))
                 if not math.isfinite(val_loss):
                     raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
+                still_ours()
                 improved = schedule.improves(val_loss)
                 if improved and distributed.is_main():
                     save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss,
@@ -321,10 +334,12 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
             return run(dict(cfg, save=os.path.join(tmp, "model.pt")), label, resume, source, overwrite)
     if resume is not None:  # a resume point continues its own kind of run, whichever tool resumes it
         label = "fine-tuning" if cfg.get("stage") == "finetune" else "training"
+    else:  # --data resolved now, as --save is, so a resume from any folder reads the same corpus
+        cfg = dict(cfg, data=os.path.abspath(cfg["data"]))
     paths = run_paths(cfg["save"])
     flag = "--save" if label == "training" else "--out"
     with ExitStack() as held:
-        error = old = None
+        error = old = lock = None
         try:
             if resume is not None and overwrite:
                 raise UserError("--overwrite has no effect with --resume, which continues the run's own files: "
@@ -332,7 +347,7 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
             device = distributed.local_device(get_device(cfg["device"]))
             if distributed.is_main():  # rank 0 checks, locks and claims the run's files for every rank
                 check_run_paths(cfg, paths, flag, source)
-                held.enter_context(RunLock(paths["lock"], flag))
+                lock = held.enter_context(RunLock(paths["lock"], flag))
                 for path in paths.values():
                     remove_stale_temp_files(path)
                 old = earlier_run_files(paths, overwrite) if resume is None else check_own_files(paths, resume)
@@ -342,7 +357,7 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
         distributed.gate(error)  # a failed check ends every process, said once
         for path in old or ():  # the earlier run goes only now that this one can start
             os.unlink(path)
-        return _train(cfg, label, device, paths, resume, source, **state)
+        return _train(cfg, label, device, paths, resume, source, lock=lock, **state)
 
 
 RESERVED = {"resume": ".resume.pt", "metrics": ".metrics.jsonl", "final": ".final.json", "lock": ".lock"}
@@ -439,7 +454,8 @@ def _prepare(cfg, label, device, paths, resume, source):
     return state
 
 
-def _train(cfg, label, device, paths, resume, source, corpus, splits, model, schedule, optimizer_state, position):
+def _train(cfg, label, device, paths, resume, source, corpus, splits, model, schedule, optimizer_state, position,
+           lock=None):
     vocab = vocab_info(corpus.dictionary)
     stamp = {"run": (resume or {}).get("run") or uuid.uuid4().hex, "corpus_sha256": corpus.sha256}
     short = 5 if cfg["dry_run"] else None
@@ -464,7 +480,7 @@ def _train(cfg, label, device, paths, resume, source, corpus, splits, model, sch
         print("--overlap_passes: " + (f"the two passes run one after the other here: {reason}" if reason
                                       else "pass 2 runs on a second CUDA stream beside pass 1"))
     fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device, optimizer_state, position,
-        stamp)
+        stamp, lock)
     if not distributed.is_main():  # the test evaluation is rank 0's alone
         return None
     if not os.path.exists(paths["best"]) and cfg["dry_run"]:  # a dry run's temporary best: the weights as they are

@@ -157,12 +157,36 @@ class RunLock:
                 pass
             self.file.close()
 
+    def holds_path(self):
+        """The file at ``path`` is the one this process locked (not removed, nor replaced by another's)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
+    def verify(self):
+        """Before each save of a long run: a lock file removed while the run trains (by hand, by a clean-up
+        script) is put back and locked again, so no second process can start the run; if a second one
+        already has (it locked a new file at the path), this one stops before writing anything more."""
+        if self.file is None or self.holds_path():
+            return
+        again = RunLock(self.path, self.flag)
+        try:
+            again.__enter__()
+        except UserError:
+            raise UserError(f"the lock file {self.path} was removed while this run was in progress, and another "
+                            f"process has started the same run since: this process stops without writing anything "
+                            f"more (the files are that process's now); never remove a lock file of a running run") from None
+        self.file.close()
+        self.file = again.file
+
     def __exit__(self, *exc):
         if self.file is not None:  # unlinked while still held, so a lock file left means a run in progress
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+            if self.holds_path():  # never another process's lock
+                try:
+                    self.path.unlink()
+                except OSError:
+                    pass
             self.file.close()
 
 

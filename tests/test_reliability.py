@@ -494,3 +494,60 @@ def test_a_dry_run_of_a_resume_reaches_the_test(run_a):
     result = main_cli.main(["--resume", str(run_a.parent / "a.resume.pt"), "--dry_run", "--device", "cpu"])
     assert result is not None and result["test_ppl"] > 0
     assert snapshot(run_a.parent) == before  # in a temporary folder
+
+
+def test_a_run_folder_moved_as_a_whole_resumes_from_its_new_place(run_a, tmp_path):
+    """L-7: the resume file's own location decides; a renamed resume file is refused, naming the fix."""
+    moved = tmp_path / "moved"
+    shutil.copytree(run_a.parent, moved)  # the run's folder elsewhere (its old place stays, untouched)
+    before = snapshot(run_a.parent)
+    done = torch.load(moved / "a.resume.pt", weights_only=True)["schedule"]["epoch"]
+    main_cli.main(["--resume", str(moved / "a.resume.pt"), "--epochs", str(done + 1), "--device", "cpu"])
+    assert snapshot(run_a.parent) == before
+    assert [r["epoch"] for r in rows(moved / "a.metrics.jsonl")] == list(range(1, done + 2))
+    assert torch.load(moved / "a.resume.pt", weights_only=True)["config"]["save"] == str(moved / "a.pt")
+    (moved / "a.resume.pt").rename(moved / "b.resume.pt")
+    with pytest.raises(UserError, match="from its a.resume.pt there"):
+        main_cli.main(["--resume", str(moved / "b.resume.pt"), "--device", "cpu"])
+
+
+def test_a_relative_data_folder_still_reads_from_another_folder(tiny_corpus, tmp_path, monkeypatch):
+    """L-8: --data (data/penn by default) resolved when the run starts; an older resume point's relative path
+    still reads from the folder it was started in."""
+    monkeypatch.chdir(tiny_corpus.parent)
+    main_cli.main(tiny_args(tiny_corpus.name, tmp_path / "r.pt", epochs=1))
+    assert torch.load(tmp_path / "r.resume.pt", weights_only=True)["config"]["data"] == str(tiny_corpus)
+    monkeypatch.chdir(tmp_path)
+    assert main_cli.main(["--resume", str(tmp_path / "r.resume.pt"), "--epochs", "1", "--device", "cpu"])
+    old = torch.load(tmp_path / "r.resume.pt", weights_only=True)
+    old["config"]["data"] = tiny_corpus.name  # as written before --data was resolved
+    atomic_torch_save(old, tmp_path / "r.resume.pt")
+    monkeypatch.chdir(tiny_corpus.parent)
+    assert main_cli.main(["--resume", str(tmp_path / "r.resume.pt"), "--epochs", "1", "--device", "cpu"])
+
+
+def test_a_lock_file_removed_while_the_run_trains_is_put_back_and_a_takeover_stops_the_run(tiny_corpus, tmp_path,
+                                                                                          monkeypatch):
+    """L-19: the run verifies its lock before each save: removed, it is locked again (a second --resume is
+    refused); if a second process got in first, this run stops before writing anything more."""
+    save, lock = tmp_path / "l.pt", tmp_path / "l.lock"
+    real, seen, other = trainer.train_epoch, [], []
+
+    def epoch_of_three_batches(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, **kw):
+        if epoch == 2:
+            lock.unlink()  # a clean-up script
+        if epoch == 3:
+            with pytest.raises(UserError, match="another process is running"):
+                RunLock(lock).__enter__()  # the run locked it again at epoch 2's saves
+            seen.append(torch.load(tmp_path / "l.resume.pt", weights_only=True)["schedule"]["epoch"])
+            lock.unlink()
+            other.append(RunLock(lock).__enter__())  # a second --resume, started now
+        return real(model, optimizer, train_data, cfg, reg, epoch, 3, **kw)
+
+    monkeypatch.setattr(trainer, "train_epoch", epoch_of_three_batches)
+    with pytest.raises(UserError, match="another process has started the same run"):
+        main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0", epochs=3))
+    assert seen == [2]
+    assert torch.load(tmp_path / "l.resume.pt", weights_only=True)["schedule"]["epoch"] == 2  # nothing written since
+    assert other[0].holds_path()  # the second process's lock is left alone
+    other[0].__exit__(None, None, None)
