@@ -187,11 +187,17 @@ def finished(cfg, paths):
     return schedule["stopped"] or schedule["epoch"] >= cfg["epochs"]
 
 
+def resolved(cfg):
+    """``cfg`` with its corpus folder absolute, as trainer.run stores it (a run started before kept it as given)."""
+    return dict(cfg, data=os.path.abspath(cfg["data"]))
+
+
 def train(cfg):
     """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one."""
     paths = run_paths(cfg["save"])
     if (os.path.exists(paths["resume"])
-            and with_settings_added_since(load_checkpoint(paths["resume"], "resume")["config"]) == cfg):
+            and resolved(with_settings_added_since(load_checkpoint(paths["resume"], "resume")["config"]))
+            == resolved(cfg)):
         if finished(cfg, paths) and os.path.exists(paths["best"]):
             print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
             return json.load(open(paths["final"]))
