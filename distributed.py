@@ -25,7 +25,9 @@ update over the whole batch:
   each other (rank 0's test evaluation) and leave the process group together.
 """
 import os
+import signal
 import sys
+import threading
 import traceback
 from contextlib import contextmanager
 from datetime import timedelta
@@ -39,6 +41,7 @@ from utils import UserError, get_device
 TIMEOUT = timedelta(minutes=10)  # the longest wait in a collective: a checkpoint write on rank 0
 FAREWELL = timedelta(hours=6)  # the other ranks' wait at the end of a run: rank 0's test evaluation
 _world = None  # while a session runs: {"rank", "size", "device", "control"}
+_ctrl_c = False  # torchrun passed a Ctrl-C (SIGINT) on to this process
 
 
 def rank():
@@ -47,6 +50,21 @@ def rank():
 
 def is_main():
     return rank() == 0
+
+
+def size():
+    return _world["size"] if _world else 1
+
+
+def _on_ctrl_c(signum, frame):
+    """SIGINT on a torchrun worker: remembered, then Python's usual KeyboardInterrupt.  Every process gets
+    it, so a collective broken by a peer that left first reads as the interruption, not as a failure."""
+    global _ctrl_c
+    _ctrl_c = True
+    signal.default_int_handler(signum, frame)
+
+
+_on_ctrl_c.deferrable = True  # utils.DeferredInterrupt takes over from it while training
 
 
 @contextmanager
@@ -58,6 +76,10 @@ def session(cfg):
         yield
         return
     me, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    own_signals = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if own_signals:
+        signal.signal(signal.SIGINT, _on_ctrl_c)
     try:  # every rank has the same configuration, so the same answer: rank 0 says why, once
         if cfg["batch_size"] % size:
             raise UserError(f"--batch_size {cfg['batch_size']} cannot be split into {size} equal shares (one per "
@@ -67,33 +89,40 @@ def session(cfg):
         if me:
             sys.exit(2)
         raise UserError(f"rank 0 of {size}: {e}") from None
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
-    # Gradients go through the default group (NCCL on GPU); small values, decisions and resume points
-    # through a gloo group on the CPU, so agreeing on them never waits for the GPU's queued work.
-    control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else dist.group.WORLD
-    _world = {"rank": me, "size": size, "device": device, "control": control}
-    if me == 0:
-        print(f"One run in {size} processes (torchrun, {dist.get_backend()}): each trains on 1/{size} of every "
-              f"batch's columns")
     stdout = sys.stdout
-    if me:
-        sys.stdout = open(os.devnull, "w")
-    try:
+    try:  # from here on, whatever ends a rank (torchrun's Ctrl-C during the set-up too) goes through _abort
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
+        # Gradients go through the default group (NCCL on GPU); small values, decisions and resume points
+        # through a gloo group on the CPU, so agreeing on them never waits for the GPU's queued work.
+        control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else dist.group.WORLD
+        _world = {"rank": me, "size": size, "device": device, "control": control}
+        if me == 0:
+            print(f"One run in {size} processes (torchrun, {dist.get_backend()}): each trains on 1/{size} of every "
+                  f"batch's columns")
+        else:
+            sys.stdout = open(os.devnull, "w")
         yield
         # Leave together: a rank that tore its connections down while rank 0 still evaluated the test
         # set was once aborted at exit ("terminate called without an active exception").  A monitored
         # barrier (gloo, the control group) because it takes a timeout of its own, longer than TIMEOUT.
+        if me and own_signals:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # nothing left to save here: torchrun's Ctrl-C ends it, silently
         dist.monitored_barrier(group=control, timeout=FAREWELL)
     except BaseException as e:  # noqa: B036 -- any failure must take the whole run down
-        _abort(e, me, size)
+        try:
+            _abort(e, me, size)
+        except KeyboardInterrupt as again:  # torchrun's Ctrl-C, pending while a collective a peer left broke
+            _abort(again, me, size)
     finally:
-        if me:
+        if sys.stdout is not stdout:
             sys.stdout.close()
             sys.stdout = stdout
+        if own_signals:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     _world = None
     dist.destroy_process_group()
 
@@ -126,8 +155,10 @@ def _abort(error, me, size):
     elif isinstance(error, UserError):
         print(f"error: rank {me} of {size}: {error}", file=sys.stderr)
         code = 2
-    elif isinstance(error, KeyboardInterrupt):
-        print(f"interrupted (rank {me} of {size})", file=sys.stderr)
+    elif isinstance(error, KeyboardInterrupt) or _ctrl_c:  # every rank got torchrun's Ctrl-C: rank 0 says it, once
+        said = str(error) if isinstance(error, KeyboardInterrupt) else ""
+        if me == 0:
+            print(f"interrupted: {said}" if said else "interrupted", file=sys.stderr)
         code = 130
     else:
         traceback.print_exception(error)

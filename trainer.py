@@ -25,7 +25,7 @@ from data import Corpus, batchify, check_split_sizes, count_windows, first_lines
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from model import RNNModel
 from schedule import ANNEAL, STOP, SWITCH, Schedule
-from utils import (DeferredInterrupt, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
+from utils import (DeferredInterrupt, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
                    get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
 
 RULE = "-" * 89
@@ -192,7 +192,8 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
 
 def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None, stamp=None,
         lock=None):
-    """Run epochs until the limit or the schedule stops; returns the schedule.
+    """Run epochs until the limit or the schedule stops; returns None, or, when Ctrl-C ended training, the
+    line that says how to continue.
 
     ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
     ``stamp``: what every checkpoint of the run carries besides (its run id, its corpus's hash).
@@ -232,7 +233,8 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
         if pos:
             tqdm.write(f"| resume point written mid-epoch ({written['where']}): {paths['resume']}")
 
-    stop = DeferredInterrupt("stopping at the end of this batch (or of this validation) and writing a resume point")
+    stop = DeferredInterrupt("stopping at the end of this batch (or of this validation) and writing a resume point",
+                             say=distributed.is_main())
     try:
         for epoch in range(schedule.epoch + 1, cfg["epochs"] + 1):
             if schedule.stopped:
@@ -286,19 +288,22 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
         print("Exiting from training early")
         if dry:
             print("A dry run writes no resume point.")
-        elif written or os.path.exists(paths["resume"]):
+            return "a dry run writes no resume point"
+        if written or os.path.exists(paths["resume"]):
             where = f" ({written['where']})" if written else ""
             tool = "finetune.py" if cfg.get("stage") == "finetune" else "main.py"
             print(f"Resume point{where}: {paths['resume']}\nContinue with: python {tool} --resume {paths['resume']}")
-        else:
-            print("No resume point was written yet.")
+            return f"continue with: python {tool} --resume {paths['resume']}"
+        print("No resume point was written yet.")
+        return "no resume point was written yet: start the run again"
     finally:
         stop.restore()
-    return schedule
+    return None
 
 
-def final_evaluation(model, cfg, splits, paths, label, max_batches=None, stamp=None):
-    """Load the best model, evaluate it on validation and test, print the end line, save results."""
+def final_evaluation(model, cfg, splits, paths, label, max_batches=None, stamp=None, interrupted_after=None):
+    """Load the best model, evaluate it on validation and test, print the end line, save results.
+    ``interrupted_after``: the epochs done when Ctrl-C ended training early (None: it ran to its end)."""
     blob = load_checkpoint(paths["best"], "best")
     load_weights(model, blob, paths["best"])
     valid = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], max_batches, "validation, best model")
@@ -309,9 +314,14 @@ def final_evaluation(model, cfg, splits, paths, label, max_batches=None, stamp=N
     else:
         print(f"| End of {label} | valid ppl {ppl(valid):8.2f} | test ppl {ppl(test):8.2f} |")
     print(RULE)
+    done = None if interrupted_after is None else f"{interrupted_after} epoch{'s' * (interrupted_after != 1)}"
     if label != "training" and blob.get("epoch") == 0:
-        print(f"Note: {label} never improved on the input's validation perplexity, so {paths['best']} holds "
-              f"the input's weights.")
+        what = ("never improved on the input's validation perplexity" if done is None else
+                f"was interrupted after {done}, before it improved on the input's validation perplexity")
+        print(f"Note: {label} {what}, so {paths['best']} holds the input's weights.")
+    elif done is not None:
+        print(f"Note: {label} was interrupted after {done}: this is its best model so far (epoch "
+              f"{blob.get('epoch')}), not a finished run's.")
     if cfg["dry_run"]:
         print("Note: a dry run trains 2 batches, so perplexities in the thousands or millions are expected.")
     result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
@@ -479,15 +489,25 @@ def _train(cfg, label, device, paths, resume, source, corpus, splits, model, sch
         reason = overlap_blocker(Regularizer.from_config(cfg), device)
         print("--overlap_passes: " + (f"the two passes run one after the other here: {reason}" if reason
                                       else "pass 2 runs on a second CUDA stream beside pass 1"))
-    fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device, optimizer_state, position,
-        stamp, lock)
+    interrupted = fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device,
+                      optimizer_state, position, stamp, lock)
+    if interrupted is not None and distributed.size() > 1:  # torchrun kills its processes 30 s after a Ctrl-C
+        if distributed.is_main() and os.path.exists(paths["best"]):
+            print(f"No test evaluation after Ctrl-C under torchrun; the best model so far: python evaluate.py --save "
+                  f"{paths['best']}")
+        raise Interrupted(interrupted)
     if not distributed.is_main():  # the test evaluation is rank 0's alone
         return None
     if not os.path.exists(paths["best"]) and cfg["dry_run"]:  # a dry run's temporary best: the weights as they are
         save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=schedule.epoch, **stamp)
+    result = None
     if not os.path.exists(paths["best"]):
         if os.path.exists(paths["final"]):  # an earlier final.json would describe a model that is gone
             os.unlink(paths["final"])
         print("No best model was saved by this run, so there is nothing to evaluate on test.")
-        return None
-    return final_evaluation(model, cfg, splits, paths, label, short, stamp)
+    else:
+        result = final_evaluation(model, cfg, splits, paths, label, short, stamp,
+                                  None if interrupted is None else schedule.epoch)
+    if interrupted is not None:  # not a finished run, whatever it evaluated: the exit code says so
+        raise Interrupted(interrupted)
+    return result

@@ -23,15 +23,20 @@ class UserError(Exception):
     """A problem the user caused and can fix; entry points print it as one line, no traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended a run early, once it had saved what it could (and said what): the run is not finished, so
+    the entry point exits 130, never 0, with this one line (how to continue)."""
+
+
 def run_cli(main):
-    """Run an entry point; user errors end with one line on stderr and exit code 2."""
+    """Run an entry point; user errors end with one line on stderr and exit code 2, Ctrl-C with exit code 130."""
     try:
         return main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         sys.exit(130)
 
 
@@ -244,12 +249,14 @@ class DeferredInterrupt:
     """From creation until ``restore()``, Ctrl-C prints ``message`` and sets ``.requested`` instead of
     raising, so a loop can stop where its state is consistent and save it; a second Ctrl-C raises at
     once.  Outside the main thread, or where SIGINT is not Python's default handler (ignored, or taken
-    by a host program), it changes nothing."""
+    by a host program) nor one marked ``deferrable`` (distributed.py's), it changes nothing.  ``say=False``: a process that must not print (torchrun's
+    ranks other than 0, which get the same Ctrl-C) defers it without a word."""
 
-    def __init__(self, message):
-        self.message, self.requested = message, False
+    def __init__(self, message, say=True):
+        self.message, self.requested, self.say = message, False, say
+        self.previous = signal.getsignal(signal.SIGINT)
         self.installed = (threading.current_thread() is threading.main_thread()
-                          and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+                          and (self.previous is signal.default_int_handler or getattr(self.previous, "deferrable", False)))
         if self.installed:
             signal.signal(signal.SIGINT, self._handler)
 
@@ -257,11 +264,12 @@ class DeferredInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\nCtrl-C: {self.message} (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+        if self.say:
+            print(f"\nCtrl-C: {self.message} (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
 
     def restore(self):
         if self.installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, self.previous)
             self.installed = False
 
 

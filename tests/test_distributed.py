@@ -94,7 +94,7 @@ def test_batch_size_not_divisible_is_one_line_error(tiny_corpus, tmp_path):
                           env=env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --batch_size 5 cannot be split into 2"), lines
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2: --batch_size 5 cannot be split into 2"), lines
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -4,6 +4,7 @@ and the lock file gone once the run ends."""
 import os
 import signal
 
+import pytest
 import torch
 
 import main as main_cli
@@ -48,7 +49,8 @@ def test_ctrl_c_in_the_first_epoch_writes_a_resume_point_and_says_how_to_continu
 
     monkeypatch.setattr(trainer, "train_step", ctrl_c_at_batch_5)
     save = tmp_path / "c.pt"
-    assert main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0")) is None
+    with pytest.raises(utils.Interrupted, match="continue with"):  # exit code 130, before any checkpoint
+        main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0"))
     captured = capsys.readouterr()
     assert len(calls) == 5  # stopped after the batch under way, not before
     assert "Ctrl-C: stopping at the end of this batch" in captured.err

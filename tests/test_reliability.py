@@ -265,7 +265,8 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(tiny_corpus, tmp_path
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(trainer, "train_step", killed_in_epoch_2)
-    main_cli.main(tiny_args(tiny_corpus, tmp_path / "cut.pt", *args, epochs=2))
+    with pytest.raises(utils.Interrupted):
+        main_cli.main(tiny_args(tiny_corpus, tmp_path / "cut.pt", *args, epochs=2))
     blob = torch.load(tmp_path / "cut.resume.pt", weights_only=True)
     assert blob["position"]["epoch"] == 2 and blob["position"]["batch"] >= 1
     monkeypatch.setattr(trainer, "train_step", real)
@@ -551,3 +552,65 @@ def test_a_lock_file_removed_while_the_run_trains_is_put_back_and_a_takeover_sto
     assert torch.load(tmp_path / "l.resume.pt", weights_only=True)["schedule"]["epoch"] == 2  # nothing written since
     assert other[0].holds_path()  # the second process's lock is left alone
     other[0].__exit__(None, None, None)
+
+
+def test_ctrl_c_exits_130_with_one_line_saying_how_to_continue(capsys):
+    """L-1: an interrupted run is not a finished one, whatever it saved: never exit 0."""
+    def interrupted():
+        raise utils.Interrupted("continue with: python main.py --resume runs/x.resume.pt")
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(interrupted)
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted: continue with: python main.py --resume runs/x.resume.pt\n"
+
+
+def test_finetune_interrupted_in_its_first_epoch_says_so(run_a, tmp_path, monkeypatch, capsys):
+    """L-2: not "never improved on the input": it was interrupted before it could."""
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "train_epoch", ctrl_c)
+    out = tmp_path / "ft.pt"
+    with pytest.raises(utils.Interrupted, match="no resume point was written yet"):
+        finetune_cli.main(["--save", str(run_a), "--out", str(out), "--device", "cpu", "--batch_size", "4",
+                           "--eval_batch_size", "4"])
+    text = capsys.readouterr().out
+    assert (f"Note: fine-tuning was interrupted after 0 epochs, before it improved on the input's validation "
+            f"perplexity, so {out} holds the input's weights.") in text
+    assert "never improved" not in text
+
+
+def test_ctrl_c_under_torchrun_is_one_line_from_one_process_and_no_test_evaluation(tiny_corpus, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """M-9: torchrun sends every process the Ctrl-C and kills them 30 s later, so after the resume point no
+    test evaluation (it can take longer); ranks other than 0 say nothing, rank 0 one line, exit code 130."""
+    import signal
+
+    import distributed
+    quiet = utils.DeferredInterrupt("stopping", say=False)
+    try:
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        quiet.restore()
+    assert quiet.requested and capsys.readouterr().err == ""
+
+    def leave(code):
+        raise SystemExit(code)
+    monkeypatch.setattr(distributed.os, "_exit", leave)
+    for rank, said in ((1, ""), (0, "interrupted: continue with: python main.py --resume x\n")):
+        with pytest.raises(SystemExit) as e:
+            distributed._abort(utils.Interrupted("continue with: python main.py --resume x"), rank, 2)
+        assert e.value.code == 130 and capsys.readouterr().err == said
+
+    real = trainer.train_epoch
+
+    def ctrl_c_in_epoch_2(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(model, optimizer, train_data, cfg, reg, epoch, 3, **kw)
+    monkeypatch.setattr(trainer, "train_epoch", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(distributed, "size", lambda: 2)  # rank 0 of 2 (the collectives are no-ops in one process)
+    with pytest.raises(utils.Interrupted, match="continue with: python main.py --resume"):
+        main_cli.main(tiny_args(tiny_corpus, tmp_path / "t.pt", epochs=3))
+    out = capsys.readouterr().out
+    assert f"python evaluate.py --save {tmp_path / 't.pt'}" in out and "End of training" not in out
+    assert not (tmp_path / "t.final.json").exists()
