@@ -258,6 +258,9 @@ def rng_state():
     return state
 
 
+SUMS = ("total_ce", "total_pen", "interval_ce")  # a mid-epoch resume point's running loss sums
+
+
 def merge_position(position):
     """A mid-epoch resume point as one process over the whole batch would have saved it: hidden
     states joined along the batch, running loss sums averaged over the equal shares, tokens summed.
@@ -267,22 +270,27 @@ def merge_position(position):
     parts = [None] * _world["size"]
     dist.all_gather_object(parts, position, group=_world["control"])
     merged = dict(position, tokens=sum(p["tokens"] for p in parts))
-    for key in ("total_ce", "total_pen", "interval_ce"):
+    for key in SUMS:
         merged[key] = sum(p[key] for p in parts) / _world["size"]
+    merged["shares"] = {key: [p[key] for p in parts] for key in SUMS}  # each rank's own, for a resume as N exactly
     merged["hidden"] = [tuple(torch.cat([p["hidden"][layer][k] for p in parts], dim=1) for k in range(2))
                         for layer in range(len(position["hidden"]))]
     return merged
 
 
 def own_position(position):
-    """This rank's share of a mid-epoch resume point saved by ``merge_position`` (or one process)."""
+    """This rank's share of a mid-epoch resume point saved by ``merge_position`` (or one process).  Resumed by
+    as many ranks as saved it, each takes back its own running sums, so the epoch's logged losses are the
+    uninterrupted run's exactly; by another number, each starts from their mean (equal up to rounding)."""
     if not _world or position is None:
         return position
     size, me = _world["size"], _world["rank"]
 
     def share(t):
         return t.narrow(1, me * (t.size(1) // size), t.size(1) // size)
-    return dict(position, tokens=position["tokens"] // size,
+    own = position.get("shares", {})
+    sums = {key: own[key][me] for key in SUMS if len(own.get(key, ())) == size}
+    return dict(position, tokens=position["tokens"] // size, **sums,
                 hidden=[tuple(share(t) for t in hc) for hc in position["hidden"]])
 
 

@@ -119,6 +119,8 @@ def _position_roundtrip(rank, port, full):
         merged = distributed.merge_position(dict(mine, total_ce=full["total_ce"] + rank))
         assert torch.equal(merged["hidden"][0][0], full["hidden"][0][0]) and merged["tokens"] == 24
         assert merged["total_ce"].item() == pytest.approx(full["total_ce"].item() + 0.5)
+        # resumed by as many ranks: each takes back its own sums, not their mean (exact logged losses)
+        assert distributed.own_position(merged)["total_ce"].item() == full["total_ce"].item() + rank
 
 
 def test_mid_epoch_resume_point_splits_and_joins_across_ranks():
