@@ -110,7 +110,7 @@ def session(cfg):
         # set was once aborted at exit ("terminate called without an active exception").  A monitored
         # barrier (gloo, the control group) because it takes a timeout of its own, longer than TIMEOUT.
         if me and own_signals:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # nothing left to save here: torchrun's Ctrl-C ends it, silently
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # nothing left to save: torchrun's Ctrl-C ends it silently
         dist.monitored_barrier(group=control, timeout=FAREWELL)
     except BaseException as e:  # noqa: B036 -- any failure must take the whole run down
         try:

@@ -25,8 +25,8 @@ from data import Corpus, batchify, check_split_sizes, count_windows, first_lines
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from model import RNNModel
 from schedule import ANNEAL, STOP, SWITCH, Schedule
-from utils import (DeferredInterrupt, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
-                   get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
+from utils import (DeferredInterrupt, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl,
+                   check_output_path, get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
 
 RULE = "-" * 89
 

@@ -181,7 +181,8 @@ class RunLock:
         except UserError:
             raise UserError(f"the lock file {self.path} was removed while this run was in progress, and another "
                             f"process has started the same run since: this process stops without writing anything "
-                            f"more (the files are that process's now); never remove a lock file of a running run") from None
+                            f"more (the files are that process's now); never remove a running run's lock file"
+                            ) from None
         self.file.close()
         self.file = again.file
 
@@ -249,14 +250,15 @@ class DeferredInterrupt:
     """From creation until ``restore()``, Ctrl-C prints ``message`` and sets ``.requested`` instead of
     raising, so a loop can stop where its state is consistent and save it; a second Ctrl-C raises at
     once.  Outside the main thread, or where SIGINT is not Python's default handler (ignored, or taken
-    by a host program) nor one marked ``deferrable`` (distributed.py's), it changes nothing.  ``say=False``: a process that must not print (torchrun's
-    ranks other than 0, which get the same Ctrl-C) defers it without a word."""
+    by a host program) nor one marked ``deferrable`` (distributed.py's), it changes nothing.
+    ``say=False``: a process that must not print (torchrun's ranks other than 0, which get the same
+    Ctrl-C) defers it without a word."""
 
     def __init__(self, message, say=True):
         self.message, self.requested, self.say = message, False, say
         self.previous = signal.getsignal(signal.SIGINT)
-        self.installed = (threading.current_thread() is threading.main_thread()
-                          and (self.previous is signal.default_int_handler or getattr(self.previous, "deferrable", False)))
+        ours = self.previous is signal.default_int_handler or getattr(self.previous, "deferrable", False)
+        self.installed = threading.current_thread() is threading.main_thread() and ours
         if self.installed:
             signal.signal(signal.SIGINT, self._handler)
 
