@@ -113,6 +113,61 @@ def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_le
     return out
 
 
+class EpochState:
+    """The running state of one training epoch: where in the stream it stands, its loss sums (tensors on
+    the device, read only at log intervals) and the hidden state.  ``position()`` is all a mid-epoch
+    resume point needs to continue from the batch just done; ``from_position`` takes it back."""
+
+    def __init__(self, model, train_data, epoch):
+        self.epoch, self.batch, self.i, self.tokens = epoch, 0, 0, 0
+        zero = torch.zeros((), device=train_data.device)
+        self.total_ce, self.total_pen, self.interval_ce = zero.clone(), zero.clone(), zero.clone()
+        self.hidden = model.init_hidden(train_data.size(1))
+        self.start = self.interval_start = time.time()
+
+    @classmethod
+    def from_position(cls, model, train_data, epoch, position):
+        state = cls(model, train_data, epoch)
+        if position is not None:
+            device = train_data.device
+            state.batch, state.i, state.tokens = position["batch"], position["i"], position["tokens"]
+            state.total_ce, state.total_pen, state.interval_ce = (position[k].to(device) for k in distributed.SUMS)
+            state.hidden = [tuple(t.to(device) for t in hc) for hc in position["hidden"]]
+            state.start -= position["seconds"]
+        return state
+
+    def add(self, out, seq_len, targets):
+        self.hidden = out.hidden
+        self.total_ce += out.ce
+        self.total_pen += out.penalty
+        self.interval_ce += out.ce
+        self.batch += 1
+        self.i += seq_len
+        self.tokens += targets.numel()
+
+    def position(self):
+        return {"epoch": self.epoch, "batch": self.batch, "i": self.i, "tokens": self.tokens,
+                "seconds": time.time() - self.start, **{k: getattr(self, k).cpu() for k in distributed.SUMS},
+                "hidden": [tuple(t.detach().cpu() for t in hc) for hc in self.hidden]}
+
+    def log_interval(self, lr, approx, interval):
+        """The reference's progress line over the last ``interval`` batches."""
+        cur = self.interval_ce.item() / interval
+        ms = (time.time() - self.interval_start) * 1000 / interval
+        tqdm.write(f"| epoch {self.epoch:3d} | {self.batch:5d}/{approx:5d} batches | lr {lr:05.5f} | "
+                   f"ms/batch {ms:5.2f} | loss {cur:5.2f} | ppl {ppl(cur):8.2f}")
+        self.interval_ce.zero_()
+        self.interval_start = time.time()
+
+    def summary(self, cfg):
+        train_loss = self.total_ce.item() / max(self.batch, 1)
+        if not math.isfinite(train_loss):
+            raise non_finite("training", train_loss, f"epoch {self.epoch}", cfg["save"])
+        seconds = time.time() - self.start
+        return {"train_loss": train_loss, "penalty": self.total_pen.item() / max(self.batch, 1), "batches": self.batch,
+                "tokens": self.tokens, "seconds": seconds, "tokens_per_s": self.tokens / max(seconds, 1e-9)}
+
+
 def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None,
                 stop=None):
     """One pass over the training stream.  ``position``: where a mid-epoch resume point left off.
@@ -121,73 +176,64 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
     more when Ctrl-C set ``stop.requested`` (utils.DeferredInterrupt), before KeyboardInterrupt."""
     model.train()
     params = list(model.parameters())
-    bsz = train_data.size(1)
-    hidden = model.init_hidden(bsz)
-    on_gpu = train_data.device.type == "cuda"
-    sync_every = cfg["log_interval"] if on_gpu else min(10, cfg["log_interval"])
-    total_ce = torch.zeros((), device=train_data.device)
-    total_pen = torch.zeros((), device=train_data.device)
-    interval_ce = torch.zeros((), device=train_data.device)
-    batch, i, tokens = 0, 0, 0
-    start = interval_start = last_checkpoint = time.time()
-    if position is not None:
-        batch, i, tokens = position["batch"], position["i"], position["tokens"]
-        total_ce, total_pen, interval_ce = (position[k].to(train_data.device) for k in ("total_ce", "total_pen",
-                                                                                         "interval_ce"))
-        hidden = [tuple(t.to(train_data.device) for t in hc) for hc in position["hidden"]]
-        start -= position["seconds"]
-    every = cfg.get("checkpoint_every", 0) * 60
+    state = EpochState.from_position(model, train_data, epoch, position)
+    log_every = cfg["log_interval"]
+    check_every = log_every if train_data.device.type == "cuda" else min(10, log_every)  # host syncs are costly on GPU
+    resume_every, last_resume_point = cfg.get("checkpoint_every", 0) * 60, time.time()
     approx = max(1, len(train_data) // cfg["bptt"])
     bar = progress(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}",
                    enabled=distributed.is_main())
-    try:
-        while i < train_data.size(0) - 1 - 1:
-            if max_batches is not None and batch >= max_batches:
-                break
+    with bar:
+        while state.i < train_data.size(0) - 1 - 1 and (max_batches is None or state.batch < max_batches):
             seq_len = draw_seq_len(cfg)
             lr = optimizer.param_groups[0]["lr"]
             if cfg["reset_hidden_prob"] and np.random.random() < cfg["reset_hidden_prob"]:
-                hidden = model.init_hidden(bsz)
-            data, targets = get_batch(train_data, i, seq_len)
-            out = train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len)
-            hidden = out.hidden
-            total_ce += out.ce
-            total_pen += out.penalty
-            interval_ce += out.ce
-            batch += 1
-            i += seq_len
-            tokens += targets.numel()
+                state.hidden = model.init_hidden(train_data.size(1))
+            data, targets = get_batch(train_data, state.i, seq_len)
+            state.add(train_step(model, optimizer, params, data, targets, state.hidden, reg, cfg, seq_len), seq_len,
+                      targets)
             bar.update(1)
             # 1: a resume point is due, 2: Ctrl-C (rank 0's word, so every rank joins the same collective write)
-            due = distributed.agree(int(bool(every) and time.time() - last_checkpoint >= every)
+            due = distributed.agree(int(bool(resume_every) and time.time() - last_resume_point >= resume_every)
                                     + 2 * int(stop is not None and stop.requested))
             if checkpoint is not None and due:
-                checkpoint({"epoch": epoch, "batch": batch, "i": i, "tokens": tokens, "seconds": time.time() - start,
-                            "total_ce": total_ce.cpu(), "total_pen": total_pen.cpu(), "interval_ce": interval_ce.cpu(),
-                            "hidden": [tuple(t.detach().cpu() for t in hc) for hc in hidden]})
-                last_checkpoint = time.time()
+                checkpoint(state.position())
+                last_resume_point = time.time()
             if due >= 2:
                 raise KeyboardInterrupt
-            if batch % sync_every == 0 or batch % cfg["log_interval"] == 0:
-                running = total_ce.item() / batch
+            if state.batch % check_every == 0 or state.batch % log_every == 0:
+                running = state.total_ce.item() / state.batch
                 if not math.isfinite(running):
-                    raise non_finite("training", running, f"epoch {epoch} (batch {batch}, lr {lr:g})", cfg["save"])
-                bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{tokens / (time.time() - start):.0f}")
-            if batch % cfg["log_interval"] == 0:
-                cur = interval_ce.item() / cfg["log_interval"]
-                ms = (time.time() - interval_start) * 1000 / cfg["log_interval"]
-                tqdm.write(f"| epoch {epoch:3d} | {batch:5d}/{approx:5d} batches | lr {lr:05.5f} | "
-                           f"ms/batch {ms:5.2f} | loss {cur:5.2f} | ppl {ppl(cur):8.2f}")
-                interval_ce.zero_()
-                interval_start = time.time()
-    finally:
-        bar.close()
-    train_loss = total_ce.item() / max(batch, 1)
-    if not math.isfinite(train_loss):
-        raise non_finite("training", train_loss, f"epoch {epoch}", cfg["save"])
-    seconds = time.time() - start
-    return {"train_loss": train_loss, "penalty": total_pen.item() / max(batch, 1), "batches": batch,
-            "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
+                    raise non_finite("training", running, f"epoch {epoch} (batch {state.batch}, lr {lr:g})",
+                                     cfg["save"])
+                bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{state.tokens / (time.time() - state.start):.0f}")
+            if state.batch % log_every == 0:
+                state.log_interval(lr, approx, log_every)
+    return state.summary(cfg)
+
+
+def epoch_row(epoch, stats, val_loss, improved, schedule, epoch_start):
+    """The epoch's line of metrics.jsonl."""
+    return {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
+            "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
+            "penalty": stats["penalty"], "lr": schedule.lr, "phase": schedule.phase,
+            "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved,
+            "elapsed": round(schedule.elapsed + time.time() - epoch_start, 3)}
+
+
+def follow_schedule(action, epoch, cfg, schedule, model, optimizer, paths, device):
+    """Carry out the schedule's decision after an epoch; returns the optimizer to go on with."""
+    if action == SWITCH:
+        print("Switching to ASGD")
+        return make_optimizer(cfg, schedule, model.parameters(), device)
+    if action == ANNEAL:
+        distributed.load_best(model, paths["best"])
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr
+        print(f"Annealing: reloaded the best model (epoch {schedule.best_epoch}), lr now {schedule.lr:g}")
+    elif action == STOP:
+        print(f"Stopping: the {cfg['optimizer']} schedule ended training after epoch {epoch}")
+    return optimizer
 
 
 def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None, stamp=None,
@@ -254,28 +300,13 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
                 if improved and distributed.is_main():
                     save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss,
                                     **(stamp or {}))
-            row = {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
-                   "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
-                   "penalty": stats["penalty"], "lr": schedule.lr, "phase": schedule.phase,
-                   "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved,
-                   "elapsed": round(schedule.elapsed + time.time() - epoch_start, 3)}
+            row = epoch_row(epoch, stats, val_loss, improved, schedule, epoch_start)
             schedule.elapsed = row["elapsed"]  # wall clock of training and validation so far
             weights = "averaged" if schedule.averaging else "raw"
             action = schedule.update(epoch, val_loss)
-            print(RULE)
-            print(f"| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
-                  f"valid ppl {ppl(val_loss):8.2f} | {weights} weights{' | saved' if improved else ''}")
-            print(RULE)
-            if action == SWITCH:
-                print("Switching to ASGD")
-                optimizer = make_optimizer(cfg, schedule, model.parameters(), device)
-            elif action == ANNEAL:
-                distributed.load_best(model, paths["best"])
-                for group in optimizer.param_groups:
-                    group["lr"] = schedule.lr
-                print(f"Annealing: reloaded the best model (epoch {schedule.best_epoch}), lr now {schedule.lr:g}")
-            elif action == STOP:
-                print(f"Stopping: the {cfg['optimizer']} schedule ended training after epoch {epoch}")
+            print(f"{RULE}\n| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
+                  f"valid ppl {ppl(val_loss):8.2f} | {weights} weights{' | saved' if improved else ''}\n{RULE}")
+            optimizer = follow_schedule(action, epoch, cfg, schedule, model, optimizer, paths, device)
             schedule.metrics.append(row)
             if not dry:  # the resume point first: metrics are never ahead of it
                 save_resume_point()

@@ -245,6 +245,12 @@ class PlainProgress:
     def close(self):
         pass
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class DeferredInterrupt:
     """From creation until ``restore()``, Ctrl-C prints ``message`` and sets ``.requested`` instead of
