@@ -266,9 +266,12 @@ def plot_kappa(summaries, path, title):
         return False
     ks = list(groups)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    def mean_and_sd(key):  # over each kappa's seeds; a one-seed point gets no bar
+        stats = [mean_sd(s[key] for s in groups[k]) for k in ks]
+        return [m for m, _ in stats], [sd or 0.0 for _, sd in stats]
     for key, label in (("best_valid_ppl", "best validation"), ("test_ppl", "test")):
-        ax1.plot(ks, [statistics.mean(s[key] for s in groups[k]) for k in ks], marker="o", label=label)
-    ax2.plot(ks, [statistics.mean(s["mask_variance"] for s in groups[k]) for k in ks], marker="o", color="C2")
+        ax1.errorbar(ks, *mean_and_sd(key), marker="o", capsize=3, label=label)
+    ax2.errorbar(ks, *mean_and_sd("mask_variance"), marker="o", capsize=3, color="C2")
     ax1.set_ylabel("perplexity")
     ax2.set_ylabel("mask variance (validation)")
     for ax in (ax1, ax2):
