@@ -1,23 +1,66 @@
 #!/usr/bin/env bash
-# The checks a lent GPU gets (README "On a GPU"): the CUDA tests (the overlapped passes against the
-# sequential ones among them), bench.py on cuda with and without --overlap_passes and the evaluation
-# throughput, a dry run of each preset with FD / ELD / RD / --same_mask_w / --overlap_passes through the
-# command line, and the whole suite.
+# The checks a lent GPU gets, in the order they matter, each with its own time limit, so that the
+# whole script fits in about 10 minutes and a failure in one part never hides the others:
+#   1. the CUDA tests (the overlapped passes against the sequential ones among them), the rest of the
+#      suite, and a dry run of each preset with FD / ELD / RD / --same_mask_w / --overlap_passes;
+#   2. bench.py on the device, with and without --overlap_passes, and the evaluation throughput;
+#   3. several single-preset FD trainings sharing the GPU at once (1, 2 and 4 runs: tokens/s per run and
+#      in all, from each run's own metrics), the figure reproduce.py --jobs needs;
+#   4. with the time left (BUDGET seconds in all), one single-preset FD run as far as it gets.
+# Every log and JSON goes to OUTDIR; summary.txt has one line per check.
 # Usage: ./getdata.sh --from DIR && bash .ci/gpu_check.sh OUTDIR   (default: $OUT when set, else gpu-check)
+# DEVICE=cpu BUDGET=60 bash .ci/gpu_check.sh /tmp/x runs the same steps on a CPU (a smoke test of the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
+device=${DEVICE:-cuda}
+budget=${BUDGET:-540}
+start=$SECONDS
 mkdir -p "$out"
-python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" | tee "$out/device.txt"
-timeout 240 python3 -m pytest -q -rs tests/test_cuda.py > "$out/test_cuda.txt" 2>&1; echo "test_cuda rc=$?" | tee -a "$out/summary.txt"
-# FD / baseline, FD with --overlap_passes in the same rounds on the same batches, evaluation tokens/s
-timeout 300 python3 bench.py --device cuda --overlap --eval --out "$out/bench_cuda.json" > "$out/bench.txt" 2>&1; echo "bench rc=$?" | tee -a "$out/summary.txt"
-tail -40 "$out/bench.txt"
-for preset in single awd-ptb awd-wt2 merity-ptb merity-wt2; do
+summary="$out/summary.txt"
+left() { echo $(( budget - (SECONDS - start) )); }
+note() { echo "$*" | tee -a "$summary"; }
+python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" | tee "$out/device.txt"
+
+# 1. correctness
+timeout 150 python3 -m pytest -q -rs tests/test_cuda.py > "$out/test_cuda.txt" 2>&1; note "test_cuda rc=$? $(tail -1 "$out/test_cuda.txt")"
+for preset in single awd-ptb awd-wt2 merity-ptb merity-readme-wt2; do
   for flags in "--model FD" "--model ELD" "--model RD" "--model FD --same_mask_w" "--model FD --overlap_passes"; do
-    timeout 120 python3 main.py --preset $preset $flags --dry_run --device cuda > "$out/dry.log" 2>&1
-    echo "dry_run $preset $flags rc=$? $(grep -E -e 'End of training|overlap_passes: ' "$out/dry.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
+    [ "$preset" != single ] && [ "$flags" = "--model ELD" ] && continue   # ELD's eval-mode pass: once is enough
+    timeout 90 python3 main.py --preset $preset $flags --dry_run --device "$device" > "$out/dry.log" 2>&1
+    note "dry_run $preset $flags rc=$? $(grep -E -e 'End of training|overlap_passes: ' "$out/dry.log" | tr '\n' ' ')"
   done
 done
-timeout 300 python3 -m pytest -q -x --ignore=tests/test_cuda.py > "$out/suite.txt" 2>&1; echo "suite rc=$?" | tee -a "$out/summary.txt"
-tail -5 "$out/suite.txt"
+timeout 200 python3 -m pytest -q -x --ignore=tests/test_cuda.py > "$out/suite.txt" 2>&1; note "suite rc=$? $(tail -1 "$out/suite.txt")"
+
+# 2. speed of one step, FD against the baseline, with and without the overlap; evaluation tokens/s
+timeout 150 python3 bench.py --device "$device" --overlap --eval --out "$out/bench.json" > "$out/bench.txt" 2>&1; note "bench rc=$?"
+tail -30 "$out/bench.txt"
+
+# 3. several trainings sharing the device: one epoch of single-preset FD each, started together
+for n in 1 2 4; do
+  [ "$(left)" -lt 90 ] && { note "concurrent n=$n skipped: $(left) s left"; continue; }
+  pids=()
+  for i in $(seq 1 "$n"); do
+    python3 main.py --model FD --epochs 1 --test_batch_size 80 --device "$device" --save "$out/concurrent$n/run$i.pt" \
+      > "$out/concurrent${n}_run$i.log" 2>&1 &
+    pids+=($!)
+  done
+  ( sleep 120; kill "${pids[@]}" 2> /dev/null ) & watchdog=$!
+  wait "${pids[@]}"; kill $watchdog 2> /dev/null
+  note "concurrent n=$n $(python3 - "$out/concurrent$n" <<'EOF'
+import json, pathlib, sys
+rates = [json.loads(p.read_text().splitlines()[0])["tokens_per_s"] for p in sorted(pathlib.Path(sys.argv[1]).glob("*.metrics.jsonl"))]
+print(f"runs finished {len(rates)}; training tokens/s per run {[round(r) for r in rates]}; in all {round(sum(rates))}")
+EOF
+)"
+done
+
+# 4. the time left: one single-preset FD run, its curve kept (metrics.jsonl after every epoch)
+if [ "$(left)" -gt 60 ]; then
+  timeout $(( $(left) - 20 )) python3 main.py --model FD --device "$device" --save "$out/single_FD.pt" --checkpoint_every 0 \
+    > "$out/single_FD.log" 2>&1
+  note "single FD run rc=$? ($(wc -l < "$out/single_FD.metrics.jsonl" 2> /dev/null || echo 0) epochs in the time left)"
+fi
+rm -f "$out"/*.pt "$out"/*/*.pt "$out"/*.resume.pt
+note "total $(( SECONDS - start )) s"
