@@ -9,6 +9,7 @@ import torch
 
 import evaluate as evaluate_cli
 import finetune as finetune_cli
+import generate as generate_cli
 import main as main_cli
 import trainer
 import utils
@@ -197,14 +198,17 @@ def test_hand_made_checkpoints_are_one_line_in_every_entry_point(run_a, tmp_path
         blob["config"] = [1, 2]
     bad = tmp_path / "bad.pt"
     atomic_torch_save(blob, bad)
-    for script, args in (("evaluate.py", ()), ("finetune.py", ("--out", tmp_path / "ft.pt")),
-                         ("generate.py", ("--words", "3"))):
-        proc = cli(script, "--save", bad, "--device", "cpu", *args)
-        assert_one_line_error(proc, "bad.pt" if damage != "wrong-shape" else "do not fit")
+    needle = "bad.pt" if damage != "wrong-shape" else "do not fit"
+    # one entry point as a process (one line on stderr, exit 2, no traceback), the others in-process
+    assert_one_line_error(cli("evaluate.py", "--save", bad, "--device", "cpu"), needle)
+    for tool, args in ((finetune_cli, ["--out", str(tmp_path / "ft.pt")]), (generate_cli, ["--words", "3"])):
+        with pytest.raises(UserError, match=needle):
+            tool.main(["--save", str(bad), "--device", "cpu", *args])
     resume = torch.load(run_a.parent / "a.resume.pt", weights_only=True)
     del resume["schedule"]
     atomic_torch_save(resume, tmp_path / "bad.resume.pt")
-    assert_one_line_error(cli("main.py", "--resume", tmp_path / "bad.resume.pt"), "schedule")
+    with pytest.raises(UserError, match="schedule"):
+        main_cli.main(["--resume", str(tmp_path / "bad.resume.pt")])
 
 
 # --- 9. kills: no dead ends, no stale temp files, metrics never ahead of the resume point ----------------
