@@ -15,7 +15,7 @@ from model import RNNModel
 import trainer
 from checkpoint import weights_sha256
 from config import build_config, train_config
-from utils import atomic_torch_save
+from utils import UserError, atomic_torch_save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,7 +207,10 @@ def test_unreadable_checkpoints_are_one_line(trained, tmp_path, kind):
         bad.write_text("not a checkpoint")
     needle = {"missing": "no checkpoint", "truncated": "cannot read", "pickled-model": "pickled",
               "foreign-dict": "not a checkpoint of this project", "text": "cannot read"}[kind]
-    assert_one_line_error(cli("evaluate.py", "--save", bad), needle)
+    if kind == "text":  # as a process: one line on stderr, exit 2, no traceback
+        assert_one_line_error(cli("evaluate.py", "--save", bad), needle)
+    with pytest.raises(UserError, match=needle):
+        evaluate_cli.main(["--save", str(bad), "--device", "cpu"])
 
 
 def test_checkpoint_with_another_vocabulary_is_refused(trained, tmp_path):
