@@ -44,7 +44,6 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import shutil
 import tempfile
@@ -61,7 +60,7 @@ from study import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, FULL_SEEDS, KAPPAS, OTHE
                    STUDY_SITES, variant_kappa)
 from study_report import report, report_path
 from trainer import run, run_paths
-from utils import UserError, atomic_write_json, cpu_model, get_device, run_cli, set_seed
+from utils import UserError, atomic_write_json, code_commit, cpu_model, get_device, run_cli, set_seed
 
 STUDIES = ("full", "seeds", "kappa", "masks")
 COMMIT = "unknown"
@@ -271,17 +270,6 @@ def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, re
     atomic_write_json(summary, path)
     print(f"Wrote {path}")
     return summary
-
-
-def code_commit():
-    """The commit the run's code came from (``-dirty`` when tracked files were edited): STUDY.md says
-    which code each row used."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def check_out_folder(out, study):

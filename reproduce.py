@@ -37,7 +37,7 @@ import rows
 from checkpoint import load_checkpoint, run_paths
 from config import train_config
 from data import SPLITS
-from utils import RunLock, UserError, atomic_write_json, check_device_name, cpu_model, run_cli
+from utils import RunLock, UserError, atomic_write_json, check_device_name, code_commit, cpu_model, run_cli
 
 REPO = Path(__file__).resolve().parent
 TOOLS = {"train": "main.py", "finetune": "finetune.py", "pointer": "pointer.py", "dyneval": "dynamiceval.py"}
@@ -615,15 +615,6 @@ def draw_plots(plan, selected, folder):
 
 
 # ---------------------------------------------------------------- command line
-
-def code_commit():
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                             text=True, cwd=REPO, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
 
 def update_readme(path=REPO / "README.md"):
     """Rewrite README's table of rows (between its markers) from rows.py."""

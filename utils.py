@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -347,6 +348,17 @@ def atomic_write_text(text, target):
 
 def atomic_write_jsonl(rows, target):
     _atomic_write(target, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
+def code_commit():
+    """The commit of this checkout's code (``-dirty`` when tracked files were edited), for the record of a
+    result; "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def cpu_model():
