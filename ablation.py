@@ -54,7 +54,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from config import SETTING, VARIANTS, build_config, train_config, with_settings_added_since
-from data import SPLITS, Corpus, batchify
+from data import SPLITS, Corpus, batchify, write_corpus_cut
 from mc_dropout import mask_variance
 from study import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, FULL_SEEDS, KAPPAS, OTHER_SEEDS, QUICK, SITE_NAMES,
                    STUDY_SITES, variant_kappa)
@@ -167,15 +167,9 @@ def cut_corpus(data, fraction, dest):
     for split in SPLITS:
         if not (src / f"{split}.txt").is_file():
             raise UserError(f"no corpus at {src} ({split}.txt missing): run ./getdata.sh or pass --data DIR")
-    dest.mkdir(parents=True, exist_ok=True)
-    lines = (src / "train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = "".join(lines[:max(1, round(len(lines) * fraction))])
-    for split, text in (("train", keep), ("valid", None), ("test", None)):
-        text = text if text is not None else (src / f"{split}.txt").read_text(encoding="utf-8")
-        target = dest / f"{split}.txt"
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
-    return hashlib.sha256(keep.encode("utf-8")).hexdigest()
+    lines = len((src / "train.txt").read_text(encoding="utf-8").splitlines())
+    texts = write_corpus_cut(src, dest, {"train": max(1, round(lines * fraction))})
+    return hashlib.sha256(texts["train"].encode("utf-8")).hexdigest()
 
 
 def finished(cfg, paths):

@@ -212,6 +212,23 @@ def _remove_stale_caches(kept, pattern):
             pass
 
 
+def write_corpus_cut(source, dest, keep):
+    """A copy of the corpus at ``source`` in ``dest`` keeping the first ``keep[split]`` lines of each split
+    (None: all of it), for the studies' small scales; never written into ``source``.  A file that already
+    holds its text is left alone.  Returns each split's text."""
+    dest.mkdir(parents=True, exist_ok=True)
+    texts = {}
+    for split in SPLITS:
+        text = (Path(source) / f"{split}.txt").read_text(encoding="utf-8")
+        if keep.get(split) is not None:
+            text = "".join(text.splitlines(keepends=True)[:keep[split]])
+        target = dest / f"{split}.txt"
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+        texts[split] = text
+    return texts
+
+
 def first_lines(tokens, fraction, eos):
     """The first ``fraction`` of a split's lines (at least one), cut as ablation.py cuts the training
     text: the ids up to and including the round(lines * fraction)-th ``<eos>``."""

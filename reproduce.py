@@ -36,7 +36,7 @@ from tqdm import tqdm
 import rows
 from checkpoint import load_checkpoint, run_paths
 from config import train_config
-from data import SPLITS
+from data import SPLITS, write_corpus_cut
 from utils import RunLock, UserError, atomic_write_json, check_device_name, code_commit, cpu_model, run_cli
 
 REPO = Path(__file__).resolve().parent
@@ -119,17 +119,6 @@ def corpus_source(data_root, corpus):
         raise UserError(f"no corpus at {folder} ({', '.join(missing)}.txt missing): run ./getdata.sh or pass "
                         f"--data_root DIR (a folder holding penn/ and wikitext-2/)")
     return folder
-
-
-def cut_corpus(source, dest, lines):
-    """The first lines of each split in reproduce's own folder (never the user's data folder)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for split, n in zip(SPLITS, lines):
-        with open(source / f"{split}.txt", encoding="utf-8") as f:
-            text = "".join(line for _, line in zip(range(n), f))
-        target = dest / f"{split}.txt"
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
 
 
 def scale_args(scale, stage, corpus):
@@ -696,7 +685,8 @@ def main(argv=None):
         atomic_write_json({"scale": scale}, out / "reproduce.json")
         if SCALES[scale]["cut"]:
             for corpus in {run.chain.corpus for run in plan}:
-                cut_corpus(corpus_source(args.data_root, corpus), out.resolve() / "corpus" / corpus, SCALES[scale]["cut"])
+                write_corpus_cut(corpus_source(args.data_root, corpus), out.resolve() / "corpus" / corpus,
+                                     dict(zip(SPLITS, SCALES[scale]["cut"])))
         print(f"{len(plan)} chains on {len(slots)} slot(s) ({', '.join(meta['devices'])}); logs in {out}/CHAIN/seedS/")
         previous = signal.signal(signal.SIGTERM, interrupt)
         try:
