@@ -52,8 +52,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from config import SETTING, VARIANTS, build_config, train_config, with_settings_added_since
+from checkpoint import load_checkpoint, model_from_checkpoint, schedule_finished
+from config import VARIANTS, build_config, outcome, train_config, with_settings_added_since
 from data import SPLITS, Corpus, batchify, write_corpus_cut
 from mc_dropout import mask_variance
 from study import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, FULL_SEEDS, KAPPAS, OTHER_SEEDS, QUICK, SITE_NAMES,
@@ -174,10 +174,7 @@ def cut_corpus(data, fraction, dest):
 
 def finished(cfg, paths):
     """True once the schedule ran to its end (not merely stopped by Ctrl-C, which still writes final.json)."""
-    if not (os.path.exists(paths["resume"]) and os.path.exists(paths["final"])):
-        return False
-    schedule = load_checkpoint(paths["resume"], "resume")["schedule"]
-    return schedule["stopped"] or schedule["epoch"] >= cfg["epochs"]
+    return os.path.exists(paths["final"]) and schedule_finished(paths["resume"], cfg["epochs"])
 
 
 def resolved(cfg):
@@ -207,19 +204,13 @@ def measure_mask_variance(save, data, device):
     return mask_variance(model, batchify(corpus.valid, 10, device), blob["config"]["bptt"], 10)
 
 
-def comparable(cfg):
-    """What a run computed: its configuration without the settings that say where and how it ran, with the
-    settings added since it was committed at the values it trained with."""
-    return {k: v for k, v in with_settings_added_since(cfg).items() if SETTING.get(k) is None or SETTING[k].result}
-
-
 def summary_mismatch(summary, cfg, study, train_sha):
     """Why a committed summary does not stand for this run ('' when it does)."""
     if summary.get("study") != study:
         return f"its scale {summary.get('study')} is not {study}"
     if summary.get("train_sha256") != train_sha:
         return "it trained on another cut of the training text"
-    old, new = comparable(summary.get("config", {})), comparable(cfg)
+    old, new = outcome(summary.get("config", {})), outcome(cfg)
     keys = sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
     return f"its configuration differs in {', '.join(keys)}" if keys else ""
 

@@ -33,6 +33,16 @@ def run_paths(save):
             "final": str(sidecar(save, "final.json")), "lock": str(sidecar(save, "lock"))}
 
 
+def schedule_finished(resume, epochs):
+    """A training or fine-tuning ran to its end: its resume point's schedule stopped or reached ``epochs``
+    (Ctrl-C also writes final.json, so that file alone is not enough)."""
+    try:
+        schedule = load_checkpoint(resume, "resume")["schedule"]
+    except UserError:
+        return False
+    return bool(schedule["stopped"]) or schedule["epoch"] >= epochs
+
+
 def vocab_info(dictionary):
     return {"size": len(dictionary), "sha256": dictionary.fingerprint()}
 

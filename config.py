@@ -393,6 +393,13 @@ def with_settings_added_since(cfg):
     return cfg
 
 
+def outcome(cfg):
+    """What a run computed: its configuration without the settings that say only where or how it ran, with
+    the settings added since it was recorded at the values it ran with.  Two runs of equal outcome
+    compute the same numbers (the study's reuse of committed runs, reproduce.py's of finished steps)."""
+    return {k: v for k, v in with_settings_added_since(cfg).items() if k not in SETTING or SETTING[k].result}
+
+
 def _resume_config(flags, blob):
     """A resume file continues only the run it belongs to, writing where that run's files are: where
     the run was started, or, once its folder has moved as a whole, beside the resume file itself (so the

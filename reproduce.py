@@ -16,7 +16,6 @@ code while the others go on.  The report, written after each chain and at the en
 ``--report_dir/NAME.md`` and ``.json``: published against measured, per row.
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,9 +34,9 @@ import torch
 from tqdm import tqdm
 
 import rows
-from checkpoint import load_checkpoint, run_paths
-from config import train_config
-from data import SPLITS, write_corpus_cut
+from checkpoint import load_checkpoint, run_paths, schedule_finished
+from config import outcome, train_config
+from data import SPLITS, content_sha256, write_corpus_cut
 from utils import RunLock, UserError, atomic_write_json, check_device_name, code_commit, cpu_model, run_cli
 
 REPO = Path(__file__).resolve().parent
@@ -103,15 +103,6 @@ class ChainRun:
         return f"{self.chain.id} seed {self.seed}"
 
 
-def sha256_files(paths):
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def corpus_source(data_root, corpus):
     folder = Path(data_root) / corpus
     missing = [s for s in SPLITS if not (folder / f"{s}.txt").is_file()]
@@ -165,7 +156,7 @@ def plan_chains(selected, seeds, scale, out, data_root):
 def step_key(step, data_digest):
     key = {"command": step.command, "data": data_digest}
     if step.config is not None:
-        key["config"] = {k: v for k, v in step.config.items() if k != "device"}
+        key["config"] = outcome(step.config)
     return json.loads(json.dumps(key))
 
 
@@ -174,15 +165,6 @@ def read_json(path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def schedule_finished(resume, epochs):
-    """A training or fine-tuning ran to its end (Ctrl-C also writes final.json: not enough)."""
-    try:
-        schedule = load_checkpoint(resume, "resume")["schedule"]
-    except UserError:
-        return False
-    return bool(schedule["stopped"]) or schedule["epoch"] >= epochs
 
 
 def step_done(step):
@@ -219,14 +201,16 @@ def read_states(plan):
             record = read_json(step.record)
             if record is None or step.state == "run":
                 continue
-            old, new = record.get("key", {}), step_key(step, run.digest)
+            old, new = dict(record.get("key", {})), step_key(step, run.digest)
+            if isinstance(old.get("config"), dict):  # recorded by an older checkout: compare what it computed
+                old["config"] = outcome(old["config"])
             if old != new:
                 what = next((k for k in ("command", "config", "data") if old.get(k) != new.get(k)), "command")
                 which = {"command": "command", "config": "resolved configuration (a preset changed?)",
                          "data": "corpus"}[what]
                 raise UserError(f"{run.label}: the {step.name} step in {step.dir} ran with another {which}; "
                                 f"delete {step.dir} to run it anew, or choose another --out")
-            if step.upstream is not None and (step.upstream.state != "done" or record.get("input") != sha256_files(
+            if step.upstream is not None and (step.upstream.state != "done" or record.get("input") != content_sha256(
                     [step.upstream.output])):
                 raise UserError(f"{run.label}: the {step.name} step in {step.dir} was computed from another "
                                 f"{step.upstream.name} result than the one there now; delete {step.dir} to run "
@@ -281,7 +265,7 @@ def launch(run, slot):
     if record is None or record.get("key") != key:  # a step with nothing to keep starts a new record
         record = {"key": key, "attempts": []}
     if step.upstream is not None:
-        record["input"] = sha256_files([step.upstream.output])
+        record["input"] = content_sha256([step.upstream.output])
     if step.name == "finetune":  # its epoch limit, for validating it later
         record["epochs"] = finetune_epochs(step)
     elif step.name == "train":
@@ -404,8 +388,13 @@ class Progress:
                 bar.close()
 
 
+TERMINATED = threading.Event()
+STOP_GRACE = 120  # seconds a stopped step gets to finish its batch and write its resume point
+
+
 def interrupt(signum, frame):
     """SIGTERM ends reproduce as Ctrl-C does: running steps stopped, their resume points kept."""
+    TERMINATED.set()
     raise KeyboardInterrupt
 
 
@@ -447,13 +436,16 @@ def execute(plan, slots, on_chain_end, poll=0.2):
             if running:
                 time.sleep(poll)
     except BaseException:
-        for run in running.values():  # their resume points stay; a rerun continues them
-            if run.proc.poll() is None:
-                run.proc.terminate()
+        # A step stops as on Ctrl-C: at the end of its batch, writing a resume point that a rerun continues.
+        # A terminal's Ctrl-C reached the steps already (one process group; a second one would stop them
+        # at once, before that write); a SIGTERM to reproduce.py is passed on to them as SIGINT.
+        for run in running.values():
+            if TERMINATED.is_set() and run.proc.poll() is None:
+                run.proc.send_signal(signal.SIGINT)
         for run in running.values():
             try:
-                run.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+                run.proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:  # its resume point is written by now; what follows is not needed
                 run.proc.kill()
         raise
     finally:
@@ -670,7 +662,7 @@ def main(argv=None):
     digests = {}
     for corpus in {run.chain.corpus for run in plan}:
         source = corpus_source(args.data_root, corpus)
-        digests[corpus] = sha256_files([source / f"{s}.txt" for s in SPLITS]) + (
+        digests[corpus] = content_sha256([source / f"{s}.txt" for s in SPLITS]) + (
             f"-cut{SCALES[scale]['cut']}" if SCALES[scale]["cut"] else "")
     for run in plan:
         run.digest = digests[run.chain.corpus]
