@@ -26,11 +26,13 @@ def sidecar(save, what):
     return Path(f"{stem}.{what}")
 
 
+# The files a run writes beside its best model, by what they are.
+RUN_FILES = {"resume": "resume.pt", "metrics": "metrics.jsonl", "final": "final.json", "lock": "lock"}
+
+
 def run_paths(save):
     """Every file of the run whose best model is ``save``."""
-    save = str(save)
-    return {"best": save, "resume": str(sidecar(save, "resume.pt")), "metrics": str(sidecar(save, "metrics.jsonl")),
-            "final": str(sidecar(save, "final.json")), "lock": str(sidecar(save, "lock"))}
+    return {"best": str(save), **{what: str(sidecar(save, suffix)) for what, suffix in RUN_FILES.items()}}
 
 
 def schedule_finished(resume, epochs):

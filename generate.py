@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import open_checkpoint
+from checkpoint import RUN_FILES, open_checkpoint
 from config import tool_parser
 from utils import UserError, atomic_write_text, check_output_path, check_seed, run_cli
 
@@ -31,7 +31,7 @@ def build_parser():
     return p
 
 
-RUN_FILES = (".pt", ".metrics.jsonl", ".final.json", ".lock")  # names of a run's files (checkpoint.run_paths)
+RUN_SUFFIXES = (".pt", *(f".{suffix}" for suffix in RUN_FILES.values()))  # a checkpoint, or a file of a run
 
 
 def check_args(args):
@@ -50,7 +50,7 @@ def check_outf(outf, overwrite):
     target = Path(outf)
     if target.is_dir():
         raise UserError(f"--outf {outf} is a folder: give a file path such as {target / 'samples.txt'}")
-    if target.name.endswith(RUN_FILES) or (target.is_file() and zipfile.is_zipfile(target)):
+    if target.name.endswith(RUN_SUFFIXES) or (target.is_file() and zipfile.is_zipfile(target)):
         raise UserError(f"--outf {outf} names a checkpoint or a file of a run, which text never replaces: choose an "
                         f"--outf such as samples.txt")
     if target.exists() and not overwrite:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed
-from checkpoint import (check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
+from checkpoint import (RUN_FILES, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
                         set_rng_state, vocab_info)
 from data import Corpus, batchify, check_split_sizes, count_windows, first_lines, get_batch, windows
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
@@ -273,7 +273,8 @@ def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state
         still_ours()
         if distributed.is_main():
             save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=schedule.state_dict(),
-                            optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}), **(stamp or {}))
+                            optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}),
+                            **(stamp or {}))
         written["where"] = (f"inside epoch {pos['epoch']}, after batch {pos['batch']}" if pos
                             else f"after epoch {schedule.epoch}")
         if pos:
@@ -401,7 +402,7 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
         return _train(cfg, label, device, paths, resume, source, lock=lock, **state)
 
 
-RESERVED = {"resume": ".resume.pt", "metrics": ".metrics.jsonl", "final": ".final.json", "lock": ".lock"}
+RESERVED = {what: f".{suffix}" for what, suffix in RUN_FILES.items()}
 
 
 def check_run_paths(cfg, paths, flag, source):
@@ -488,7 +489,8 @@ def _prepare(cfg, label, device, paths, resume, source):
         if cfg["epochs"] < done:
             raise UserError(f"--epochs {cfg['epochs']} is below the {done} epochs this run has already trained: give "
                             f"--epochs {done + 1} or more to train on (its best model is {paths['best']})")
-        state["optimizer_state"], state["position"] = resume["optimizer"], distributed.own_position(resume.get("position"))
+        state["optimizer_state"] = resume["optimizer"]
+        state["position"] = distributed.own_position(resume.get("position"))
         set_rng_state(resume["rng"])
     elif source is not None:
         load_weights(model, source, "the input checkpoint")
