@@ -200,10 +200,12 @@ def _finite(v):
 # rule: (test, what the value must be)
 RULES = {
     "positive_int": (lambda v, s: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "count": (lambda v, s: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     "positive": (lambda v, s: _finite(v) and v > 0, "a finite number > 0"),
     "non_negative": (lambda v, s: _finite(v) and v >= 0, "a finite number >= 0"),
     "probability": (lambda v, s: _finite(v) and 0 <= v < 1, "in [0, 1)"),
     "fraction": (lambda v, s: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    "weight": (lambda v, s: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
     "seed": (lambda v, s: 0 <= v < 2**32, "in [0, 2**32)"),
     "seq_cap": (lambda v, s: v == 0 or v >= 5, "0 (no cap) or at least 5"),
     "choice": (lambda v, s: v in s.choices, "one of {choices}"),
@@ -486,14 +488,12 @@ def validate(cfg):
                         f"leave at least one site with its own mask")
 
 
-def check_numbers(values, positive_ints=(), optional_positive_ints=(), non_negative_ints=()):
-    """Numeric flags of the evaluation tools (which build no training configuration)."""
-    for key in positive_ints:
-        if values[key] is None or values[key] <= 0:
-            raise UserError(f"--{key} must be a positive integer, got {values[key]}")
-    for key in optional_positive_ints:
-        if values[key] is not None and values[key] <= 0:
-            raise UserError(f"--{key} must be a positive integer, got {values[key]}")
-    for key in non_negative_ints:
-        if values[key] < 0:
-            raise UserError(f"--{key} must be >= 0, got {values[key]}")
+def check_flags(values, rules):
+    """The numeric flags of the tools that build no run configuration (evaluate, pointer, dynamiceval),
+    checked by the same ``RULES`` as a run's settings; a flag left out (None) is not checked."""
+    for key, rule in rules.items():
+        value = values[key]
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            test, what = RULES[rule]
+            if v is not None and not test(v, None):
+                raise UserError(f"--{key} must be {what}, got {v}")

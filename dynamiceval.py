@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 from checkpoint import open_checkpoint
-from config import check_numbers, tool_parser
+from config import check_flags, tool_parser
 from data import batchify, count_windows, windows
 from pointer import corpus_of
 from trainer import ppl
@@ -87,23 +87,11 @@ def build_parser():
     return p
 
 
-def check_rate(flag, value, upper=None):
-    if not (math.isfinite(value) and value >= 0 and (upper is None or value <= upper)):
-        rule = f"in [0, {upper}]" if upper is not None else "a finite number >= 0"
-        raise UserError(f"--{flag} must be {rule}, got {value}")
-
-
 def check_args(args):
-    check_numbers(vars(args), positive_ints=("bptt", "batch_size"), optional_positive_ints=("max_batches",),
-                  non_negative_ints=("seed",))
+    check_flags(vars(args), {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "positive_int",
+                             "seed": "seed", "lr": "non_negative", "grid_lr": "non_negative", "lamb": "weight",
+                             "grid_lamb": "weight", "epsilon": "positive"})
     check_device_name(args.device)
-    for flag, upper in (("lr", None), ("lamb", 1)):
-        if getattr(args, flag) is not None:
-            check_rate(flag, getattr(args, flag), upper)
-        for value in getattr(args, f"grid_{flag}") or ():
-            check_rate(f"grid_{flag}", value, upper)
-    if args.epsilon is not None and not (math.isfinite(args.epsilon) and args.epsilon > 0):
-        raise UserError(f"--epsilon must be a finite number > 0, got {args.epsilon}")
     if args.grid and (args.lr is not None or args.lamb is not None):
         raise UserError("--grid searches lr and lamb itself: set the searched values with --grid_lr / "
                         "--grid_lamb instead of --lr / --lamb")

@@ -7,11 +7,11 @@ checkpoint alone; optionally train perplexity, Monte Carlo dropout and the mask 
 import json
 
 from checkpoint import open_checkpoint
-from config import DROPOUT_FLAGS, check_numbers, tool_parser
+from config import DROPOUT_FLAGS, check_flags, tool_parser
 from data import batchify, check_split_sizes
 from mc_dropout import mask_variance, mc_evaluate
 from trainer import evaluate, ppl
-from utils import UserError, check_device_name, check_seed, run_cli, set_seed
+from utils import check_device_name, run_cli, set_seed
 
 def build_parser():
     p = tool_parser(__doc__)
@@ -35,14 +35,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    check_numbers(vars(args), positive_ints=("eval_batch_size", "test_batch_size"),
-                  optional_positive_ints=("bptt", "mc_batch", "max_batches"), non_negative_ints=("mc", "seed"))
+    check_flags(vars(args), {"eval_batch_size": "positive_int", "test_batch_size": "positive_int",
+                             "bptt": "positive_int", "mc_batch": "positive_int", "max_batches": "positive_int",
+                             "mc": "count", "seed": "seed", **{k: "probability" for k in DROPOUT_FLAGS}})
     check_device_name(args.device)
-    check_seed(args.seed)
-    for k in DROPOUT_FLAGS:
-        v = getattr(args, k)
-        if v is not None and not 0.0 <= v < 1.0:
-            raise UserError(f"--{k} must be in [0, 1), got {v}")
     blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
     cfg, data = blob["config"], corpus.path
     check_split_sizes(corpus, {"batch_size": 1, "eval_batch_size": args.eval_batch_size,

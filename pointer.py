@@ -25,7 +25,7 @@ import math
 import torch
 
 from checkpoint import open_checkpoint
-from config import tool_parser
+from config import check_flags, tool_parser
 from data import batchify, count_windows, windows
 from trainer import ppl
 from utils import UserError, progress, run_cli
@@ -67,16 +67,8 @@ def build_parser():
 
 
 def check_args(args):
-    if args.window is not None and args.window <= 0:
-        raise UserError(f"--window must be a positive number of positions, got {args.window}")
-    if args.theta is not None and not 0 <= args.theta < math.inf:
-        raise UserError(f"--theta must be a finite number >= 0, got {args.theta}")
-    if args.lambdasm is not None and not 0.0 <= args.lambdasm <= 1.0:
-        raise UserError(f"--lambdasm must be in [0, 1], got {args.lambdasm}")
-    if args.bptt is not None and args.bptt <= 0:
-        raise UserError(f"--bptt must be positive, got {args.bptt}")
-    if args.max_batches is not None and args.max_batches <= 0:
-        raise UserError(f"--max_batches must be positive, got {args.max_batches}")
+    check_flags(vars(args), {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight",
+                             "bptt": "positive_int", "max_batches": "positive_int"})
 
 
 def corpus_of(blob):

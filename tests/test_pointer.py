@@ -181,7 +181,7 @@ def test_awd_scoring_replicates_the_reference_script(repeated):
     (["--theta", "inf"], "--theta must be a finite number >= 0"),
     (["--lambdasm", "1.5"], "--lambdasm must be in [0, 1]"),
     (["--lambdasm", "-0.1"], "--lambdasm must be in [0, 1]"),
-    (["--bptt", "0"], "--bptt must be positive"),
+    (["--bptt", "0"], "--bptt must be a positive integer"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, flags, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
