@@ -351,14 +351,19 @@ def atomic_write_jsonl(rows, target):
 
 
 def code_commit():
-    """The commit of this checkout's code (``-dirty`` when tracked files were edited), for the record of a
-    result; "unknown" outside a git checkout."""
+    """The commit of this checkout's code, ``-dirty`` when a tracked source file (not a result) was edited,
+    for the record of a result; "unknown" outside a git checkout."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=30)
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=here,
+                              timeout=30)
+        edited = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py", "*.sh"],
+                                capture_output=True, text=True, cwd=here, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if edited.stdout.strip() else "")
 
 
 def cpu_model():
