@@ -59,8 +59,10 @@ from mc_dropout import mask_variance
 from study import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, FULL_SEEDS, KAPPAS, OTHER_SEEDS, QUICK, SITE_NAMES,
                    STUDY_SITES, variant_kappa)
 from study_report import report, report_path
-from trainer import run, run_paths
-from utils import UserError, atomic_write_json, code_commit, cpu_model, get_device, run_cli, set_seed
+from runfiles import run_paths
+from trainer import run
+from utils import get_device, set_seed
+from runfiles import UserError, atomic_write_json, code_commit, cpu_model, run_cli
 
 STUDIES = ("full", "seeds", "kappa", "masks")
 COMMIT = "unknown"

@@ -44,8 +44,10 @@ from fraternal import Regularizer, overlap_blocker
 from fused_loss import chunk_rows
 from model import RNNModel
 from schedule import Schedule
-from trainer import evaluate, make_optimizer, train_step
-from utils import UserError, cpu_model, get_device, run_cli, set_seed
+from scoring import evaluate
+from trainer import make_optimizer, train_step
+from utils import get_device, set_seed
+from runfiles import UserError, cpu_model, run_cli
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
 TINY = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"]

@@ -14,25 +14,10 @@ import torch
 
 from data import Corpus
 from model import RNNModel
-from utils import UserError, atomic_torch_save, get_device
+from runfiles import UserError, sidecar
+from utils import atomic_torch_save, get_device
 
 FORMAT = "fraternal-dropout-checkpoint-v1"
-
-
-def sidecar(save, what):
-    """Files that live next to the best-model checkpoint ``save``: resume, metrics, final."""
-    save = Path(save)
-    stem = save.with_suffix("") if save.suffix == ".pt" else save
-    return Path(f"{stem}.{what}")
-
-
-# The files a run writes beside its best model, by what they are.
-RUN_FILES = {"resume": "resume.pt", "metrics": "metrics.jsonl", "final": "final.json", "lock": "lock"}
-
-
-def run_paths(save):
-    """Every file of the run whose best model is ``save``."""
-    return {"best": str(save), **{what: str(sidecar(save, suffix)) for what, suffix in RUN_FILES.items()}}
 
 
 def schedule_finished(resume, epochs):

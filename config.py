@@ -12,10 +12,10 @@ import math
 import os
 from dataclasses import dataclass
 
-from checkpoint import run_paths, sidecar
+from runfiles import UserError, run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS
 from masks import SITE_RATE, SITES as MASK_SITES
-from utils import UserError, check_device_name
+from utils import check_device_name
 
 PRESETS = {
     "single": dict(  # single-layer PTB ablation setup

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from utils import UserError, atomic_torch_save
+from utils import atomic_torch_save
+from runfiles import UserError
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 2

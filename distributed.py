@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 
 import checkpoint
-from utils import UserError, get_device
+from utils import get_device
+from runfiles import UserError
 
 TIMEOUT = timedelta(minutes=10)  # the longest wait in a collective: a checkpoint write on rank 0
 FAREWELL = timedelta(hours=6)  # the other ranks' wait at the end of a run: rank 0's test evaluation

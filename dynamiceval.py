@@ -30,8 +30,9 @@ from checkpoint import open_checkpoint
 from config import check_flags, tool_parser
 from data import batchify, count_windows, windows
 from pointer import corpus_of
-from trainer import ppl
-from utils import UserError, check_device_name, progress, repackage_hidden, run_cli, set_seed
+from scoring import ppl
+from utils import check_device_name, progress, repackage_hidden, set_seed
+from runfiles import UserError, run_cli
 
 # The paper's AWD-LSTM settings (its README's replication commands: lr 0.002, lamb 0.02, epsilon
 # 0.001, segments of 5, statistics over the whole training set at batch 100), stated in the first

@@ -10,8 +10,9 @@ from checkpoint import open_checkpoint
 from config import DROPOUT_FLAGS, check_flags, tool_parser
 from data import batchify, check_split_sizes
 from mc_dropout import mask_variance, mc_evaluate
-from trainer import evaluate, ppl
-from utils import check_device_name, run_cli, set_seed
+from scoring import evaluate, ppl
+from utils import check_device_name, set_seed
+from runfiles import run_cli
 
 def build_parser():
     p = tool_parser(__doc__)

@@ -12,7 +12,7 @@ import distributed
 from checkpoint import load_checkpoint
 from config import build_config, build_finetune_parser
 from trainer import run
-from utils import UserError, run_cli
+from runfiles import UserError, run_cli
 
 
 def build_parser():

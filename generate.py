@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import RUN_FILES, open_checkpoint
+from checkpoint import open_checkpoint
+from runfiles import RUN_FILES, UserError, atomic_write_text, check_output_path, run_cli
 from config import tool_parser
-from utils import UserError, atomic_write_text, check_output_path, check_seed, run_cli
+from utils import check_seed
 
 
 def build_parser():

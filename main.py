@@ -9,7 +9,7 @@ import distributed
 from checkpoint import load_checkpoint
 from config import build_config, build_train_parser
 from trainer import run
-from utils import run_cli
+from runfiles import run_cli
 
 
 def main(argv=None):

@@ -11,8 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from checkpoint import sidecar
-from utils import UserError, run_cli
+from runfiles import UserError, run_cli, sidecar
 
 PANELS = (("train_ppl", "train perplexity", True), ("valid_ppl", "validation perplexity", True),
           ("lr", "learning rate", False), ("penalty", "penalty (times kappa)", False))

@@ -27,8 +27,9 @@ import torch
 from checkpoint import open_checkpoint
 from config import check_flags, tool_parser
 from data import batchify, count_windows, windows
-from trainer import ppl
-from utils import UserError, progress, run_cli
+from scoring import ppl
+from utils import progress
+from runfiles import UserError, run_cli
 
 # Cache settings per corpus and source.  readme: awd-lstm-lm's README pointer commands at bf0742c
 # ("Finally, run the pointer"), beside its own numbers (PTB 53.2 / 52.5, WT2 52.2 / 50.6).  paper: the

@@ -34,10 +34,11 @@ import torch
 from tqdm import tqdm
 
 import rows
-from checkpoint import load_checkpoint, run_paths, schedule_finished
+from checkpoint import load_checkpoint, schedule_finished
+from runfiles import RunLock, UserError, atomic_write_json, code_commit, cpu_model, run_cli, run_paths
 from config import outcome, train_config
 from data import SPLITS, content_sha256, write_corpus_cut
-from utils import RunLock, UserError, atomic_write_json, check_device_name, code_commit, cpu_model, run_cli
+from utils import check_device_name
 
 REPO = Path(__file__).resolve().parent
 TOOLS = {"train": "main.py", "finetune": "finetune.py", "pointer": "pointer.py", "dyneval": "dynamiceval.py"}

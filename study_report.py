@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from study import ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, QUICK, SITE_NAMES, STUDY_SITES, variant_kappa
-from utils import UserError, atomic_write_json, run_cli
+from runfiles import UserError, atomic_write_json, run_cli
 
 BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
 END = "<!-- end of ablation.py's report -->"

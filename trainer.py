@@ -15,18 +15,18 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed
-from checkpoint import (RUN_FILES, check_vocab, load_checkpoint, load_weights, run_paths, save_checkpoint,
-                        set_rng_state, vocab_info)
-from data import Corpus, batchify, check_split_sizes, count_windows, first_lines, get_batch, windows
+from checkpoint import check_vocab, load_checkpoint, load_weights, save_checkpoint, set_rng_state, vocab_info
+from runfiles import (RUN_FILES, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
+                      remove_stale_temp_files, run_paths)
+from scoring import evaluate, ppl
+from data import Corpus, batchify, check_split_sizes, first_lines, get_batch
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from model import RNNModel
 from schedule import ANNEAL, STOP, SWITCH, Schedule
-from utils import (DeferredInterrupt, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl,
-                   check_output_path, get_device, progress, remove_stale_temp_files, repackage_hidden, set_seed)
+from utils import DeferredInterrupt, get_device, progress, repackage_hidden, set_seed
 
 RULE = "-" * 89
 
@@ -38,25 +38,6 @@ class NonFiniteLoss(UserError):
 def non_finite(which, value, where, best):
     kept = f"the best checkpoint {best} is intact" if os.path.exists(best) else "no checkpoint had been saved yet"
     return NonFiniteLoss(f"the {which} loss became {value} in {where}; {kept}: retry with a lower --lr or --clip")
-
-
-def ppl(loss):
-    return math.exp(loss) if loss < 700 else float("inf")
-
-
-@torch.no_grad()
-def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation"):
-    """Mean token cross-entropy over a batchified stream, hidden state carried throughout."""
-    model.eval()
-    hidden = model.init_hidden(batch_size)
-    total = torch.zeros((), device=source.device)
-    count = 0
-    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
-                                  desc, enabled=distributed.is_main()):
-        logits, hidden = model(data, hidden)
-        total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
-        count += targets.numel()
-    return total.item() / count
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import pytest
 
 import ablation
 import study_report
-from utils import UserError
+from runfiles import UserError
 
 
 def quick(tiny_corpus, out, *extra):

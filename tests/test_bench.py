@@ -14,7 +14,7 @@ import torch
 
 import bench
 import config
-from utils import UserError
+from runfiles import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = tuple(config.PRESETS)

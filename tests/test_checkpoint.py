@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import (FORMAT, load_checkpoint, load_weights, model_from_checkpoint, rng_state,
-                        run_paths, save_checkpoint, set_rng_state)
+from checkpoint import FORMAT, load_checkpoint, load_weights, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from runfiles import UserError, run_paths
 from config import build_config, build_train_parser
 from model import RNNModel
-from utils import UserError
 
 VOCAB = {"size": 30, "sha256": "0" * 64}
 
@@ -83,7 +82,7 @@ def test_atomic_writes_take_the_umask_of_the_moment_without_changing_it(tmp_path
     import os
     import stat
 
-    from utils import atomic_write_text
+    from runfiles import atomic_write_text
     old = os.umask(0o027)
     try:
         atomic_write_text("x", tmp_path / "a.txt")

@@ -15,7 +15,8 @@ from model import RNNModel
 import trainer
 from checkpoint import weights_sha256
 from config import build_config, train_config
-from utils import UserError, atomic_torch_save
+from utils import atomic_torch_save
+from runfiles import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

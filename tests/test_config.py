@@ -3,7 +3,7 @@
 import pytest
 
 from config import SETTINGS, build_config, build_train_parser, validate
-from utils import UserError
+from runfiles import UserError
 
 
 def train_config(*argv):

@@ -8,7 +8,7 @@ import torch
 
 import data
 from data import Corpus, batchify, get_batch
-from utils import UserError
+from runfiles import UserError
 
 CACHE_GLOB = ".corpus-cache-*.pt"
 

@@ -20,8 +20,9 @@ from model import RNNModel
 import pointer
 from checkpoint import save_checkpoint, vocab_info
 from data import Corpus, batchify, count_windows, windows
-from trainer import evaluate, ppl
-from utils import UserError, repackage_hidden, set_seed
+from scoring import evaluate, ppl
+from utils import repackage_hidden, set_seed
+from runfiles import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(emsize=16, nhid=24, nlayers=2, dropout=0.4, dropouth=0.3, dropouti=0.4, dropoute=0.1, wdrop=0.5,

@@ -13,7 +13,7 @@ import main as main_cli
 from config import build_config, build_train_parser, train_config
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from model import RNNModel
-from utils import UserError
+from runfiles import UserError
 
 V, T, B = 40, 6, 3
 CUDA = torch.device("cuda")  # a device name only: nothing runs on it here

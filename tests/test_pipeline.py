@@ -11,7 +11,7 @@ import generate
 import main as main_cli
 import pointer
 from config import train_config
-from utils import UserError
+from runfiles import UserError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MODULES = {"main.py": main_cli, "finetune.py": finetune, "evaluate.py": evaluate, "pointer.py": pointer,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import plot
-from utils import UserError
+from runfiles import UserError
 
 GPU = Path(__file__).resolve().parent.parent / "results" / "gpu"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

@@ -9,6 +9,7 @@ import torch
 
 import main as main_cli
 import trainer
+import runfiles
 import utils
 
 
@@ -49,7 +50,7 @@ def test_ctrl_c_in_the_first_epoch_writes_a_resume_point_and_says_how_to_continu
 
     monkeypatch.setattr(trainer, "train_step", ctrl_c_at_batch_5)
     save = tmp_path / "c.pt"
-    with pytest.raises(utils.Interrupted, match="continue with"):  # exit code 130, before any checkpoint
+    with pytest.raises(runfiles.Interrupted, match="continue with"):  # exit code 130, before any checkpoint
         main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0"))
     captured = capsys.readouterr()
     assert len(calls) == 5  # stopped after the batch under way, not before
@@ -69,14 +70,14 @@ def test_ctrl_c_in_the_first_epoch_writes_a_resume_point_and_says_how_to_continu
 
 def test_the_lock_belongs_to_the_run_in_progress_only(tmp_path):
     path = tmp_path / "r.lock"
-    with utils.RunLock(path):
+    with runfiles.RunLock(path):
         assert path.exists()
         try:
-            with utils.RunLock(path):
+            with runfiles.RunLock(path):
                 raise AssertionError("a second holder got the lock")
-        except utils.UserError as e:
+        except runfiles.UserError as e:
             assert "another process" in str(e)
     assert not path.exists()
-    with utils.RunLock(path):  # taken again after the first run ended
+    with runfiles.RunLock(path):  # taken again after the first run ended
         assert path.exists()
     assert not path.exists()

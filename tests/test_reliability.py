@@ -12,9 +12,11 @@ import finetune as finetune_cli
 import generate as generate_cli
 import main as main_cli
 import trainer
+import runfiles
 import utils
 from test_cli import assert_one_line_error, cli, rows, tiny_args
-from utils import RunLock, UserError, atomic_torch_save
+from utils import atomic_torch_save
+from runfiles import RunLock, UserError
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_unwritable_save_is_found_before_any_training(tiny_corpus, tmp_path, mon
 
         def refuse(*a, **k):  # what a read-only or immutable folder does, even to root
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(utils.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(runfiles.tempfile, "mkstemp", refuse)
     trained = []
     monkeypatch.setattr(trainer, "train_epoch", lambda *a, **k: trained.append(1))
     with pytest.raises(UserError, match="--save"):
@@ -269,7 +271,7 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(tiny_corpus, tmp_path
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(trainer, "train_step", killed_in_epoch_2)
-    with pytest.raises(utils.Interrupted):
+    with pytest.raises(runfiles.Interrupted):
         main_cli.main(tiny_args(tiny_corpus, tmp_path / "cut.pt", *args, epochs=2))
     blob = torch.load(tmp_path / "cut.resume.pt", weights_only=True)
     assert blob["position"]["epoch"] == 2 and blob["position"]["batch"] >= 1
@@ -398,7 +400,7 @@ def test_generate_never_writes_text_over_a_run_and_a_full_disk_is_one_line(run_a
 
     def full(fd):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(utils.os, "fsync", full)
+    monkeypatch.setattr(runfiles.os, "fsync", full)
     with pytest.raises(UserError, match="no space left"):
         generate_cli.main(["--save", str(run_a), "--device", "cpu", "--words", "3", "--outf", str(tmp_path / "s.txt")])
     assert list(tmp_path.iterdir()) == []  # no temp file left
@@ -440,7 +442,7 @@ def test_temp_file_clean_up_touches_only_the_runs_own(tmp_path):
     theirs, mine = tmp_path / ".a.b.pt.k3j4h5g6.tmp", tmp_path / ".a.q1w2e3r4.tmp"
     theirs.write_bytes(b"another run's write in progress")
     mine.write_bytes(b"left by a killed write")
-    utils.remove_stale_temp_files(tmp_path / "a")
+    runfiles.remove_stale_temp_files(tmp_path / "a")
     assert theirs.exists() and not mine.exists()
 
 
@@ -481,7 +483,7 @@ def test_words_of_the_messages(tmp_path, monkeypatch):
         with pytest.raises(UserError, match="choose another --out"):
             with RunLock(tmp_path / "f.lock", "--out"):
                 pass
-    assert utils.size_text(0) == "0 bytes" and utils.size_text(3 << 10) == "3 KiB"
+    assert runfiles.size_text(0) == "0 bytes" and runfiles.size_text(3 << 10) == "3 KiB"
 
 
 def test_resume_without_its_best_model_leaves_no_stale_final_json(run_a, tmp_path):
@@ -561,9 +563,9 @@ def test_a_lock_file_removed_while_the_run_trains_is_put_back_and_a_takeover_sto
 def test_ctrl_c_exits_130_with_one_line_saying_how_to_continue(capsys):
     """L-1: an interrupted run is not a finished one, whatever it saved: never exit 0."""
     def interrupted():
-        raise utils.Interrupted("continue with: python main.py --resume runs/x.resume.pt")
+        raise runfiles.Interrupted("continue with: python main.py --resume runs/x.resume.pt")
     with pytest.raises(SystemExit) as e:
-        utils.run_cli(interrupted)
+        runfiles.run_cli(interrupted)
     assert e.value.code == 130
     assert capsys.readouterr().err == "interrupted: continue with: python main.py --resume runs/x.resume.pt\n"
 
@@ -574,7 +576,7 @@ def test_finetune_interrupted_in_its_first_epoch_says_so(run_a, tmp_path, monkey
         raise KeyboardInterrupt
     monkeypatch.setattr(trainer, "train_epoch", ctrl_c)
     out = tmp_path / "ft.pt"
-    with pytest.raises(utils.Interrupted, match="no resume point was written yet"):
+    with pytest.raises(runfiles.Interrupted, match="no resume point was written yet"):
         finetune_cli.main(["--save", str(run_a), "--out", str(out), "--device", "cpu", "--batch_size", "4",
                            "--eval_batch_size", "4"])
     text = capsys.readouterr().out
@@ -602,7 +604,7 @@ def test_ctrl_c_under_torchrun_is_one_line_from_one_process_and_no_test_evaluati
     monkeypatch.setattr(distributed.os, "_exit", leave)
     for rank, said in ((1, ""), (0, "interrupted: continue with: python main.py --resume x\n")):
         with pytest.raises(SystemExit) as e:
-            distributed._abort(utils.Interrupted("continue with: python main.py --resume x"), rank, 2)
+            distributed._abort(runfiles.Interrupted("continue with: python main.py --resume x"), rank, 2)
         assert e.value.code == 130 and capsys.readouterr().err == said
 
     real = trainer.train_epoch
@@ -613,7 +615,7 @@ def test_ctrl_c_under_torchrun_is_one_line_from_one_process_and_no_test_evaluati
         return real(model, optimizer, train_data, cfg, reg, epoch, 3, **kw)
     monkeypatch.setattr(trainer, "train_epoch", ctrl_c_in_epoch_2)
     monkeypatch.setattr(distributed, "size", lambda: 2)  # rank 0 of 2 (the collectives are no-ops in one process)
-    with pytest.raises(utils.Interrupted, match="continue with: python main.py --resume"):
+    with pytest.raises(runfiles.Interrupted, match="continue with: python main.py --resume"):
         main_cli.main(tiny_args(tiny_corpus, tmp_path / "t.pt", epochs=3))
     out = capsys.readouterr().out
     assert f"python evaluate.py --save {tmp_path / 't.pt'}" in out and "End of training" not in out

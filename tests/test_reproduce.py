@@ -13,7 +13,7 @@ import pytest
 
 import reproduce
 import rows
-from utils import UserError
+from runfiles import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 # A chain that fails at run time (main.py finds the corpus cut too small for its batch), not at plan time.
