@@ -1,0 +1,115 @@
+"""Reading and summarizing results, torch-free: per-epoch metrics, mean and spread, optional plots.
+
+The table report, the study report and plot.py all read runs through these few functions, so a damaged
+metrics file means the same one line everywhere, and a missing matplotlib is said the same way.
+"""
+import functools
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from runfiles import UserError
+
+MATPLOTLIB_HINT = "pip install matplotlib"
+
+
+def read_metrics(path, keys=("epoch", "valid_ppl")):
+    """The epoch rows of a ``.metrics.jsonl`` (main.py and finetune.py write one JSON line per epoch).
+    Every problem is one UserError naming the file and, where it is one line's, the line."""
+    import json
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a metrics file: name a run's NAME.metrics.jsonl or checkpoint")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"no metrics at {path}: name a run's checkpoint or its .metrics.jsonl") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file (not UTF-8): name a .metrics.jsonl written by main.py") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}): check its permissions") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path} line {number} is not JSON (a truncated or damaged file): rerun or restore "
+                            f"the run's metrics") from None
+        bad = [k for k in keys if not isinstance(row, dict) or not _number(row.get(k))]
+        if bad:
+            raise UserError(f"{path} line {number}: {bad[0]} is missing or not a number: name a metrics file "
+                            f"written by main.py or finetune.py")
+        rows.append(row)
+    return rows
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def mean_sd(values):
+    """Mean and sample standard deviation: (None, None) for no values, sd None for one."""
+    values = list(values)
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def mean_sd_text(values, digits=2):
+    mean, sd = mean_sd(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+
+@functools.lru_cache(maxsize=None)
+def _import_pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def pyplot(required=False):
+    """matplotlib's pyplot, or (it is optional) None with one line said once; ``required``: a UserError."""
+    plt = _import_pyplot()
+    if plt is None and required:
+        raise UserError(f"matplotlib is not installed, and plotting needs it: {MATPLOTLIB_HINT}")
+    if plt is None and not getattr(pyplot, "said", False):
+        print(f"matplotlib is not installed, so no plots were drawn: {MATPLOTLIB_HINT}", file=sys.stderr)
+        pyplot.said = True
+    return plt
+
+
+def draw_curve(ax, rows, key, label=None, offset=0, **style):
+    """One run's ``key`` per epoch on ``ax``: whole epochs on the axis (shifted by ``offset``, so a
+    fine-tuning can follow its training), and a run of one epoch drawn as a point, not an empty line."""
+    from matplotlib.ticker import MaxNLocator
+    xs = [row["epoch"] + offset for row in rows]
+    ys = [row[key] for row in rows]
+    marker = "o" if len(xs) == 1 else ("." if len(xs) < 30 else None)
+    ax.plot(xs, ys, marker=marker, label=label, **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def save_figure(fig, path, dpi=110):
+    """Write a figure atomically (temp file, then rename), and close it."""
+    import os
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}): choose a writable folder for it") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        _import_pyplot().close(fig)
