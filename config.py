@@ -10,66 +10,80 @@ regularizer's settings, the variant), then the setting's own default.
 import argparse
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runfiles import UserError, run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS
 from masks import SITE_RATE, SITES as MASK_SITES
 from utils import check_device_name
 
-PRESETS = {
-    "single": dict(  # single-layer PTB ablation setup
-        data="data/penn", emsize=655, nhid=655, nlayers=1, lr=30.0, clip=0.25, epochs=1000,
-        batch_size=64, bptt=35, dropout=0.4, dropouth=0.0, dropouti=0.65, dropoute=0.1, wdrop=0.5,
-        seed=321, nonmono=5, alpha=0.0, beta=0.0, wdecay=1.2e-6, optimizer="sgd-anneal",
-        locked=False, tied=True, max_seq_len=45, reset_hidden_prob=0.01, patience=20, anneal=3.0,
-        min_lr=0.1),
-    "awd-ptb": dict(  # 3-layer AWD-LSTM on PTB
-        data="data/penn", emsize=400, nhid=1150, nlayers=3, lr=30.0, clip=0.25, epochs=750,
-        batch_size=20, bptt=70, dropout=0.4, dropouth=0.3, dropouti=0.4, dropoute=0.1, wdrop=0.5,
-        seed=321, nonmono=60, alpha=0.0, beta=0.0, wdecay=1.2e-6, optimizer="asgd-nt",
-        locked=True, tied=True, max_seq_len=0, reset_hidden_prob=0.0, patience=20, anneal=3.0,
-        min_lr=0.1),
+CORPORA = {"ptb": "data/penn", "wt2": "data/wikitext-2"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One experiment setup, declared once.  ``values``: every setting whose default is the preset's (and any
+    other setting it changes); ``finetune``: the reference fine-tuning row (batch_size, epochs, seed);
+    ``kappa``: per variant, where the preset's experiments used another kappa than fraternal.VARIANTS';
+    ``pointer``: the key of its cache-pointer settings (pointer.py): paper, readme or tag."""
+    corpus: str  # ptb or wt2
+    values: dict
+    finetune: dict
+    pointer: str
+    source: str
+    kappa: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", dict(self.values, data=CORPORA[self.corpus]))
+
+
+_SINGLE = dict(emsize=655, nhid=655, nlayers=1, lr=30.0, clip=0.25, epochs=1000, batch_size=64, bptt=35, dropout=0.4,
+               dropouth=0.0, dropouti=0.65, dropoute=0.1, wdrop=0.5, seed=321, nonmono=5, alpha=0.0, beta=0.0,
+               wdecay=1.2e-6, optimizer="sgd-anneal", locked=False, tied=True, max_seq_len=45, reset_hidden_prob=0.01,
+               patience=20, anneal=3.0, min_lr=0.1)
+_FD = dict(_SINGLE, emsize=400, nhid=1150, nlayers=3, epochs=750, batch_size=20, bptt=70, dropouth=0.3, dropouti=0.4,
+           nonmono=60, optimizer="asgd-nt", locked=True, max_seq_len=0, reset_hidden_prob=0.0)
+# AWD-LSTM's own recipe (not FD's with kappa 0): NT-ASGD with n = 5, AR 2, TAR 1.
+_AWD = dict(_FD, nonmono=5, alpha=2.0, beta=1.0)
+_MERITY_PTB = dict(_AWD, batch_size=40, seed=141, epochs=500)
+_MERITY_WT2 = dict(_AWD, batch_size=80, dropouti=0.65, seed=1882)
+FD_PAPER = "Zolna et al. 2018 (fraternal dropout)"
+# The seeds of merity-* and merity-readme-*: neither the paper nor the README at bf0742c names one; we take the
+# README commands' (141 PTB, 1882 WT2).  The README of awd-lstm-lm's tag PyTorch==0.1.12 does name its seeds
+# (28 PTB; 20923 WT2, 1111 for its fine-tuning): the merity-tag-* presets use them.
+TAG = "awd-lstm-lm at tag PyTorch==0.1.12, its README's exact-reproduction commands"
+PRESET = {
+    "single": Preset("ptb", _SINGLE, dict(batch_size=64, epochs=500, seed=141), "readme",
+                     f"{FD_PAPER}, single-layer PTB ablation setup (fine-tuning row: ours)", {"FD": 0.15}),
+    "awd-ptb": Preset("ptb", _FD, dict(batch_size=20, epochs=500, seed=141), "readme", f"{FD_PAPER}, 3-layer PTB"),
+    # trains at batch 40 and fine-tunes at 80, as the WT2 README command fine-tuned
+    "awd-wt2": Preset("wt2", dict(_FD, batch_size=40, dropouth=0.2, dropouti=0.65),
+                      dict(batch_size=80, epochs=750, seed=1882), "readme", f"{FD_PAPER}, 3-layer WikiText-2"),
+    # The paper's text (arXiv 1708.02182, "Experiment details"): batch 40 (PTB) and 80 (WT2), dropouts 0.4 / 0.3 /
+    # 0.4 / 0.1, input dropout 0.65 on WT2, 750 epochs; except PTB's 500: the authors' later note (awd-lstm-lm
+    # README at 19470c8) on how the paper's PTB model was trained.  Each fine-tunes at its training batch.
+    "merity-ptb": Preset("ptb", _MERITY_PTB, dict(batch_size=40, epochs=500, seed=141), "paper",
+                         "Merity et al. 2017 (arXiv 1708.02182), Experiment details; 500 epochs: README at 19470c8"),
+    "merity-wt2": Preset("wt2", _MERITY_WT2, dict(batch_size=80, epochs=750, seed=1882), "paper",
+                         "Merity et al. 2017 (arXiv 1708.02182), Experiment details"),
+    # awd-lstm-lm's README commands at the paper's commit bf0742c, with their own numbers.
+    "merity-readme-ptb": Preset("ptb", dict(_MERITY_PTB, batch_size=20, dropouth=0.25),
+                                dict(batch_size=20, epochs=500, seed=141), "readme", "awd-lstm-lm README at bf0742c"),
+    "merity-readme-wt2": Preset("wt2", dict(_MERITY_WT2, dropouth=0.2), dict(batch_size=80, epochs=750, seed=1882),
+                                "readme", "awd-lstm-lm README at bf0742c"),
+    # The code of the paper's time draws a new locked-dropout mask at every time step (locked_mask timestep).
+    "merity-tag-ptb": Preset("ptb", dict(_AWD, seed=28, epochs=300, locked_mask="timestep"),
+                             dict(batch_size=20, epochs=300, seed=28), "tag", TAG),
+    "merity-tag-wt2": Preset("wt2", dict(_MERITY_WT2, seed=20923, epochs=750, locked_mask="timestep"),
+                             dict(batch_size=80, epochs=750, seed=1111), "tag", TAG),
 }
-PRESETS["awd-wt2"] = dict(PRESETS["awd-ptb"], data="data/wikitext-2", batch_size=40, dropouth=0.2,
-                          dropouti=0.65)
-# Merity et al.'s own AWD-LSTM runs, the "AWD-LSTM without FD" rows: one preset per source, each beside
-# that source's numbers (README "Reproducing the paper").
-# merity-*: the paper's text (arXiv 1708.02182, "Experiment details"): NT-ASGD with n = 5, batch 40 (PTB)
-#   and 80 (WT2), dropout on word vectors / between layers / final output / embedding 0.4 / 0.3 / 0.4 /
-#   0.1, input dropout 0.65 on WT2, weight drop 0.5, AR 2, TAR 1, 750 epochs; except PTB's epochs: 500,
-#   the authors' later note (awd-lstm-lm README at 19470c8) on how the paper's PTB model was trained.
-#   The paper names no seed: we take the README commands' (141 PTB, 1882 WT2).
-# merity-readme-*: awd-lstm-lm's README commands at the paper's commit bf0742c, with their own numbers:
-#   PTB batch 20, dropouth 0.25, 500 epochs; WT2 batch 80, dropouth 0.2, 750 epochs; same seeds.
-_AWD = dict(nonmono=5, alpha=2.0, beta=1.0)
-PRESETS["merity-ptb"] = dict(PRESETS["awd-ptb"], **_AWD, batch_size=40, dropouth=0.3, dropouti=0.4, seed=141,
-                             epochs=500)
-PRESETS["merity-wt2"] = dict(PRESETS["awd-ptb"], **_AWD, data="data/wikitext-2", batch_size=80, dropouth=0.3,
-                             dropouti=0.65, seed=1882, epochs=750)
-PRESETS["merity-readme-ptb"] = dict(PRESETS["merity-ptb"], batch_size=20, dropouth=0.25)
-PRESETS["merity-readme-wt2"] = dict(PRESETS["merity-wt2"], dropouth=0.2)
-
-# The reference fine-tuning row: batch size, epoch limit and seed per preset (single: ours; the others:
-# the same batch as their training, as each source fine-tuned).
-FINETUNE = {
-    "single": dict(batch_size=64, epochs=500, seed=141),
-    "awd-ptb": dict(batch_size=20, epochs=500, seed=141),
-    "awd-wt2": dict(batch_size=80, epochs=750, seed=1882),
-    "merity-ptb": dict(batch_size=40, epochs=500, seed=141),
-    "merity-wt2": dict(batch_size=80, epochs=750, seed=1882),
-    "merity-readme-ptb": dict(batch_size=20, epochs=500, seed=141),
-    "merity-readme-wt2": dict(batch_size=80, epochs=750, seed=1882),
-}
-
-
-# Each variant's kappa is fraternal.VARIANTS' unless a preset's experiments used another.
-PRESET_KAPPA = {("single", "FD"): 0.15}
+PRESETS = {name: p.values for name, p in PRESET.items()}
+FINETUNE = {name: p.finetune for name, p in PRESET.items()}
 
 OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
 DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropouti, dropoute, wdrop
 
-PRESET, VARIANT = "<preset>", "<variant>"  # defaults read from PRESETS / the variant
+FROM_PRESET, FROM_VARIANT = "<preset>", "<variant>"  # defaults read from the preset / the variant
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class Setting:
     name: str
     kind: type
     help: str
-    default: object = PRESET
+    default: object = FROM_PRESET
     rule: str = ""
     group: str = "optimization"
     choices: tuple = ()
@@ -122,16 +136,19 @@ SETTINGS = (
             finetune="override the checkpoint's wdrop rate"),
     Setting("locked", bool, "one dropout mask per sequence, reused over time; --no-locked draws full-shape masks",
             group="model"),
+    Setting("locked_mask", str, "sequence: one mask per sequence reused over time (awd-lstm-lm since 2017-09-01); "
+            "timestep: a new mask at every time step shared across the batch, as awd-lstm-lm's tag PyTorch==0.1.12 "
+            "drew it", "sequence", "choice", "model", ("sequence", "timestep"), before="sequence"),
     Setting("tied", bool, "tie embedding and softmax weights", group="model"),
     # regularizer
     Setting("kappa", float, "weight of the penalty between the two passes. 0 keeps FD's two passes and averaged "
-            "target without a penalty (the reference reset kappa <= 0 to the default)", VARIANT, "non_negative",
+            "target without a penalty (the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative",
             "regularizer"),
-    Setting("double_target", bool, "average the target loss of both passes (on for FD and RD)", VARIANT,
+    Setting("double_target", bool, "average the target loss of both passes (on for FD and RD)", FROM_VARIANT,
             group="regularizer"),
-    Setting("eval_auxiliary", bool, "run the second pass in eval mode, without dropout (on for ELD)", VARIANT,
+    Setting("eval_auxiliary", bool, "run the second pass in eval mode, without dropout (on for ELD)", FROM_VARIANT,
             group="regularizer"),
-    Setting("penalty", str, "the penalty between the passes", VARIANT, "choice", "regularizer", tuple(PENALTIES),
+    Setting("penalty", str, "the penalty between the passes", FROM_VARIANT, "choice", "regularizer", tuple(PENALTIES),
             flag=False),
     Setting("same_mask", str, "sites of pass 1's masks that pass 2 reuses (--same_mask_e/i/h/w/o)", "", "mask_sites",
             "regularizer", flag=False),
@@ -216,7 +233,7 @@ RULES = {
 
 
 def default_kappa(preset, model):
-    return PRESET_KAPPA.get((preset, model), VARIANTS[model].kappa)
+    return PRESET[preset].kappa.get(model, VARIANTS[model].kappa)
 
 
 # ---------------------------------------------------------------- command lines
@@ -228,17 +245,17 @@ def preset_values(name, table=PRESETS):
 
 def kappa_values():
     return "; ".join(f"{m} {v.kappa:g}" for m, v in VARIANTS.items()) + "".join(
-        f"; {m} on {p} {k:g}" for (p, m), k in PRESET_KAPPA.items())
+        f"; {m} on {p} {k:g}" for p, row in PRESET.items() for m, k in row.kappa.items())
 
 
 def add_flag(group, s, help_text=None, table=PRESETS):
     """``s`` as a flag defaulting to None: the help says where its value comes from when not given."""
     text = help_text or s.help
-    if help_text is None and s.default == PRESET:
+    if help_text is None and s.default == FROM_PRESET:
         text += f" ({preset_values(s.name, table)})"
     elif help_text is None and s.name == "kappa":
         text += f" ({kappa_values()})"
-    elif help_text is None and s.default not in (VARIANT, None, False) and "default" not in text:
+    elif help_text is None and s.default not in (FROM_VARIANT, None, False) and "default" not in text:
         text += f" (default {s.default})"
     names = [f"--{s.name}"] + ([f"--{s.name.replace('_', '-')}"] if s.name == "log_interval" else [])
     if s.kind is bool:
@@ -337,8 +354,7 @@ def _train_config(flags):
     for s in SETTINGS:
         if s.optional:
             continue
-        default = PRESETS[preset][s.name] if s.default == PRESET else (
-            from_variant[s.name] if s.default == VARIANT else s.default)
+        default = from_variant[s.name] if s.default == FROM_VARIANT else PRESETS[preset].get(s.name, s.default)
         cfg[s.name] = given[s.name] if s.flag and s.name in given else default
     cfg.update(preset=preset, model=model, dry_run=bool(given.get("dry_run")))
     cfg["same_mask"] = "".join(site for site in MASK_SITES if given.get(f"same_mask_{site}"))

@@ -2,7 +2,7 @@
 --help, and the one validation every entry point's configuration goes through (RunConfig's types)."""
 import pytest
 
-from config import SETTINGS, build_config, build_train_parser, validate
+from config import FROM_PRESET, PRESET, SETTING, SETTINGS, build_config, build_train_parser, validate
 from runfiles import UserError
 
 
@@ -51,10 +51,40 @@ def test_merity_presets_pair_each_source_with_its_recipe():
     assert fd["kappa"] == 0.0 and fd["double_target"]  # kappa 0 is kept: two passes, no penalty
 
 
+def test_every_preset_is_one_complete_declaration():
+    """Each preset names a value for every setting whose default is the preset's, only known settings, a valid
+    value for each, a fine-tuning row, known variants for its kappa, a cache-pointer source and its own source."""
+    from fraternal import VARIANTS
+    needed = {s.name for s in SETTINGS if s.default == FROM_PRESET}
+    for name, p in PRESET.items():
+        assert needed <= set(p.values) <= set(SETTING), name
+        assert set(p.finetune) == {"batch_size", "epochs", "seed"} and set(p.kappa) <= set(VARIANTS), name
+        assert p.pointer in ("paper", "readme", "tag") and p.source and p.corpus in ("ptb", "wt2"), name
+        cfg = train_config("--preset", name, "--model", "baseline")
+        assert all(cfg[k] == v for k, v in p.values.items()), name
+        fine = build_config({"save": f"runs/{name}.pt"}, "finetune", cfg)
+        assert {k: fine[k] for k in p.finetune} == p.finetune, name
+
+
+def test_tag_presets_follow_the_tag_readme_recipes():
+    """merity-tag-*: awd-lstm-lm's tag PyTorch==0.1.12 exact-reproduction commands, with its per-time-step mask."""
+    key = ("data", "batch_size", "dropout", "dropouth", "dropouti", "dropoute", "wdrop", "lr", "wdecay", "nonmono",
+           "alpha", "beta", "seed", "epochs", "locked_mask")
+    ptb, wt2 = (train_config("--preset", p, "--model", "baseline") for p in ("merity-tag-ptb", "merity-tag-wt2"))
+    assert tuple(ptb[k] for k in key) == ("data/penn", 20, 0.4, 0.3, 0.4, 0.1, 0.5, 30.0, 1.2e-6, 5, 2.0, 1.0, 28,
+                                          300, "timestep")
+    assert tuple(wt2[k] for k in key) == ("data/wikitext-2", 80, 0.4, 0.3, 0.65, 0.1, 0.5, 30.0, 1.2e-6, 5, 2.0,
+                                          1.0, 20923, 750, "timestep")
+    assert (PRESET["merity-tag-ptb"].finetune, PRESET["merity-tag-wt2"].finetune) == (
+        dict(batch_size=20, epochs=300, seed=28), dict(batch_size=80, epochs=750, seed=1111))
+    assert train_config()["locked_mask"] == "sequence"
+    assert train_config("--preset", "merity-tag-ptb", "--locked_mask", "sequence")["locked_mask"] == "sequence"
+
+
 def test_help_lists_per_preset_defaults():
     text = "".join(build_train_parser().format_help().split())  # immune to line wrapping
-    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400;merity-ptb:400;merity-wt2:400;merity-readme-ptb:400;merity-readme-wt2:400)" in text
-    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65;merity-ptb:0.4;merity-wt2:0.65;merity-readme-ptb:0.4;merity-readme-wt2:0.65)" in text
+    assert "wordembeddingsize(single:655;awd-ptb:400;awd-wt2:400;merity-ptb:400;merity-wt2:400;merity-readme-ptb:400;merity-readme-wt2:400;merity-tag-ptb:400;merity-tag-wt2:400)" in text
+    assert "(single:0.65;awd-ptb:0.4;awd-wt2:0.65;merity-ptb:0.4;merity-wt2:0.65;merity-readme-ptb:0.4;merity-readme-wt2:0.65;merity-tag-ptb:0.4;merity-tag-wt2:0.65)" in text
     assert "--same_mask_w" in text and "--nonmono" in text and "--kappa" in text and "--wdrop" in text
 
 
