@@ -3,6 +3,7 @@
 # whole script fits in about 10 minutes and a failure in one part never hides the others:
 #   1. the CUDA tests (the overlapped passes against the sequential ones, and every variant's dry run on
 #      each model shape, among them), one dry run through the command line, the rest of the suite;
+#   1b. the first epoch of awd-lstm-lm's tag PyTorch==0.1.12 recipes (PTB, WT2) on three seeds each;
 #   2. bench.py on the device, with and without --overlap_passes, and the evaluation throughput;
 #   3. several single-preset FD trainings sharing the GPU at once (1, 2 and 4 runs: tokens/s per run and
 #      in all, from each run's own metrics), the figure reproduce.py --jobs needs;
@@ -29,6 +30,21 @@ timeout 90 python3 main.py --preset awd-ptb --model FD --overlap_passes --dry_ru
 note "dry_run awd-ptb FD --overlap_passes rc=$? $(grep -E -e 'End of training|overlap_passes: ' "$out/dry.log" | tr '\n' ' ')"
 [ "$(left)" -gt 200 ] && { timeout 200 python3 -m pytest -q -x --ignore=tests/test_cuda.py > "$out/suite.txt" 2>&1; note "suite rc=$? $(tail -1 "$out/suite.txt")"; } \
   || note "suite skipped: $(left) s left"
+
+# 1b. the tag PyTorch==0.1.12 recipes' first epoch (awd-lstm-lm's README gives epoch 1's validation perplexity:
+#     PTB 308.03, WT2 629.93), on three seeds each: the RNG streams differ from PyTorch 0.1.12, so the spread over
+#     seeds says how close is close
+for spec in "merity-tag-ptb 308.03 28 29 30" "merity-tag-wt2 629.93 20923 20924 20925"; do
+  set -- $spec; preset=$1; published=$2; shift 2
+  for seed in "$@"; do
+    [ "$(left)" -lt 120 ] && { note "first epoch $preset seed $seed skipped: $(left) s left"; continue; }
+    timeout 110 python3 main.py --preset "$preset" --model baseline --epochs 1 --seed "$seed" --test_batch_size 80 \
+      --checkpoint_every 0 --device "$device" --save "$out/first_epoch/${preset}_seed$seed.pt" \
+      > "$out/first_epoch_${preset}_seed$seed.log" 2>&1
+    rc=$?
+    note "first epoch $preset seed $seed rc=$rc valid ppl $(python3 -c "import json,sys; print(round(json.loads(open(sys.argv[1]).readline())['valid_ppl'], 2))" "$out/first_epoch/${preset}_seed$seed.metrics.jsonl" 2> /dev/null || echo none) (published, seed $([ "$preset" = merity-tag-ptb ] && echo 28 || echo 20923): $published)"
+  done
+done
 
 # 2. speed of one step, FD against the baseline, with and without the overlap; evaluation tokens/s
 if [ "$(left)" -gt 150 ]; then

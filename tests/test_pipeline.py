@@ -25,7 +25,7 @@ TINY = {"main.py": ["--emsize", "16", "--nhid", "16", "--batch_size", "4", "--ev
 
 def readme_pipeline():
     text = README.read_text(encoding="utf-8")
-    section = text.split("### The whole pipeline at small scale, on a CPU", 1)[1].split("\n#", 1)[0]
+    section = text.split("## CPU quick start", 1)[1].split("\n#", 1)[0]
     return [shlex.split(line.split("#")[0]) for line in section.splitlines() if line.startswith("    python ")]
 
 
