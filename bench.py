@@ -25,9 +25,13 @@ matrix products, not the hardware's peak, and the step cannot reach it: elementw
 second CUDA stream), in the same rounds on the same batches; its rows say whether the overlap ran
 (``overlap_active``: off a CUDA device the flag runs the sequential path) and its time against the
 same model's sequential step (``x_sequential``).
+
+    python bench.py --out results/bench.json                 # every preset, baseline and FD
+    python bench.py --preset single --model baseline FD RD --overlap --eval
+    python bench.py --scale tiny                             # tiny shapes, one timed step: the same code paths
 """
 import argparse
-import json
+import difflib
 import math
 import resource
 import shlex
@@ -38,7 +42,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from config import PRESETS, VARIANTS, train_config
+from config import PRESETS, VARIANTS, check_flags, train_config
 from data import get_batch
 from fraternal import Regularizer, overlap_blocker
 from fused_loss import chunk_rows
@@ -47,10 +51,10 @@ from schedule import Schedule
 from scoring import evaluate
 from trainer import make_optimizer, train_step
 from utils import get_device, set_seed
-from runfiles import UserError, cpu_model, run_cli
+from runfiles import UserError, atomic_write_json, check_output_path, cpu_model, run_cli
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
-TINY = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"]
+TINY = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"]  # --scale tiny: flags, vocabulary
 TINY_VOCAB = 50
 MM_SECONDS = 0.02  # time short products over repeated calls, so that launch and timer costs vanish
 
@@ -128,17 +132,18 @@ class Runner:
 
 def bench_preset(preset, models, args, device):
     """Rows of one preset: rounds of (matmul shapes, then one step of each model), the first ``warmup`` untimed."""
-    argv = [["--preset", preset, "--model", m, "--device", args.device] + (TINY if args.tiny else [])
+    tiny = args.scale == "tiny"
+    argv = [["--preset", preset, "--model", m, "--device", args.device] + TINY * tiny
             + shlex.split(args.train_flags) for m in models]
     cfgs = [train_config(a) for a in argv]
     if args.overlap:  # each two-pass model once more, pass 2 on a second CUDA stream
         cfgs += [train_config(a + ["--overlap_passes"]) for a, c in zip(argv, cfgs)
                  if Regularizer.from_config(c).second_pass]
-    vocab = TINY_VOCAB if args.tiny else VOCAB[cfgs[0]["data"]]
+    vocab = TINY_VOCAB if tiny else VOCAB[cfgs[0]["data"]]
     runners = [Runner(c, vocab, device) for c in cfgs]
     B, T = cfgs[0]["batch_size"], cfgs[0]["bptt"]
     shapes, best = mm_shapes(runners[0].model, T, B, device), {}
-    lengths = [min(T, 5) if args.quick else T] * args.warmup + [T] * args.steps
+    lengths = [min(T, 5) if tiny else T] * args.warmup + [T] * args.steps
     source = torch.randint(vocab, (sum(lengths) + 1, B), device=device)
     tf32, ceiling_tf32 = torch.backends.cuda.matmul.allow_tf32, mm_tf32(device)
     for r, length in enumerate(lengths):
@@ -173,7 +178,7 @@ def bench_preset(preset, models, args, device):
                      "x_sequential_min": low / min(seq.times) if seq else None})
     mm = [{"m": m, "k": k, "n": n, "a_t": ta, "b_t": tb, "gflops": 2 * m * k * n / t / 1e9}
           for (m, k, n, ta, tb), t in best.items()]
-    return rows, mm, eval_rates(runners[0], preset, vocab, device, 2 if args.quick else 5) if args.eval else []
+    return rows, mm, eval_rates(runners[0], preset, vocab, device, 2 if tiny else 5) if args.eval else []
 
 
 def eval_rates(run, preset, vocab, device, batches):
@@ -197,32 +202,44 @@ def table(header, rows):
     return "\n".join("  ".join(str(x).rjust(w) for x, w in zip(r, widths)) for r in [header, *rows])
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def known(given, names, flag):
+    """``given`` as ``names`` spell them (any case will do); else one line naming the closest."""
+    lower = {n.lower(): n for n in names}
+    for name in given:
+        if name.lower() not in lower:
+            close = difflib.get_close_matches(name.lower(), lower, 1)
+            raise UserError(f"unknown {flag} {name!r}" + (f" (did you mean {lower[close[0]]}?)" if close else "")
+                            + f": choose from {', '.join(names)}")
+    return [lower[n.lower()] for n in given]
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated (default: all)")
-    p.add_argument("--models", default="baseline,FD", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--preset", nargs="+", default=list(PRESETS), help=f"presets (default all: {' '.join(PRESETS)})")
+    p.add_argument("--model", nargs="+", default=["baseline", "FD"], help=f"of {', '.join(VARIANTS)} (default baseline FD)")
+    p.add_argument("--scale", choices=("full", "tiny"), default="full",
+                   help="full: the presets' shapes; tiny: tiny shapes, 1 timed step, short warm-up (for the test)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
-    p.add_argument("--steps", type=int, help="timed steps per configuration (default 3, --quick 1)")
+    p.add_argument("--steps", type=int, help="timed steps per configuration (default 3, at --scale tiny 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--quick", action="store_true", help="1 timed step; warm-up steps of seq_len 5")
-    p.add_argument("--tiny", action="store_true", help="tiny shapes, same code paths (for the test)")
     p.add_argument("--eval", action="store_true", help="also tokens/s of trainer.evaluate at batch 10 and 1")
     p.add_argument("--overlap", action="store_true",
                    help="also step every two-pass model with --overlap_passes (pass 2 on a second CUDA stream); "
                         "off a CUDA device those rows run the sequential path and say so")
     p.add_argument("--train_flags", default="", help="extra main.py flags, e.g. --train_flags='--same_mask_w'")
     p.add_argument("--out", help="write every figure as JSON here")
-    args = p.parse_args(argv)
-    presets, models = args.presets.split(","), args.models.split(",")
-    for name, given, known in (("preset", presets, PRESETS), ("model", models, VARIANTS)):
-        if set(given) - set(known):
-            raise UserError(f"unknown {name} {sorted(set(given) - set(known))[0]!r}: choose from {', '.join(known)}")
-    args.steps = args.steps if args.steps is not None else (1 if args.quick else 3)
-    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be at least {low}, not {value}")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    presets, models = known(args.preset, list(PRESETS), "preset"), known(args.model, list(VARIANTS), "model")
+    args.steps = args.steps if args.steps is not None else (1 if args.scale == "tiny" else 3)
+    check_flags(vars(args), {"steps": "positive_int", "warmup": "count", "threads": "positive_int"})
+    if args.out:
+        check_output_path(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
@@ -255,8 +272,7 @@ def main(argv=None):
         print("\n" + table(["preset", "eval batch", "tokens/s"],
                            [[e["preset"], e["batch_size"], f"{e['tokens_per_s']:.0f}"] for e in evals]))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"header": header, "train": rows, "eval": evals, "matmul": matmul}, f, indent=1)
+        atomic_write_json({"header": header, "train": rows, "eval": evals, "matmul": matmul}, args.out)
     return rows
 
 

@@ -18,7 +18,7 @@ from runfiles import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = tuple(config.PRESETS)
-# --tiny: emsize 8, nhid 12, batch 3, bptt 5 (15 tokens a step), vocabulary 50, weights tied.
+# --scale tiny: emsize 8, nhid 12, batch 3, bptt 5 (15 tokens a step), vocabulary 50, weights tied.
 # One layer: the layer is 8 -> 8.  Three layers: 8 -> 12, 12 -> 12, 12 -> 8.  W_ih is 4H x I, W_hh 4H x H.
 SINGLE_WEIGHTS = 32 * 8 + 32 * 8 + 50 * 8  # W_ih, W_hh, decoder = 912
 THREE_LAYER_WEIGHTS = (48 * 8 + 48 * 12) + (48 * 12 + 48 * 12) + (32 * 12 + 32 * 8) + 50 * 8  # = 3152
@@ -27,14 +27,14 @@ BASELINE_FLOPS = {p: 2 * 3 * 15 * {1: SINGLE_WEIGHTS, 3: THREE_LAYER_WEIGHTS}[co
 
 
 def run_bench(*args):
-    return subprocess.run([sys.executable, "bench.py", "--tiny", "--device", "cpu", "--threads", "1", *args],
+    return subprocess.run([sys.executable, "bench.py", "--scale", "tiny", "--device", "cpu", "--threads", "1", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = run_bench("--quick", "--eval", "--overlap", "--out", str(out))
+    proc = run_bench("--eval", "--overlap", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -75,19 +75,29 @@ def test_overlap_rows_on_cpu_say_they_ran_the_sequential_path(result):
 def test_header(result):
     h = result["header"]
     assert h["torch"] == torch.__version__ and h["device"] == "cpu" and h["threads"] == 1 and h["cpu"]
-    assert "bench.py --tiny --device cpu" in h["command"] and datetime.fromisoformat(h["date"])
+    assert "bench.py --scale tiny --device cpu" in h["command"] and datetime.fromisoformat(h["date"])
 
 
-def test_unknown_preset_is_one_line_with_exit_code_2():
-    proc = run_bench("--presets", "single,nope")
+def test_unknown_preset_is_one_line_with_exit_code_2_and_the_closest_name():
+    proc = run_bench("--preset", "single", "singel")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: unknown preset 'nope'")
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: unknown preset 'singel' (did you mean single?)")
 
 
-@pytest.mark.parametrize("args, message", [(["--models", "XX"], "unknown model 'XX'"),
-                                           (["--steps", "0"], "--steps must be at least 1"),
-                                           (["--warmup", "-1"], "--warmup must be at least 0"),
-                                           (["--threads", "0"], "--threads must be at least 1")])
+@pytest.mark.parametrize("args, message", [(["--model", "XX"], "unknown model 'XX'"),
+                                           (["--preset", "single,awd-ptb"], "unknown preset 'single,awd-ptb'"),
+                                           (["--steps", "0"], "--steps must be a positive integer"),
+                                           (["--warmup", "-1"], "--warmup must be an integer >= 0"),
+                                           (["--threads", "0"], "--threads must be a positive integer")])
 def test_bad_arguments_are_user_errors(args, message):
     with pytest.raises(UserError, match=message):
-        bench.main(["--tiny", "--device", "cpu", *args])
+        bench.main(["--scale", "tiny", "--device", "cpu", *args])
+
+
+def test_several_values_are_space_separated_and_model_names_any_case(tmp_path):
+    out = tmp_path / "b.json"
+    bench.main(["--scale", "tiny", "--device", "cpu", "--threads", "1", "--preset", "single", "awd-ptb",
+                "--model", "fd", "Baseline", "--out", str(out)])
+    rows = json.loads(out.read_text())["train"]
+    assert [(r["preset"], r["model"]) for r in rows] == [("single", "FD"), ("single", "baseline"),
+                                                         ("awd-ptb", "FD"), ("awd-ptb", "baseline")]
