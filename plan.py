@@ -1,0 +1,148 @@
+"""The table runner's plan, pure and torch-free: rows to chains (one per chain and seed), chains to steps.
+
+A step's command is a template: its files are named relative to --out ({out}/CHAIN/seedS/...) and the
+corpus folder as {data}, so a step's record stays valid when the --out folder is moved as a whole.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import rows
+from runfiles import UserError
+
+
+@dataclass(frozen=True)
+class Stage:
+    tool: str
+    reads: Optional[str] = None  # the stage whose checkpoint it reads
+    trains: bool = False  # main.py / finetune.py: a checkpoint with resume point, metrics, final.json
+
+
+# A new evaluation method is one entry here (and its rows in rows.py): a tool reading the fine-tuned
+# checkpoint with --save and printing its result as one JSON line (--json).
+STAGES = {"train": Stage("main.py", trains=True), "finetune": Stage("finetune.py", "train", trains=True),
+          "pointer": Stage("pointer.py", "finetune"), "dyneval": Stage("dynamiceval.py", "finetune")}
+SIDE_FILES = ("resume.pt", "metrics.jsonl", "final.json")  # re-derivable or not needed once recorded
+
+# Per scale: flags added before each stage's own, and the corpus cut (lines of train / valid / test).
+SCALES = {
+    "full": dict(cut=None),
+    "tiny": dict(train=("--emsize", "16", "--nhid", "16", "--epochs", "2", "--batch_size", "4", "--bptt", "10"),
+                 finetune=("--epochs", "1", "--batch_size", "4"), pointer=("--bptt", "1000"), cut=(200, 30, 30)),
+}
+# dynamiceval.DEFAULTS, which a corpus cut's vocabulary cannot select: its first version's settings per
+# training batches of the whole corpus (computed as there, so the floats are the same).
+DYNEVAL_BATCHES = {"penn": 1859, "wikitext-2": 4177}
+
+
+def scale_flags(scale, stage, corpus):
+    if stage == "dyneval" and SCALES[scale]["cut"]:
+        n = DYNEVAL_BATCHES[corpus]
+        return ("--lr", repr(0.002 / math.sqrt(n)), "--lamb", repr(0.02 / 14), "--epsilon", repr(0.001 / math.sqrt(n)))
+    return SCALES[scale].get(stage, ())
+
+
+@dataclass(eq=False)
+class Step:
+    chain: str
+    seed: int
+    stage: str
+    template: list  # tool and flags, {out} / {data} unresolved, no --device
+    upstream: Optional["Step"] = None
+
+    @property
+    def id(self):
+        return f"{self.chain}:{self.stage}"
+
+    @property
+    def kind(self):
+        return STAGES[self.stage]
+
+    @property
+    def dir(self):  # relative to --out
+        return f"{self.chain}/seed{self.seed}"
+
+    def path(self, what):
+        """The step's files, relative to --out: output (the primary one), record, log, or a side file."""
+        name = {"output": f"{self.stage}.pt" if self.kind.trains else f"{self.stage}.json",
+                "record": f"{self.stage}.step.json", "log": f"{self.stage}.log"}.get(what, f"{self.stage}.{what}")
+        return f"{self.dir}/{name}"
+
+    def files(self):
+        """Files a run of this step writes (never its lock): what is in the way of a fresh start."""
+        return [self.path("output")] + ([self.path(s) for s in SIDE_FILES] if self.kind.trains else [])
+
+    def argv(self, out, data):
+        return [a.replace("{out}", str(out)).replace("{data}", str(data)) for a in self.template]
+
+
+@dataclass(eq=False)
+class ChainRun:
+    chain: rows.Chain
+    seed: int
+    steps: list
+    rows: list
+    status: str = "pending"  # pending, running, done, failed
+    failure: dict = None
+    current: int = 0
+
+    @property
+    def label(self):
+        return f"{self.chain.id} seed {self.seed}"
+
+
+def stage_step(chain, seed, stage, scale, upstream, args=()):
+    own = f"{{out}}/{chain.id}/seed{seed}/{stage}"
+    kind = STAGES[stage]
+    flags = scale_flags(scale, stage, chain.corpus)
+    if stage == "train":
+        template = [kind.tool, *flags, *chain.train, "--seed", str(seed), "--data", "{data}", "--save", own + ".pt"]
+    else:
+        template = [kind.tool, "--save", f"{{out}}/{upstream.path('output')}",
+                    *(["--out", own + ".pt"] if kind.trains else []), "--data", "{data}", *flags, *args,
+                    *([] if kind.trains else ["--json"])]
+    return Step(chain.id, seed, stage, template, upstream)
+
+
+def plan_chains(selected, seeds, scale, default_seed):
+    """One ChainRun per chain and seed, with the steps its selected rows need.  ``default_seed(chain)``:
+    the preset's seed, where --seeds names none."""
+    needed = {}
+    for row in selected:
+        needed.setdefault(row.chain, []).append(row)
+    plan = []
+    for chain_id, chain_rows in needed.items():
+        chain = rows.CHAIN[chain_id]
+        for seed in dict.fromkeys(seeds or [default_seed(chain)]):  # a seed named twice runs once
+            steps = {}
+            for row in sorted(chain_rows, key=lambda r: list(STAGES).index(r.stage)):
+                for stage in lineage(row.stage):
+                    if stage not in steps:
+                        upstream = steps.get(STAGES[stage].reads)
+                        steps[stage] = stage_step(chain, seed, stage, scale, upstream,
+                                                  row.args if stage == row.stage else ())
+            plan.append(ChainRun(chain, seed, list(steps.values()), chain_rows))
+    return plan
+
+
+def lineage(stage):
+    """The stages ``stage`` is computed from, first to last, itself included."""
+    return (lineage(STAGES[stage].reads) if STAGES[stage].reads else []) + [stage]
+
+
+def redo_set(plan, names):
+    """The steps --redo names (CHAIN:STAGE, or CHAIN for its whole chain) and every step computed from them."""
+    ids = {s.id for run in plan for s in run.steps}
+    for name in names:
+        if name not in ids and f"{name}:train" not in ids:
+            raise UserError(f"--redo {name}: no such step in this plan; name CHAIN:STAGE, one of "
+                                 f"{' '.join(sorted(ids))}")
+    chosen = set()
+    for run in plan:
+        for step in run.steps:
+            up = step
+            while up is not None and up.id not in names and up.chain not in names:
+                up = up.upstream
+            if up is not None:
+                chosen.add(step)
+    return chosen
