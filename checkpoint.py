@@ -4,6 +4,7 @@ Everything in them loads with ``torch.load(..., weights_only=True)``: no pickled
 survive PyTorch upgrades and are safe to open from strangers.  Two kinds share one format:
 ``best`` (the model to evaluate or fine-tune) and ``resume`` (adds optimizer, schedule, RNG states).
 """
+import argparse
 import hashlib
 import pickle
 import random
@@ -12,12 +13,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from config import SETTINGS, check_flags, with_settings_added_since
 from data import Corpus
 from model import RNNModel
 from runfiles import UserError, sidecar
 from utils import atomic_torch_save, get_device
 
 FORMAT = "fraternal-dropout-checkpoint-v1"
+# The vocabulary fingerprints (``vocab_info``) of the two corpora as getdata.sh fetches them: a checkpoint's
+# corpus is read from its vocabulary, never from a folder or preset name.
+CORPORA = {"6f75f9b77981aa692ec71340f6152e1d94d98bc927ade6da20da7da68e3e55d1": "ptb",
+           "45f2cb999804e259059676fa2bf5b12999229a0c33dae878ae690fd8c84427eb": "wt2"}
+
+
+def corpus_of(blob):
+    """'ptb' or 'wt2' from the checkpoint's own vocabulary; None when it is neither corpus."""
+    return CORPORA.get(blob["vocab"].get("sha256"))
 
 
 def schedule_finished(resume, epochs):
@@ -92,8 +103,13 @@ def load_checkpoint(path, kind=None):
     return blob
 
 
-MODEL_KEYS = ("emsize", "nhid", "nlayers", "dropout", "dropouth", "dropouti", "dropoute", "wdrop", "tied", "locked",
-              "bptt", "data", "preset")
+def model_keys(settings=SETTINGS):
+    """The config keys that rebuild a checkpoint's model: every model setting (but those added since, which
+    ``with_settings_added_since`` fills in for older checkpoints), its sequence length, corpus and preset."""
+    return tuple(s.name for s in settings if s.group == "model" and s.before is None) + ("bptt", "data", "preset")
+
+
+MODEL_KEYS = model_keys()
 RESUME_KEYS = ("schedule", "optimizer", "rng")
 
 
@@ -143,7 +159,7 @@ def check_vocab(blob, dictionary, what, data):
 
 def model_from_checkpoint(blob, device):
     try:
-        model = RNNModel.from_config(blob["config"], blob["vocab"]["size"])
+        model = RNNModel.from_config(with_settings_added_since(blob["config"]), blob["vocab"]["size"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"the config in this checkpoint does not describe a model ({e}): "
                         f"use an intact checkpoint written by main.py") from None
@@ -151,14 +167,41 @@ def model_from_checkpoint(blob, device):
     return model.to(device)
 
 
-def open_checkpoint(path, data=None, device="auto"):
-    """What every evaluation tool starts from: the checkpoint, the corpus it was trained on (``data``
-    overrides the recorded folder, whose vocabulary must then be the same) and its model on ``device``."""
-    blob = load_checkpoint(path)
-    device = get_device(device)
-    data = data or blob["config"]["data"]
+def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)", json=True):
+    """The command line every tool that reads a checkpoint starts from."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--save", required=True, help="the checkpoint to read (never modified): a run's best model, as "
+                                                 "main.py --save or finetune.py --out wrote it")
+    p.add_argument("--allow_resume_point", action="store_true", help="read a resume point (.resume.pt) too: the "
+                   "last epoch's raw weights, not the run's best model")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    if json:
+        p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    return p
+
+
+def tool_args(parser, argv, rules):
+    """The parsed command line, its numeric flags checked by ``config.RULES`` before any work."""
+    args = parser.parse_args(argv)
+    check_flags(vars(args), {"device": "device", **rules})
+    return args
+
+
+def open_checkpoint(args):
+    """What every evaluation tool starts from: the checkpoint --save (a best model unless
+    --allow_resume_point), the corpus it was trained on (--data overrides the recorded folder, whose
+    vocabulary must then be the same) and its model on --device."""
+    blob = load_checkpoint(args.save)
+    if blob["kind"] == "resume" and not args.allow_resume_point:
+        name = str(args.save)
+        best = name[:-len("resume.pt")] + "pt" if name.endswith(".resume.pt") else blob["config"].get("save")
+        raise UserError(f"{args.save} is a resume point (the last epoch's raw weights, not the run's best model): "
+                        f"pass --save {best}, or --allow_resume_point to read the resume point anyway")
+    device = get_device(args.device)
+    data = args.data or blob["config"]["data"]
     corpus = Corpus(data)
-    check_vocab(blob, corpus.dictionary, f"checkpoint {path}", data)
+    check_vocab(blob, corpus.dictionary, f"checkpoint {args.save}", data)
     return blob, corpus, model_from_checkpoint(blob, device), device
 
 

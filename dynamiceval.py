@@ -1,38 +1,34 @@
 """Dynamic evaluation (Krause, Kahembwe, Murray, Renals, ICML 2018): the model keeps learning from
-the text it is scoring, as AWD-LSTM + dynamic eval did for its published PTB / WikiText-2 results.
+the text it scores, as AWD-LSTM + dynamic eval did for its published PTB / WikiText-2 results.
 
-Each split is read at batch 1 in segments of --bptt tokens, the hidden state carried.  Every
-segment is scored first and then learned from, so no token is ever predicted by weights that have
-seen it.  The update is the paper's RMS-normalized step with a decay toward the trained weights
-theta_g, per parameter element:
+Each split is read at batch 1 in segments of --bptt tokens, the hidden state carried; every segment is
+scored first and then learned from, so no token is predicted by weights that have seen it.  The update is
+the paper's RMS-normalized step with a decay toward the trained weights theta_g, per parameter element:
 
     theta <- theta - lr * grad / (rms + epsilon) + min(lamb * rms / avg, 1) * (theta_g - theta)
 
-grad is the gradient of the segment's mean token loss; rms the root mean square of the gradients of
---max_batches training batches of --batch_size x --bptt tokens (the mean over batches, as in the
-paper's equations and in the authors' code since its commit 81e7b35, which aligned the two);
-avg the mean over the model's parameter tensors of each one's mean rms.  The first version of that
-code summed squared gradients and tensor means instead, which scales lr and epsilon by
-1 / sqrt(batches) and lamb by 1 / tensors (see ``from_first_version``).  Dropout is off throughout;
-validation and test each start from the checkpoint's weights, and the checkpoint is only read.
+grad: the gradient of the segment's mean token loss; rms: the root mean square of the gradients of
+--max_batches training batches of --batch_size x --bptt tokens (the mean over batches, as in the paper's
+equations and the authors' code since its commit 81e7b35); avg: the mean over parameter tensors of each
+one's mean rms.  The first version of that code summed squared gradients and tensor means instead, which
+scales lr and epsilon by 1 / sqrt(batches) and lamb by 1 / tensors (``from_first_version``).  Dropout is
+off; validation and test each start from the checkpoint's weights, and the checkpoint is only read.
 
     python dynamiceval.py --save runs/awd-ptb_FD.finetune.pt          # PTB defaults (the paper's)
     python dynamiceval.py --save runs/awd-wt2_FD.finetune.pt          # WikiText-2 defaults
     python dynamiceval.py --save runs/awd-ptb_FD.finetune.pt --grid   # the search on validation
 """
-import json
 import math
 import time
 
 import torch
 import torch.nn.functional as F
-from checkpoint import open_checkpoint
-from config import check_flags, tool_parser
-from data import batchify, count_windows, windows
-from pointer import corpus_of
-from scoring import ppl
-from utils import check_device_name, progress, repackage_hidden, set_seed
+
+from checkpoint import corpus_of, open_checkpoint, tool_args, tool_parser
+from data import batchify, check_split_sizes, count_windows, windows
 from runfiles import UserError, run_cli
+from scoring import check_finite, ppl, report
+from utils import progress, repackage_hidden, set_seed
 
 # The paper's AWD-LSTM settings (its README's replication commands: lr 0.002, lamb 0.02, epsilon
 # 0.001, segments of 5, statistics over the whole training set at batch 100), stated in the first
@@ -62,47 +58,39 @@ DEFAULTS = {corpus: from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_L
 
 def build_parser():
     p = tool_parser(__doc__)
-    p.add_argument("--lr", type=float, help="learning rate eta of the adaptation step "
-                                            f"(PTB {DEFAULTS['ptb']['lr']:.4g}, WT2 {DEFAULTS['wt2']['lr']:.4g})")
-    p.add_argument("--lamb", type=float, help="decay rate lambda toward the trained weights, 0 = none "
-                                              f"(both corpora {DEFAULTS['ptb']['lamb']:.4g})")
-    p.add_argument("--epsilon", type=float, help="stabilizer added to the gradients' rms "
-                                                 f"(PTB {DEFAULTS['ptb']['epsilon']:.4g}, "
-                                                 f"WT2 {DEFAULTS['wt2']['epsilon']:.4g})")
-    p.add_argument("--bptt", type=int, default=SEGMENT,
-                   help=f"segment length: tokens scored between two updates, also of the training statistics' "
-                        f"batches (default {SEGMENT})")
+    d = {k: f"PTB {DEFAULTS['ptb'][k]:.4g}, WT2 {DEFAULTS['wt2'][k]:.4g}" for k in HYPER}
+    p.add_argument("--lr", type=float, help=f"learning rate eta of the adaptation step ({d['lr']})")
+    p.add_argument("--lamb", type=float, help=f"decay rate lambda toward the trained weights, 0 = none ({d['lamb']})")
+    p.add_argument("--epsilon", type=float, help=f"stabilizer added to the gradients' rms ({d['epsilon']})")
+    p.add_argument("--bptt", type=int, default=SEGMENT, help="segment length: tokens scored between two updates, "
+                   f"also of the training statistics' batches (default {SEGMENT})")
     p.add_argument("--batch_size", type=int, default=STATS_BATCH,
                    help=f"batch size of the training statistics (default {STATS_BATCH})")
-    p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: the whole "
-                                                   "training set)")
-    p.add_argument("--grid", action="store_true", help="search lr x lamb on the validation set, then run the test "
-                                                       "set at the best pair")
+    p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: all)")
+    p.add_argument("--grid", action="store_true", help="search lr x lamb on validation, then test at the best pair")
     p.add_argument("--grid_lr", type=float, nargs="+", help="learning rates searched by --grid (default: the "
                                                             "authors' 3e-5 .. 1e-4, times bptt / 5)")
     p.add_argument("--grid_lamb", type=float, nargs="+", help="decay rates searched by --grid (default: the "
                                                               "authors' 0.001 .. 0.005, times bptt / 5)")
     p.add_argument("--seed", type=int, default=1111, help="seed of the random generators (dynamic evaluation "
                                                           "draws nothing; set for the same runs as evaluate.py)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return p
 
 
+RULES = {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "positive_int", "seed": "seed",
+         "lr": "non_negative", "grid_lr": "non_negative", "lamb": "weight", "grid_lamb": "weight", "epsilon": "positive"}
+
+
 def check_args(args):
-    check_flags(vars(args), {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "positive_int",
-                             "seed": "seed", "lr": "non_negative", "grid_lr": "non_negative", "lamb": "weight",
-                             "grid_lamb": "weight", "epsilon": "positive"})
-    check_device_name(args.device)
     if args.grid and (args.lr is not None or args.lamb is not None):
-        raise UserError("--grid searches lr and lamb itself: set the searched values with --grid_lr / "
-                        "--grid_lamb instead of --lr / --lamb")
+        raise UserError("--grid searches lr and lamb itself: give the searched values as --grid_lr / --grid_lamb")
     if not args.grid and (args.grid_lr or args.grid_lamb):
         raise UserError("--grid_lr / --grid_lamb set the values --grid searches: add --grid, or use --lr / --lamb")
 
 
 def hyper_parameters(args, blob):
     """lr, lamb, epsilon: the flags given, the rest from the corpus the checkpoint was trained on (read
-    from its vocabulary, as pointer.py does, never from folder names)."""
+    from its vocabulary, never from folder names)."""
     which = corpus_of(blob)
     given = {k: getattr(args, k) for k in HYPER}
     needed = [k for k in HYPER if given[k] is None and not (args.grid and k in ("lr", "lamb"))]
@@ -110,8 +98,7 @@ def hyper_parameters(args, blob):
         raise UserError(f"checkpoint {args.save} was trained on neither PTB nor WikiText-2 (a vocabulary of "
                         f"{blob['vocab']['size']} words, preset {blob['config'].get('preset')}), so no published "
                         f"setting applies: give {', '.join('--' + k for k in needed)}")
-    values = {k: DEFAULTS[which][k] if given[k] is None and which else given[k] for k in HYPER}
-    return which, values
+    return which, {k: DEFAULTS[which][k] if given[k] is None and which else given[k] for k in HYPER}
 
 
 def gradient_rms(model, source, bptt, max_batches=None):
@@ -193,23 +180,36 @@ def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", tok
 
 
 def timed_run(model, tokens, bptt, update, desc):
+    """Loss and seconds of one run from the trained weights.  An lr beyond the weights' range is a divergence
+    (``addcdiv_`` cannot even take it), as is every step that overflows them."""
     update.reset()
+    if update.lr > torch.finfo(update.params[0].dtype).max:
+        return math.inf, 0.0
     start = time.perf_counter()
     loss = dynamic_evaluate(model, tokens, bptt, update, desc)
     return loss, time.perf_counter() - start
 
 
+def grid_search(args, run):
+    """The authors' search on validation: every lr x lamb, each run from the trained weights."""
+    scale = args.bptt / SEGMENT
+    table = []
+    for lamb in args.grid_lamb or [v * scale for v in GRID_LAMB]:
+        for lr in args.grid_lr or [v * scale for v in GRID_LR]:
+            loss, secs = run("valid", lr, lamb)
+            table.append({"lr": lr, "lamb": lamb, "valid_loss": loss, "valid_ppl": ppl(loss), "seconds": secs})
+            print(f"| grid | lr {lr:9.3g} | lamb {lamb:9.3g} | valid ppl {ppl(loss):8.2f} |")
+    best = min(table, key=lambda row: row["valid_loss"] if math.isfinite(row["valid_loss"]) else math.inf)
+    print(f"| grid | best on validation: lr {best['lr']:.3g} | lamb {best['lamb']:.3g} |")
+    return best, table
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = tool_args(build_parser(), argv, RULES)
     check_args(args)
-    blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
+    blob, corpus, model, device = open_checkpoint(args)
     which, hyper = hyper_parameters(args, blob)
-    if corpus.train.numel() // args.batch_size < 2:
-        raise UserError(f"the train split of {corpus.path} has {corpus.train.numel()} tokens, too few for "
-                        f"--batch_size {args.batch_size}: use a smaller --batch_size")
-    for split in ("valid", "test"):
-        if getattr(corpus, split).numel() < 2:
-            raise UserError(f"the {split} split of {corpus.path} has fewer than 2 tokens: nothing to evaluate")
+    check_split_sizes(corpus, {"batch_size": args.batch_size, "eval_batch_size": 1, "test_batch_size": 1})
     set_seed(args.seed)
     results = {"checkpoint": args.save, "data": str(corpus.path), "defaults": which, "bptt": args.bptt,
                "batch_size": args.batch_size, "max_batches": args.max_batches}
@@ -219,7 +219,6 @@ def main(argv=None):
     results["statistics_batches"] = batches
     print(f"| gradient statistics | {batches} training batches of {args.batch_size} x {args.bptt} | "
           f"{seconds['statistics']:.0f} s | defaults: {which or 'none (flags given)'} |")
-
     trained = [p.detach().clone() for p in model.parameters()]  # theta_g, for every run
 
     def run(split, lr, lamb):
@@ -228,36 +227,24 @@ def main(argv=None):
                          f"dynamic eval {split} (lr {lr:.3g}, lamb {lamb:.3g})")
 
     if args.grid:
-        scale = args.bptt / SEGMENT
-        lrs = args.grid_lr or [v * scale for v in GRID_LR]
-        lambs = args.grid_lamb or [v * scale for v in GRID_LAMB]
-        table = []
-        for lamb in lambs:
-            for lr in lrs:
-                loss, secs = run("valid", lr, lamb)
-                table.append({"lr": lr, "lamb": lamb, "valid_loss": loss, "valid_ppl": ppl(loss), "seconds": secs})
-                print(f"| grid | lr {lr:9.3g} | lamb {lamb:9.3g} | valid ppl {ppl(loss):8.2f} |")
-        best = min(table, key=lambda row: row["valid_loss"] if math.isfinite(row["valid_loss"]) else math.inf)
+        best, results["grid"] = grid_search(args, run)
         hyper.update(lr=best["lr"], lamb=best["lamb"])
-        results["grid"] = table
-        seconds["grid"] = sum(row["seconds"] for row in table)
-        seconds["valid"], valid = best["seconds"], best["valid_loss"]
-        print(f"| grid | best on validation: lr {best['lr']:.3g} | lamb {best['lamb']:.3g} |")
+        seconds.update(grid=sum(row["seconds"] for row in results["grid"]), valid=best["seconds"])
+        results["valid_loss"] = best["valid_loss"]
     else:
-        valid, seconds["valid"] = run("valid", hyper["lr"], hyper["lamb"])
-    test, seconds["test"] = run("test", hyper["lr"], hyper["lamb"])
-    results.update(hyper)
-    print(f"| dynamic eval | lr {hyper['lr']:.4g} | lamb {hyper['lamb']:.4g} | epsilon {hyper['epsilon']:.4g} | "
-          f"bptt {args.bptt} |")
-    for name, loss in (("valid", valid), ("test", test)):
-        results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss)})
-        tokens = getattr(corpus, name).numel() - 1
-        print(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size 1 | "
-              f"{seconds[name]:.0f} s, {tokens / max(seconds[name], 1e-9):.0f} tokens/s |")
-    results["seconds"] = seconds
-    if args.json:
-        print(json.dumps(results))
-    return results
+        results["valid_loss"], seconds["valid"] = run("valid", hyper["lr"], hyper["lamb"])
+    fix = "lower --grid_lr" if args.grid else f"lower --lr (it is {hyper['lr']:.4g})"
+    check_finite(results, fix)  # before the test run: a diverged validation is no result
+    results["test_loss"], seconds["test"] = run("test", hyper["lr"], hyper["lamb"])
+    results.update(hyper, seconds=seconds)
+    lines = [f"| dynamic eval | lr {hyper['lr']:.4g} | lamb {hyper['lamb']:.4g} | epsilon {hyper['epsilon']:.4g} | "
+             f"bptt {args.bptt} |"]
+    for name in ("valid", "test"):
+        loss, tokens = results[f"{name}_loss"], getattr(corpus, name).numel() - 1
+        results[f"{name}_ppl"] = ppl(loss)
+        lines.append(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size 1 | "
+                     f"{seconds[name]:.0f} s, {tokens / max(seconds[name], 1e-9):.0f} tokens/s |")
+    return report(results, lines, args.json, fix)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,18 @@ checkpoint alone; optionally train perplexity, Monte Carlo dropout and the mask 
     python evaluate.py --save runs/awd-ptb_FD.pt
     python evaluate.py --save runs/single_FD.pt --mc 50 --mask_variance --json
 """
-import json
-
-from checkpoint import open_checkpoint
-from config import DROPOUT_FLAGS, check_flags, tool_parser
+from checkpoint import open_checkpoint, tool_args, tool_parser
+from config import DROPOUT_FLAGS
 from data import batchify, check_split_sizes
 from mc_dropout import mask_variance, mc_evaluate
-from scoring import evaluate, ppl
-from utils import check_device_name, set_seed
 from runfiles import run_cli
+from scoring import evaluate, ppl, report
+from utils import set_seed
+
+RULES = {"eval_batch_size": "positive_int", "test_batch_size": "positive_int", "bptt": "positive_int",
+         "mc_batch": "positive_int", "max_batches": "positive_int", "mc": "count", "seed": "seed",
+         **{k: "probability" for k in DROPOUT_FLAGS}}
+
 
 def build_parser():
     p = tool_parser(__doc__)
@@ -30,47 +33,36 @@ def build_parser():
     for name in DROPOUT_FLAGS:
         p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the checkpoint's)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_flags(vars(args), {"eval_batch_size": "positive_int", "test_batch_size": "positive_int",
-                             "bptt": "positive_int", "mc_batch": "positive_int", "max_batches": "positive_int",
-                             "mc": "count", "seed": "seed", **{k: "probability" for k in DROPOUT_FLAGS}})
-    check_device_name(args.device)
-    blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
-    cfg, data = blob["config"], corpus.path
+    args = tool_args(build_parser(), argv, RULES)
+    blob, corpus, model, device = open_checkpoint(args)
     check_split_sizes(corpus, {"batch_size": 1, "eval_batch_size": args.eval_batch_size,
                                "test_batch_size": args.test_batch_size})
-    rates = {k: getattr(args, k) for k in DROPOUT_FLAGS if getattr(args, k) is not None}
-    model.set_dropout(**rates)
-    bptt = args.bptt or cfg["bptt"]
+    model.set_dropout(**{k: getattr(args, k) for k in DROPOUT_FLAGS if getattr(args, k) is not None})
+    bptt = args.bptt or blob["config"]["bptt"]
     splits = {"valid": (corpus.valid, args.eval_batch_size), "test": (corpus.test, args.test_batch_size)}
     if args.train:
         splits["train"] = (corpus.train, args.eval_batch_size)
-    results = {"checkpoint": args.save, "data": str(data)}
+    results, lines = {"checkpoint": args.save, "data": str(corpus.path)}, []
     set_seed(args.seed)
     for name, (tokens, bsz) in splits.items():
         source = batchify(tokens, bsz, device)
         loss = evaluate(model, source, bptt, bsz, args.max_batches, desc=name)
         results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss)})
-        print(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size {bsz} |")
+        lines.append(f"| {name:5s} | loss {loss:5.3f} | ppl {ppl(loss):8.2f} | batch size {bsz} |")
         if args.mc and name != "train":
             loss = mc_evaluate(model, source, bptt, bsz, args.mc, args.mc_batch, args.max_batches,
                                desc=f"MC dropout ({name})")
-            results.update({f"mc_{name}_loss": loss, f"mc_{name}_ppl": ppl(loss)})
-            print(f"| {name:5s} | MC dropout, {args.mc} samples | loss {loss:5.3f} | ppl {ppl(loss):8.2f} |")
+            results.update({f"mc_{name}_loss": loss, f"mc_{name}_ppl": ppl(loss), "mc_samples": args.mc})
+            lines.append(f"| {name:5s} | MC dropout, {args.mc} samples | loss {loss:5.3f} | ppl {ppl(loss):8.2f} |")
         if args.mask_variance and name == "valid":
             results["mask_variance"] = mask_variance(model, source, bptt, bsz, args.max_batches,
                                                      desc="mask variance (valid)")
-            print(f"| valid | mask variance {results['mask_variance']:.5f} |")
-    if args.mc:
-        results["mc_samples"] = args.mc
-    if args.json:
-        print(json.dumps(results))
-    return results
+            lines.append(f"| valid | mask variance {results['mask_variance']:.5f} |")
+    return report(results, lines, args.json, "score the run's best model (or lower the --dropout rates given)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ after an '<eos>', i.e. at the start of a sentence; every sampled '<eos>' becomes
     python generate.py --save runs/awd-ptb_FD.pt --words 200 --temperature 0.8 --seed 1
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
 """
-import math
 import sys
 import zipfile
 from pathlib import Path
@@ -16,33 +15,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import open_checkpoint
+from checkpoint import open_checkpoint, tool_args, tool_parser
 from runfiles import RUN_FILES, UserError, atomic_write_text, check_output_path, run_cli
-from config import tool_parser
-from utils import check_seed
+
+RUN_SUFFIXES = (".pt", *(f".{suffix}" for suffix in RUN_FILES.values()))  # a checkpoint, or a file of a run
 
 
 def build_parser():
-    p = tool_parser(__doc__, "corpus folder, for its vocabulary (default: the one recorded in the checkpoint)")
+    p = tool_parser(__doc__, "corpus folder, for its vocabulary (default: the one recorded in the checkpoint)", False)
     p.add_argument("--words", type=int, default=1000, help="number of words to sample, '<eos>' included")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits: lower is more conservative")
     p.add_argument("--seed", type=int, default=1111, help="seed of the sampler")
     p.add_argument("--outf", help="file to write the text to (default: standard output)")
     p.add_argument("--overwrite", action="store_true", help="allow --outf to replace an existing file")
     return p
-
-
-RUN_SUFFIXES = (".pt", *(f".{suffix}" for suffix in RUN_FILES.values()))  # a checkpoint, or a file of a run
-
-
-def check_args(args):
-    if args.words <= 0:
-        raise UserError(f"--words must be positive, got {args.words}")
-    if not 0 < args.temperature < math.inf:
-        raise UserError(f"--temperature must be > 0 and finite, got {args.temperature}")
-    check_seed(args.seed)
-    if args.outf:
-        check_outf(args.outf, args.overwrite)
 
 
 def check_outf(outf, overwrite):
@@ -82,22 +68,15 @@ def sample(model, dictionary, words, temperature, seed, device):
 
 def to_text(words):
     """Words separated by spaces, each '<eos>' ending a line."""
-    lines, line = [], []
-    for w in words:
-        if w == "<eos>":
-            lines.append(" ".join(line))
-            line = []
-        else:
-            line.append(w)
-    if line:
-        lines.append(" ".join(line))
-    return "\n".join(lines) + "\n"
+    text = "\n".join(line.strip(" ") for line in " ".join(words).split("<eos>"))
+    return text if text.endswith("\n") else text + "\n"
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    _, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
+    args = tool_args(build_parser(), argv, {"words": "positive_int", "temperature": "positive", "seed": "seed"})
+    if args.outf:
+        check_outf(args.outf, args.overwrite)
+    _, corpus, model, device = open_checkpoint(args)
     text = to_text(sample(model, corpus.dictionary, args.words, args.temperature, args.seed, device))
     if args.outf:  # whole or not at all; a full disk is one line and leaves no temp file
         atomic_write_text(text, args.outf)

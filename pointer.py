@@ -11,49 +11,46 @@ loss is the mean over the N - 1 predicted tokens.  ``--awd_scoring`` scores as a
 instead: no cache until more than --window positions were seen, none at the first position of each
 --bptt chunk (so its result depends on --bptt), and the summed loss divided by N.
 
-The corpus is read from the checkpoint's vocabulary (PTB or WikiText-2, by its fingerprint), and the
-settings from the source whose number the run reproduces (``SETTINGS``): a ``merity-*`` checkpoint gets
-the AWD-LSTM paper's, every other the awd-lstm-lm README's; ``--settings`` chooses explicitly.
+The corpus is read from the checkpoint's vocabulary (PTB or WikiText-2, by its fingerprint), the settings
+from the source its preset reproduces (``config.PRESET[preset].pointer``: the AWD-LSTM paper's, the
+awd-lstm-lm README's, or its tag PyTorch==0.1.12's); ``--settings`` chooses explicitly.
 
     python pointer.py --save runs/merity-ptb_baseline.finetune.pt   # paper: window 2000, theta 1.0, lambdasm 0.1
     python pointer.py --save runs/awd-ptb_FD.finetune.pt            # README: window 500, theta 1.0, lambdasm 0.1
     python pointer.py --save runs/awd-wt2_FD.finetune.pt            # window 3785, theta 0.662, lambdasm 0.1279
 """
-import json
 import math
 
 import torch
 
-from checkpoint import open_checkpoint
-from config import check_flags, tool_parser
+from checkpoint import corpus_of, open_checkpoint, tool_args, tool_parser
+from config import PRESET
 from data import batchify, count_windows, windows
-from scoring import ppl
-from utils import progress
 from runfiles import UserError, run_cli
+from scoring import ppl, report
+from utils import progress
 
 # Cache settings per corpus and source.  readme: awd-lstm-lm's README pointer commands at bf0742c
 # ("Finally, run the pointer"), beside its own numbers (PTB 53.2 / 52.5, WT2 52.2 / 50.6).  paper: the
 # AWD-LSTM paper's numbers (PTB 53.9 / 52.8, WT2 53.8 / 52.0); its PTB window was 2000 (the README's
 # earlier note, commit 19470c8); no other setting of the paper's is known apart from the README's, so
-# theta, lambdasm and WT2's window are the README's.  --bptt changes memory only (with --awd_scoring it
-# changes the result, as in the reference: there it is the README's value).
-SETTINGS = {
-    ("ptb", "readme"): dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000),
-    ("ptb", "paper"): dict(window=2000, theta=1.0, lambdasm=0.1, bptt=5000),
-    ("wt2", "readme"): dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000),
-    ("wt2", "paper"): dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000),
-}
-# Vocabulary fingerprints (checkpoint.vocab_info) of the two corpora as getdata.sh fetches them.
-CORPORA = {"6f75f9b77981aa692ec71340f6152e1d94d98bc927ade6da20da7da68e3e55d1": "ptb",
-           "45f2cb999804e259059676fa2bf5b12999229a0c33dae878ae690fd8c84427eb": "wt2"}
+# theta, lambdasm and WT2's window are the README's.  tag: the README of awd-lstm-lm's tag PyTorch==0.1.12.
+# --bptt changes memory only (with --awd_scoring it changes the result, as in the reference: there it is
+# the README's value).
+_PTB, _WT2 = dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000), dict(window=3785, theta=0.662, lambdasm=0.1279,
+                                                                        bptt=2000)
+SETTINGS = {("ptb", "readme"): _PTB, ("ptb", "paper"): dict(_PTB, window=2000), ("ptb", "tag"): _PTB,
+            ("wt2", "readme"): _WT2, ("wt2", "paper"): _WT2, ("wt2", "tag"): _WT2}
 OPTS = ("window", "theta", "lambdasm", "bptt")
+RULES = {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight", "bptt": "positive_int",
+         "max_batches": "positive_int"}
 
 
 def build_parser():
     p = tool_parser(__doc__)
-    p.add_argument("--settings", choices=("paper", "readme"),
-                   help="whose cache settings: the AWD-LSTM paper's or awd-lstm-lm README's (default: paper for a "
-                        "merity-* checkpoint, else readme); explicit flags below win")
+    p.add_argument("--settings", choices=("paper", "readme", "tag"),
+                   help="whose cache settings: the AWD-LSTM paper's, awd-lstm-lm README's or its tag PyTorch==0.1.12's "
+                        "(default: the checkpoint's preset's source); explicit flags below win")
     p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, paper 2000; WT2 3785)")
     p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
     p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture, 0 = model alone "
@@ -63,22 +60,12 @@ def build_parser():
     p.add_argument("--awd_scoring", action="store_true",
                    help="score as awd-lstm-lm's pointer.py: no cache before --window positions were seen nor at "
                         "the first position of each --bptt chunk; loss divided by N tokens, not N - 1 predictions")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return p
 
 
-def check_args(args):
-    check_flags(vars(args), {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight",
-                             "bptt": "positive_int", "max_batches": "positive_int"})
-
-
-def corpus_of(blob):
-    """'ptb' or 'wt2' from the checkpoint's own vocabulary; None when it is neither corpus."""
-    return CORPORA.get(blob["vocab"].get("sha256"))
-
-
 def settings_for(blob, args):
-    """The cache settings and where they come from: explicit flags > --settings > the checkpoint's source."""
+    """The cache settings and where they come from: explicit flags > --settings > the checkpoint's preset
+    (an unknown preset gets the README's, and the source says so)."""
     given = {k: getattr(args, k) for k in OPTS if getattr(args, k) is not None}
     corpus = corpus_of(blob)
     if corpus is None:
@@ -87,9 +74,10 @@ def settings_for(blob, args):
         raise UserError(f"checkpoint {args.save} was trained on neither PTB nor WikiText-2 (a vocabulary of "
                         f"{blob['vocab']['size']} words), so no published cache settings apply: pass "
                         f"--window, --theta, --lambdasm and --bptt")
-    source = args.settings or ("paper" if str(blob["config"].get("preset", "")).startswith("merity-")
-                               and not str(blob["config"]["preset"]).startswith("merity-readme") else "readme")
-    return {**SETTINGS[corpus, source], **given}, f"{corpus} {source}"
+    preset = blob["config"].get("preset")
+    source = args.settings or (PRESET[preset].pointer if preset in PRESET else None)
+    note = "" if source else f" (preset {preset!r} is unknown: the README's settings)"
+    return {**SETTINGS[corpus, source or "readme"], **given}, f"{corpus} {source or 'readme'}{note}"
 
 
 def cache_logprob(h, targets, mem_h, mem_w, window, theta):
@@ -143,15 +131,14 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    blob, corpus, model, device = open_checkpoint(args.save, args.data, args.device)
-    data = args.data or blob["config"]["data"]
+    args = tool_args(build_parser(), argv, RULES)
+    blob, corpus, model, device = open_checkpoint(args)
     opts, source = settings_for(blob, args)
     print(f"| cache pointer | window {opts['window']} | theta {opts['theta']} | lambdasm {opts['lambdasm']} | "
           f"bptt {opts['bptt']} | settings: {source} | scoring: {'awd-lstm-lm' if args.awd_scoring else 'ours'} |")
-    results = {"checkpoint": args.save, "data": str(data), "settings": source, "awd_scoring": args.awd_scoring,
+    results = {"checkpoint": args.save, "data": str(corpus.path), "settings": source, "awd_scoring": args.awd_scoring,
                **opts}
+    lines = []
     for name in ("valid", "test"):
         tokens = getattr(corpus, name)
         plain, mixed = token_logprobs(model, tokens, max_batches=args.max_batches, awd_scoring=args.awd_scoring,
@@ -161,11 +148,9 @@ def main(argv=None):
         loss, base = -mixed.double().sum().item() / denom, -plain.double().sum().item() / denom
         results.update({f"{name}_loss": loss, f"{name}_ppl": ppl(loss),
                         f"{name}_plain_loss": base, f"{name}_plain_ppl": ppl(base)})
-        print(f"| {name:5s} | with cache: loss {loss:5.3f} | ppl {ppl(loss):8.2f} | "
-              f"model alone: ppl {ppl(base):8.2f} | batch size 1 |")
-    if args.json:
-        print(json.dumps(results))
-    return results
+        lines.append(f"| {name:5s} | with cache: loss {loss:5.3f} | ppl {ppl(loss):8.2f} | "
+                     f"model alone: ppl {ppl(base):8.2f} | batch size 1 |")
+    return report(results, lines, args.json, f"lower --lambdasm (it is {opts['lambdasm']})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Scoring a language model: perplexity over a split, the one evaluation the trainer and every tool share."""
+import json
 import math
 
 import torch
@@ -6,6 +7,7 @@ import torch.nn.functional as F
 
 import distributed
 from data import count_windows, windows
+from runfiles import UserError
 from utils import progress
 
 
@@ -26,3 +28,20 @@ def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation
         total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
         count += targets.numel()
     return total.item() / count
+
+
+def check_finite(results, fix):
+    """A diverged evaluation is no result: one line naming what to change (``fix``), and nothing printed as a
+    result, so no record or report ever takes up an inf."""
+    bad = [k[:-5] for k, v in results.items() if k.endswith("_loss") and not math.isfinite(ppl(v))]
+    if bad:
+        raise UserError(f"the result is not finite ({bad[0]} perplexity inf): {fix} and rerun")
+
+
+def report(results, lines, as_json, fix):
+    """A tool's result lines, then with ``as_json`` its results as one JSON line; nothing when not finite."""
+    check_finite(results, fix)
+    print("\n".join(lines))
+    if as_json:
+        print(json.dumps(results))
+    return results

@@ -1,14 +1,23 @@
-"""checkpoint.py: weights_only round trips, the run's file names, checks on load, RNG states."""
+"""checkpoint.py: weights_only round trips, the run's file names, checks on load, RNG states, and what
+every evaluation tool opens (a best model, never a resume point unless asked; --help names --save)."""
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from checkpoint import FORMAT, load_checkpoint, load_weights, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
-from runfiles import UserError, run_paths
-from config import build_config, build_train_parser
+import dynamiceval
+import evaluate
+import generate
+import pointer
+from checkpoint import (FORMAT, MODEL_KEYS, load_checkpoint, load_weights, model_from_checkpoint, model_keys,
+                        rng_state, save_checkpoint, set_rng_state, vocab_info)
+from config import SETTINGS, Setting, build_config, build_train_parser
+from data import Corpus
 from model import RNNModel
+from runfiles import UserError, run_paths
+
+TOOLS = {"evaluate.py": evaluate, "dynamiceval.py": dynamiceval, "pointer.py": pointer, "generate.py": generate}
 
 VOCAB = {"size": 30, "sha256": "0" * 64}
 
@@ -90,3 +99,46 @@ def test_atomic_writes_take_the_umask_of_the_moment_without_changing_it(tmp_path
         assert os.umask(0o027) == 0o027  # still the caller's
     finally:
         os.umask(old)
+
+
+def test_model_keys_come_from_the_settings_declarations(tmp_path):
+    """A new model setting is required of every checkpoint without a second list to edit; one with a
+    ``before`` value (locked_mask) is not, and a checkpoint written before it existed still rebuilds its model."""
+    extra = Setting("new_width", int, "a model setting added later", group="model")
+    assert model_keys(SETTINGS + (extra,)) == MODEL_KEYS[:-3] + ("new_width",) + MODEL_KEYS[-3:]
+    assert {"emsize", "locked", "tied", "bptt", "data", "preset"} <= set(MODEL_KEYS)
+    assert "locked_mask" not in MODEL_KEYS
+    cfg = small_config()
+    model = RNNModel.from_config(cfg, VOCAB["size"])
+    cfg.pop("locked_mask", None)
+    save_checkpoint(tmp_path / "old.pt", "best", model, cfg, VOCAB)
+    assert model_from_checkpoint(load_checkpoint(tmp_path / "old.pt", "best"), torch.device("cpu")).nlayers == 2
+
+
+@pytest.fixture(scope="module")
+def resume_point(tiny_corpus, tmp_path_factory):
+    cfg = dict(small_config(), data=str(tiny_corpus))
+    path = tmp_path_factory.mktemp("run") / "r.finetune.resume.pt"
+    save_checkpoint(path, "resume", RNNModel.from_config(cfg, len(Corpus(tiny_corpus).dictionary)), cfg,
+                    vocab_info(Corpus(tiny_corpus).dictionary), schedule={}, optimizer={}, rng={})
+    return path
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_resume_point_is_never_scored_as_the_model_unless_asked(resume_point, tool):
+    """It holds the last epoch's raw weights, not the run's best (averaged) model: one line naming the file."""
+    want = f"{resume_point} is a resume point .* pass --save {resume_point.parent / 'r.finetune.pt'}, or --allow"
+    with pytest.raises(UserError, match=want):
+        TOOLS[tool].main(["--save", str(resume_point), "--device", "cpu"])
+
+
+def test_a_resume_point_is_scored_when_asked(resume_point):
+    res = evaluate.main(["--save", str(resume_point), "--device", "cpu", "--max_batches", "1", "--allow_resume_point"])
+    assert res["valid_ppl"] > 1 and res["test_ppl"] > 1
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_says_what_save_is(tool, capsys):
+    with pytest.raises(SystemExit):
+        TOOLS[tool].main(["--help"])
+    assert "--save SAVE the checkpoint to read" in " ".join(capsys.readouterr().out.split())

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 import dynamiceval
 from model import RNNModel
-import pointer
-from checkpoint import save_checkpoint, vocab_info
+from checkpoint import CORPORA, save_checkpoint, vocab_info
 from data import Corpus, batchify, count_windows, windows
 from scoring import evaluate, ppl
 from utils import repackage_hidden, set_seed
@@ -211,7 +210,7 @@ def test_published_defaults_per_corpus():
 
 def test_defaults_follow_the_checkpoint_vocabulary_not_its_folder():
     args = dynamiceval.build_parser().parse_args(["--save", "x.pt", "--epsilon", "1e-4"])
-    for fingerprint, corpus in pointer.CORPORA.items():
+    for fingerprint, corpus in CORPORA.items():
         blob = {"vocab": {"size": 1, "sha256": fingerprint}, "config": {"preset": "single", "data": "data/other"}}
         which, hyper = dynamiceval.hyper_parameters(args, blob)
         d = dynamiceval.DEFAULTS[corpus]
@@ -231,6 +230,19 @@ def test_grid_runs_each_setting_from_the_trained_weights(trained):
     alone = run(trained, "--lr", best["lr"], "--lamb", 0.002, "--epsilon", 1e-5)
     assert (alone["valid_ppl"], alone["test_ppl"]) == (res["valid_ppl"], res["test_ppl"])
     assert sha256(trained) == before
+
+
+@pytest.mark.parametrize("flags, fix", [
+    (["--lr", "1e6", "--lamb", "0"], "lower --lr"), (["--lr", "1e30", "--lamb", "0"], "lower --lr"),
+    (["--lr", "1e300", "--lamb", "0"], "lower --lr"),  # beyond float32: addcdiv_ itself would raise
+    (["--grid", "--grid_lr", "1e6", "1e300", "--grid_lamb", "0"], "lower --grid_lr"),
+])
+def test_a_diverging_evaluation_is_no_result(trained, capsys, flags, fix):
+    """One line saying the result is not finite and what to lower; no result line, no JSON line."""
+    with pytest.raises(UserError, match=f"the result is not finite .*: {fix}"):
+        run(trained, "--epsilon", 1e-5, "--json", *flags)
+    out = capsys.readouterr().out
+    assert "| valid |" not in out and "{" not in out
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -265,9 +277,14 @@ def test_bad_checkpoint_and_unknown_corpus(tmp_path, trained):
         run(trained, *HYPER, "--batch_size", 100000)
 
 
-def test_command_line_error_is_one_line(tmp_path):
+@pytest.mark.parametrize("case", ["junk", "diverged"])
+def test_command_line_error_is_one_line(tmp_path, trained, case):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "dynamiceval.py"), "--save", str(tmp_path / "junk.pt")],
+    argv = ["--save", str(tmp_path / "junk.pt")] if case == "junk" else [
+        "--save", str(trained), "--device", "cpu", "--max_batches", "2", "--batch_size", "10", *HYPER[2:], "--lr",
+        "1e300", "--lamb", "0", "--json"]
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "dynamiceval.py"), *argv],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: cannot read")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "{" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: cannot read" if case == "junk" else "error: the result is not finite")

@@ -75,9 +75,9 @@ def test_existing_outf_is_kept_unless_overwrite(model, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--temperature", "0"], "--temperature must be > 0"),
-    (["--temperature", "-1"], "--temperature must be > 0"),
-    (["--words", "0"], "--words must be positive"),
+    (["--temperature", "0"], "--temperature must be a finite number > 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number > 0"),
+    (["--words", "0"], "--words must be a positive integer"),
 ])
 def test_bad_flags(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):

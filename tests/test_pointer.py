@@ -13,7 +13,7 @@ import torch
 
 from model import RNNModel
 import pointer
-from checkpoint import save_checkpoint, vocab_info
+from checkpoint import CORPORA, save_checkpoint, vocab_info
 from data import Corpus, batchify
 from scoring import evaluate, ppl
 from utils import set_seed
@@ -88,6 +88,13 @@ def naive_cache_logprob(h, words, t, window, theta):
     return math.log(p) if p > 0 else -math.inf
 
 
+def test_a_cache_alone_that_misses_is_no_result(tiny, capsys):
+    """--lambdasm 1 gives the model no say: a word the cache lacks has probability 0, the perplexity is inf."""
+    with pytest.raises(UserError, match=r"the result is not finite \(valid perplexity inf\): lower --lambdasm"):
+        run(tiny, "--lambdasm", 1, "--bptt", 50, "--window", 50, "--theta", 1.0, "--json")
+    assert "{" not in capsys.readouterr().out
+
+
 def test_cache_function_matches_a_per_position_loop():
     torch.manual_seed(0)
     n, d, window, theta = 40, 6, 9, 0.7
@@ -127,7 +134,7 @@ def test_no_position_sees_the_future_and_chunks_do_not_matter(repeated):
 
 
 def blob_of(corpus=None, preset="awd-ptb"):
-    sha = {v: k for k, v in pointer.CORPORA.items()}.get(corpus, "0" * 64)
+    sha = {v: k for k, v in CORPORA.items()}.get(corpus, "0" * 64)
     return {"vocab": {"size": 5, "sha256": sha}, "config": {"preset": preset}}
 
 
@@ -139,7 +146,7 @@ def test_corpus_comes_from_the_checkpoint_vocabulary_and_settings_from_its_sourc
     """The real corpora's vocabulary fingerprints; the folder name or preset never decides the corpus."""
     for name, corpus in (("penn", "ptb"), ("wikitext-2", "wt2")):
         text = pytest.importorskip("conftest")._mirror_path() / name
-        assert pointer.CORPORA[vocab_info(Corpus(text).dictionary)["sha256"]] == corpus
+        assert CORPORA[vocab_info(Corpus(text).dictionary)["sha256"]] == corpus
     assert settings(blob_of("wt2", "merity-wt2")) == (pointer.SETTINGS["wt2", "paper"], "wt2 paper")
     assert settings(blob_of("wt2", "single")) == (pointer.SETTINGS["wt2", "readme"], "wt2 readme")
     assert settings(blob_of("ptb", "merity-ptb"))[0]["window"] == 2000             # the paper's PTB window
@@ -149,6 +156,12 @@ def test_corpus_comes_from_the_checkpoint_vocabulary_and_settings_from_its_sourc
     assert settings(blob_of("ptb", "merity-ptb"), "--window", "7")[0] == dict(window=7, theta=1.0, lambdasm=0.1,
                                                                               bptt=5000)
     assert pointer.SETTINGS["wt2", "readme"] == dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
+    # the preset's declaration names its source; awd-lstm-lm's tag PyTorch==0.1.12 README has its own
+    assert settings(blob_of("ptb", "merity-tag-ptb")) == (dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000), "ptb tag")
+    assert settings(blob_of("wt2", "merity-tag-wt2"))[0] == dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
+    assert settings(blob_of("ptb", "awd-ptb"), "--settings", "tag")[1] == "ptb tag"
+    assert settings(blob_of("wt2", "my-own")) == (pointer.SETTINGS["wt2", "readme"],
+                                                  "wt2 readme (preset 'my-own' is unknown: the README's settings)")
     with pytest.raises(UserError, match="neither PTB nor WikiText-2 .* pass --window, --theta, --lambdasm and --bptt"):
         settings(blob_of(None, "merity-wt2"), "--window", "10")
     assert settings(blob_of(None), "--window", "10", "--theta", "1", "--lambdasm", "0.2", "--bptt", "9") == \
