@@ -1,41 +1,29 @@
 """A CPU-scale ablation study: baseline vs FD vs ELD vs PM vs RD on the single-layer PTB setup, over
 several seeds, with a kappa sweep and a same-mask sweep of FD.
 
-Why: the published numbers need a GPU for a day; this gives evidence, produced by the same training
-code as main.py (``trainer.run`` on a configuration from main.py's own parser), of how the
-implementation behaves, at a scale a 2-core machine affords.  The single-layer preset is scaled down
-(width, epochs, share of the training text; flags below); the validation and test sets are always
-PTB's full ones.  Every run gets the same data, schedule and epochs; runs differ only in what their
-name says.
+Why: the published numbers need a GPU for a day; this gives evidence, from the same training code as
+main.py (``trainer.run`` on a configuration from main.py's own parser), of how the implementation
+behaves at a scale a 2-core machine affords: the single-layer preset scaled down (width, epochs, share
+of the training text), PTB's full validation and test sets.  Runs differ only in what their name says:
+``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa other than the variant's default), ``FD_samew_seed321``
+(``--same_mask_w``).  Each trains, evaluates its best model on validation and test, and measures that
+model's mask variance on validation (mc_dropout.mask_variance).
 
-Runs are named by what they change: ``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa other than the
-variant's default), ``FD_samew_seed321`` (``--same_mask_w``).  Each trains, evaluates its best model on
-validation and test (main.py's end of training), and measures that model's mask variance on
-validation (mc_dropout.mask_variance: two train-mode passes, mean squared difference of their logits).
-
-Each finished run leaves ``runs/NAME.summary.json`` in --out (configuration, machine, best
-validation / test perplexity, mask variance, every epoch's row).  Those files are committed, the
-checkpoints are not: a run whose summary matches the configuration is reused, so the study can be
-finished over several sittings, on any checkout, by rerunning the same command.  An interrupted run
-continues from its resume checkpoint when this checkout still has it.
-
-Committed results never change by accident: a summary that no longer matches its run's configuration
-stops the study (``--retrain`` replaces it); an out folder holds one scale only (``study.json`` records
-it, another scale is refused); and ``--quick`` writes to a new temporary folder unless ``--out`` says
-otherwise, never to results/.
-
-Outputs in --out, written by study_report.py: ``results.md`` (variants over seeds), ``epochs.csv`` (every epoch of every run),
-``curves.png`` / ``kappa.png`` / ``masks.png`` (need matplotlib, the only use of it in the project), ``study.json``;
-and the report (every table, caption, plot link) in STUDY.md: ``results/STUDY.md`` for the default
---out, else ``<out>/STUDY.md``; text outside its generated block is kept.
+Each finished run leaves ``runs/NAME.summary.json`` in --out (configuration, machine, results, every
+epoch); those are committed, the checkpoints are not.  A run whose summary matches its configuration is
+reused, so the study finishes over several sittings on any checkout; an interrupted run continues from
+its resume checkpoint.  Committed results never change by accident: a summary that no longer matches
+stops the study (``--retrain`` replaces it); an out folder holds one scale (``study.json``); ``--scale
+tiny`` writes to a new temporary folder unless ``--out`` says otherwise.  study_report.py writes the
+tables, plots and STUDY.md (``results/STUDY.md`` for the default --out, else ``<out>/STUDY.md``).
 
     python ablation.py --threads 1                  # the whole committed study (--study full), in priority order
-    python ablation.py --study seeds --variants baseline FD --seeds 321 322
+    python ablation.py --study seeds --model baseline FD --seeds 321 322
     python ablation.py --study kappa                # FD at kappa 0, 0.05, 0.15, 0.5, 1.5
     python ablation.py --study masks                # FD sharing one mask site at a time
     python ablation.py --runs FD_kappa0.5_seed321   # named runs
     python ablation.py --report                     # only aggregate the finished runs' summaries
-    python ablation.py --quick                      # minutes, on a tiny scale, in a temporary folder
+    python ablation.py --scale tiny                 # minutes, in a temporary folder
 """
 import argparse
 import hashlib
@@ -43,9 +31,8 @@ import json
 import os
 import re
 import shlex
-import statistics
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,16 +40,16 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, schedule_finished
-from config import VARIANTS, build_config, outcome, train_config, with_settings_added_since
+from config import VARIANTS, build_config, check_flags, default_kappa, outcome, train_config
+from config import with_settings_added_since
 from data import SPLITS, Corpus, batchify, write_corpus_cut
 from mc_dropout import mask_variance
-from study import (ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, FULL_SEEDS, KAPPAS, OTHER_SEEDS, QUICK, SITE_NAMES,
-                   STUDY_SITES, variant_kappa)
-from study_report import report, report_path
-from runfiles import run_paths
+from results import mean_sd, read_metrics
+from runfiles import UserError, atomic_write_json, code_commit, cpu_model, run_cli, run_paths
+from study_report import (ALL_VARIANTS, DEFAULT_OUT, FULL_SEEDS, KAPPAS, OTHER_SEEDS, SCALES, SITE_NAMES, STUDY_SITES,
+                          report, report_path)
 from trainer import run
 from utils import get_device, set_seed
-from runfiles import UserError, atomic_write_json, code_commit, cpu_model, run_cli
 
 STUDIES = ("full", "seeds", "kappa", "masks")
 COMMIT = "unknown"
@@ -77,7 +64,7 @@ def make_spec(variant, seed, kappa=None, same=""):
     bad = set(same) - set(STUDY_SITES)
     if bad:
         raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {STUDY_SITES} ({SITE_NAMES})")
-    if kappa is not None and float(kappa) == variant_kappa(variant):
+    if kappa is not None and float(kappa) == default_kappa("single", variant):
         kappa = None  # the default-kappa run has one name, so a sweep reuses it
     return {"variant": variant, "seed": int(seed), "kappa": None if kappa is None else float(kappa),
             "same": "".join(s for s in STUDY_SITES if s in same)}
@@ -128,18 +115,18 @@ def full_plan():
 
 
 def build_plan(args):
-    study = args.study or ("kappa" if args.kappas else "seeds" if args.variants or args.seeds else "full")
+    study = args.study or ("kappa" if args.kappas else "seeds" if args.model or args.seeds else "full")
     if args.runs:
         plan = [parse_run(n) for n in args.runs]
     elif study == "full":
-        given = [f for f in ("variants", "seeds", "kappas") if getattr(args, f) is not None]
+        given = [f for f in ("model", "seeds", "kappas") if getattr(args, f) is not None]
         if given:
             raise UserError(f"--study full has its own variants, seeds and kappas, so --{given[0]} would do nothing: "
                             f"use --study seeds, kappa or masks, or --runs")
         plan = full_plan()
     else:
         seeds = args.seeds or [321]
-        plan = {"seeds": lambda: seeds_plan(args.variants or ALL_VARIANTS, seeds),
+        plan = {"seeds": lambda: seeds_plan(args.model or ALL_VARIANTS, seeds),
                 "kappa": lambda: kappa_plan(KAPPAS if args.kappas is None else args.kappas, seeds),
                 "masks": lambda: masks_plan(seeds)}[study]()
     unique = {}
@@ -194,8 +181,8 @@ def train(cfg):
             print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
             return json.load(open(paths["final"]))
         blob = load_checkpoint(paths["resume"], "resume")
-        return run(build_config({"resume": paths["resume"]}, "resume", blob), "training", resume=blob)
-    return run(cfg, "training", overwrite=True)
+        return run(build_config({"resume": paths["resume"]}, "resume", blob), resume=blob)
+    return run(cfg, overwrite=True)
 
 
 def measure_mask_variance(save, data, device):
@@ -218,12 +205,13 @@ def summary_mismatch(summary, cfg, study, train_sha):
 
 
 def summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env):
-    rows = [json.loads(line) for line in open(run_paths(cfg["save"])["metrics"])]
+    rows = read_metrics(run_paths(cfg["save"])["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed",
+                                                             "tokens_per_s"))
     best = min(rows, key=lambda r: r["valid_loss"])
     return {"name": run_name(spec), "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
             "same_mask": cfg["same_mask"], "best_valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"],
             "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"], "epochs": len(rows),
-            "wall_s": rows[-1]["elapsed"], "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows),
+            "wall_s": rows[-1]["elapsed"], "tokens_per_s": mean_sd(r["tokens_per_s"] for r in rows)[0],
             "final_train_ppl": rows[-1]["train_ppl"], "mask_variance": mvar, "study": study,
             "train_sha256": train_sha, "train_tokens": ntrain, "environment": env, "config": cfg,
             "epoch_rows": rows}
@@ -262,12 +250,10 @@ def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, re
 def check_out_folder(out, study):
     """One scale per out folder: the tables never mix studies of different sizes."""
     path = out / "study.json"
-    if path.is_file():
-        held = json.loads(path.read_text(encoding="utf-8")).get("study")
-        if held != study:
-            raise UserError(f"{out} holds a study at another scale ({held}); this one is {study}: "
-                            f"choose another --out (one folder holds one configuration)")
-
+    held = json.loads(path.read_text(encoding="utf-8")).get("study") if path.is_file() else study
+    if held != study:
+        raise UserError(f"{out} holds a study at another scale ({held}); this one is {study}: "
+                        f"choose another --out (one folder holds one configuration)")
 
 
 # ---------------------------------------------------------------- command line
@@ -276,24 +262,26 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=STUDIES,
-                   help="default: seeds when --variants or --seeds is given, kappa with --kappas, else full. "
+                   help="default: seeds when --model or --seeds is given, kappa with --kappas, else full. "
                         "full: the committed study (baseline and FD on seeds 321-324, FD's kappa and same-mask "
-                        "sweeps on seed 321, ELD / PM / RD on seeds 321-323), in that order; seeds: --variants x "
+                        "sweeps on seed 321, ELD / PM / RD on seeds 321-323), in that order; seeds: --model x "
                         "--seeds; kappa: FD at each of --kappas; masks: FD sharing one mask site at a time")
     p.add_argument("--runs", nargs="+", metavar="NAME",
                    help="run exactly these, e.g. FD_seed322 FD_kappa0.5_seed321 FD_samew_seed321 (instead of --study)")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="--study seeds: regularizers (default all)")
+    p.add_argument("--model", nargs="+", choices=list(VARIANTS), help="--study seeds: regularizers (default all)")
     p.add_argument("--seeds", nargs="+", type=int, help="--study seeds / kappa / masks: seeds (default 321)")
     p.add_argument("--kappas", nargs="+", type=float,
                    help=f"--study kappa: FD's kappas (default {' '.join(f'{k:g}' for k in KAPPAS)})")
-    for key, value in DEFAULTS.items():
-        p.add_argument(f"--{key}", type=type(value), help=f"default {value} ({QUICK[key]} with --quick)")
+    p.add_argument("--scale", choices=list(SCALES), default="full",
+                   help="full: the committed study's; tiny: minutes, not hours (the test runs it), in a new "
+                        "temporary folder unless --out is given")
+    for key, value in SCALES["full"].items():
+        p.add_argument(f"--{key}", type=type(value), help=f"default {value} ({SCALES['tiny'][key]} at --scale tiny)")
     p.add_argument("--data", default="data/penn", help="the PTB folder (train / valid / test)")
-    p.add_argument("--out", help=f"folder for the study's outputs (default {DEFAULT_OUT}; with --quick a new "
+    p.add_argument("--out", help=f"folder for the study's outputs (default {DEFAULT_OUT}; at --scale tiny a new "
                                  f"temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for every run (default: PyTorch's choice)")
-    p.add_argument("--quick", action="store_true", help="a tiny study (the test runs it); minutes, not hours")
     p.add_argument("--retrain", action="store_true",
                    help="train again (and replace) runs whose summary no longer matches their configuration; "
                         "without it such a run stops the study")
@@ -307,19 +295,17 @@ def main(argv=None):
     COMMIT = code_commit()  # read once, at start: the code this process imported
     args = build_parser().parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["ablation.py", *argv]))
-    base = QUICK if args.quick else DEFAULTS
-    study = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
-    if not 0 < study["train_fraction"] <= 1:
-        raise UserError(f"--train_fraction must be in (0, 1], got {study['train_fraction']}")
+    study = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SCALES[args.scale].items()}
+    check_flags({**study, "threads": args.threads, "seeds": args.seeds, "kappas": args.kappas},
+                {"train_fraction": "fraction", "emsize": "positive_int", "nhid": "positive_int",
+                 "epochs": "positive_int", "batch_size": "positive_int", "bptt": "positive_int",
+                 "threads": "positive_int", "seeds": "seed", "kappas": "non_negative"})
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.out:
-        out = Path(args.out)
-    elif args.quick:  # a toy study never lands in results/, which holds the committed real ones
-        out = Path(tempfile.mkdtemp(prefix="ablation-quick-"))
-        print(f"--quick writes to {out} (pass --out to choose)")
-    else:
-        out = DEFAULT_OUT
+    temporary = args.scale == "tiny" and not args.out  # a toy study never lands in results/, which holds real ones
+    out = Path(tempfile.mkdtemp(prefix="ablation-tiny-")) if temporary else Path(args.out or DEFAULT_OUT)
+    if temporary:
+        print(f"--scale tiny writes to {out} (pass --out to choose)")
     check_out_folder(out, study)
     if args.report:
         return report(out, study, command)
@@ -335,13 +321,13 @@ def main(argv=None):
                      for spec in plan]
         report(out, study, command)
     finally:
-        if args.quick and not args.out:
+        if temporary:
             drop_checkpoints(out)
     return summaries
 
 
 def drop_checkpoints(out):
-    """--quick's own temporary folder keeps the report, not the checkpoints and the corpus cut (tens of MB):
+    """A tiny study's own temporary folder keeps the report, not the checkpoints and the corpus cut (tens of MB):
     a rerun starts a new folder, so nothing could continue from them."""
     for path in (out / "runs").glob("*.pt"):
         path.unlink()

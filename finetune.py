@@ -11,7 +11,7 @@ checkpoint is only read; the result goes to --out, evaluated on validation and t
 import distributed
 from checkpoint import load_checkpoint
 from config import build_config, build_finetune_parser
-from trainer import run
+from trainer import load_resume, run
 from runfiles import UserError, run_cli
 
 
@@ -24,16 +24,15 @@ def main(argv=None):
     if args.resume:
         if args.save or args.out:
             raise UserError("--resume continues a fine-tuning run with its saved paths: drop --save / --out")
-        blob = load_checkpoint(args.resume, "resume")
-        cfg = build_config(vars(args), "resume", blob)
-        with distributed.session(cfg):
-            return run(cfg, "fine-tuning", resume=blob, overwrite=args.overwrite)
-    if not args.save:
+        blob = load_resume(args.resume, "finetune.py")
+        cfg, source = build_config(vars(args), "resume", blob), None
+    elif not args.save:
         raise UserError("name the trained checkpoint to fine-tune with --save PATH")
-    source = load_checkpoint(args.save, "best")
-    cfg = build_config(vars(args), "finetune", source["config"])
+    else:
+        source = load_checkpoint(args.save, "best")
+        cfg, blob = build_config(vars(args), "finetune", source["config"]), None
     with distributed.session(cfg):
-        return run(cfg, "fine-tuning", source=source, overwrite=args.overwrite)
+        return run(cfg, resume=blob, source=source, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -6,22 +6,17 @@
     torchrun --nproc_per_node 4 main.py --preset awd-ptb --model FD   # one run on 4 GPUs (distributed.py)
 """
 import distributed
-from checkpoint import load_checkpoint
 from config import build_config, build_train_parser
-from trainer import run
+from trainer import load_resume, run
 from runfiles import run_cli
 
 
 def main(argv=None):
     args = build_train_parser().parse_args(argv)
-    if args.resume:
-        blob = load_checkpoint(args.resume, "resume")
-        cfg = build_config(vars(args), "resume", blob)
-        with distributed.session(cfg):
-            return run(cfg, "training", resume=blob, overwrite=args.overwrite)
-    cfg = build_config(vars(args))
+    blob = load_resume(args.resume, "main.py") if args.resume else None
+    cfg = build_config(vars(args), "resume", blob) if blob else build_config(vars(args))
     with distributed.session(cfg):
-        return run(cfg, "training", overwrite=args.overwrite)
+        return run(cfg, resume=blob, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import tempfile
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,8 +21,8 @@ from tqdm import tqdm
 
 import distributed
 from checkpoint import check_vocab, load_checkpoint, load_weights, save_checkpoint, set_rng_state, vocab_info
-from runfiles import (RUN_FILES, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl, check_output_path,
-                      remove_stale_temp_files, run_paths)
+from runfiles import (RUN_FILES, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl,
+                      check_output_path, read_json, remove_stale_temp_files, run_paths)
 from scoring import evaluate, ppl
 from data import Corpus, batchify, check_split_sizes, first_lines, get_batch
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
@@ -29,6 +31,21 @@ from schedule import ANNEAL, STOP, SWITCH, Schedule
 from utils import DeferredInterrupt, get_device, progress, repackage_hidden, set_seed
 
 RULE = "-" * 89
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Training or fine-tuning: what the run is called, the tool that continues it, the flag naming its output."""
+    name: str
+    tool: str
+    flag: str
+
+
+TRAINING, FINE_TUNING = Stage("training", "main.py", "--save"), Stage("fine-tuning", "finetune.py", "--out")
+
+
+def stage_of(cfg):
+    return FINE_TUNING if cfg.get("stage") == "finetune" else TRAINING
 
 
 class NonFiniteLoss(UserError):
@@ -73,9 +90,7 @@ def draw_seq_len(cfg):
     """AWD-LSTM's variable BPTT: base bptt (p = 0.95) or bptt / 2, then N(base, 5), at least 5."""
     bptt = cfg["bptt"] if np.random.random() < 0.95 else cfg["bptt"] / 2.0
     seq_len = max(5, int(np.random.normal(bptt, 5)))
-    if cfg["max_seq_len"]:
-        seq_len = min(seq_len, cfg["max_seq_len"])
-    return seq_len
+    return min(seq_len, cfg["max_seq_len"]) if cfg["max_seq_len"] else seq_len
 
 
 def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len):
@@ -140,6 +155,12 @@ class EpochState:
         self.interval_ce.zero_()
         self.interval_start = time.time()
 
+    def check_finite(self, cfg, lr):
+        running = self.total_ce.item() / self.batch
+        if not math.isfinite(running):
+            raise non_finite("training", running, f"epoch {self.epoch} (batch {self.batch}, lr {lr:g})", cfg["save"])
+        return running
+
     def summary(self, cfg):
         train_loss = self.total_ce.item() / max(self.batch, 1)
         if not math.isfinite(train_loss):
@@ -183,14 +204,78 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             if due >= 2:
                 raise KeyboardInterrupt
             if state.batch % check_every == 0 or state.batch % log_every == 0:
-                running = state.total_ce.item() / state.batch
-                if not math.isfinite(running):
-                    raise non_finite("training", running, f"epoch {epoch} (batch {state.batch}, lr {lr:g})",
-                                     cfg["save"])
+                running = state.check_finite(cfg, lr)
                 bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{state.tokens / (time.time() - state.start):.0f}")
             if state.batch % log_every == 0:
                 state.log_interval(lr, approx, log_every)
     return state.summary(cfg)
+
+
+@dataclass
+class Run:
+    """One training or fine-tuning run: its configuration, files, data, model and schedule.  ``resume``: the
+    resume checkpoint it continues; ``source``: the best model whose weights start it (fine-tuning);
+    ``stamp``: what every file of the run carries (its run id, its corpus's hash)."""
+    cfg: dict
+    paths: dict
+    device: torch.device
+    corpus: Corpus
+    splits: dict
+    model: RNNModel
+    schedule: Schedule
+    stamp: dict
+    resume: Optional[dict] = None
+    source: Optional[dict] = None
+    position: Optional[dict] = None  # a mid-epoch resume point to continue from
+    lock: Optional[RunLock] = None  # rank 0's, verified before each save
+    optimizer: Optional[torch.optim.Optimizer] = None
+    reg: Optional[Regularizer] = None
+    written: str = ""  # where the last resume point of this process stands
+    result: Optional[dict] = None  # the finished run's final results, once written
+
+    @property
+    def stage(self):
+        return stage_of(self.cfg)
+
+    @property
+    def dry(self):
+        return self.cfg["dry_run"]
+
+    @property
+    def vocab(self):
+        return vocab_info(self.corpus.dictionary)
+
+    def still_ours(self):
+        """Collective: a run whose lock another process took stops before it writes again."""
+        error = None
+        if self.lock is not None:
+            try:
+                self.lock.verify()
+            except UserError as e:
+                error = e
+        distributed.gate(error)
+
+    def save_best(self, **extra):
+        if distributed.is_main():
+            save_checkpoint(self.paths["best"], "best", self.model, self.cfg, self.vocab, **extra, **self.stamp)
+
+    def save_resume_point(self, pos=None):
+        """Collective: every rank joins, rank 0 writes."""
+        pos = distributed.merge_position(pos) if pos is not None else None
+        rng = distributed.rng_state()
+        self.still_ours()
+        if distributed.is_main():
+            save_checkpoint(self.paths["resume"], "resume", self.model, self.cfg, self.vocab,
+                            schedule=self.schedule.state_dict(), optimizer=self.optimizer.state_dict(), rng=rng,
+                            **({"position": pos} if pos else {}), **self.stamp)
+        self.written = (f"inside epoch {pos['epoch']}, after batch {pos['batch']}" if pos
+                        else f"after epoch {self.schedule.epoch}")
+        if pos:
+            tqdm.write(f"| resume point written mid-epoch ({self.written}): {self.paths['resume']}")
+
+    def validate(self, max_batches, desc):
+        return distributed.agree(evaluate(self.model, self.splits["valid"], self.cfg["bptt"],
+                                          self.cfg["eval_batch_size"], max_batches, desc))
 
 
 def epoch_row(epoch, stats, val_loss, improved, schedule, epoch_start):
@@ -202,148 +287,119 @@ def epoch_row(epoch, stats, val_loss, improved, schedule, epoch_start):
             "elapsed": round(schedule.elapsed + time.time() - epoch_start, 3)}
 
 
-def follow_schedule(action, epoch, cfg, schedule, model, optimizer, paths, device):
-    """Carry out the schedule's decision after an epoch; returns the optimizer to go on with."""
+def follow_schedule(r, action, epoch):
+    """Carry out the schedule's decision after an epoch."""
     if action == SWITCH:
         print("Switching to ASGD")
-        return make_optimizer(cfg, schedule, model.parameters(), device)
-    if action == ANNEAL:
-        distributed.load_best(model, paths["best"])
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr
-        print(f"Annealing: reloaded the best model (epoch {schedule.best_epoch}), lr now {schedule.lr:g}")
+        r.optimizer = make_optimizer(r.cfg, r.schedule, r.model.parameters(), r.device)
+    elif action == ANNEAL:
+        distributed.load_best(r.model, r.paths["best"])
+        for group in r.optimizer.param_groups:
+            group["lr"] = r.schedule.lr
+        print(f"Annealing: reloaded the best model (epoch {r.schedule.best_epoch}), lr now {r.schedule.lr:g}")
     elif action == STOP:
-        print(f"Stopping: the {cfg['optimizer']} schedule ended training after epoch {epoch}")
-    return optimizer
+        print(f"Stopping: the {r.cfg['optimizer']} schedule ended training after epoch {epoch}")
 
 
-def fit(model, cfg, splits, reg, schedule, paths, vocab, device, optimizer_state=None, position=None, stamp=None,
-        lock=None):
-    """Run epochs until the limit or the schedule stops; returns None, or, when Ctrl-C ended training, the
-    line that says how to continue.
+def run_epoch(r, epoch, stop):
+    """Train one epoch, validate, save the best model, follow the schedule, write the resume point and metrics."""
+    dry = r.dry
+    epoch_start = time.time() - (r.position["seconds"] if r.position else 0.0)
+    stats = distributed.average_stats(train_epoch(r.model, r.optimizer, r.splits["train"], r.cfg, r.reg, epoch,
+                                                  2 if dry else None, position=r.position,
+                                                  checkpoint=None if dry else r.save_resume_point, stop=stop))
+    r.position = None
+    with averaged_weights(r.model, r.optimizer):
+        val_loss = r.validate(5 if dry else None, f"validation, epoch {epoch}")
+        if not math.isfinite(val_loss):
+            raise non_finite("validation", val_loss, f"epoch {epoch}", r.paths["best"])
+        r.still_ours()
+        improved = r.schedule.improves(val_loss)
+        if improved:
+            r.save_best(epoch=epoch, valid_loss=val_loss)
+    row = epoch_row(epoch, stats, val_loss, improved, r.schedule, epoch_start)
+    r.schedule.elapsed = row["elapsed"]  # wall clock of training and validation so far
+    weights = "averaged" if r.schedule.averaging else "raw"
+    action = r.schedule.update(epoch, val_loss)
+    print(f"{RULE}\n| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
+          f"valid ppl {ppl(val_loss):8.2f} | {weights} weights{' | saved' if improved else ''}\n{RULE}")
+    follow_schedule(r, action, epoch)
+    r.schedule.metrics.append(row)
+    if not dry:  # the resume point first: metrics are never ahead of it
+        r.save_resume_point()
+    if distributed.is_main():
+        atomic_write_jsonl(r.schedule.metrics, r.paths["metrics"])
+    if distributed.agree(stop.requested):  # Ctrl-C during validation: stop after the epoch's resume point
+        raise KeyboardInterrupt
 
-    ``splits``: batchified train / valid tensors on ``device``.  ``paths``: best, resume, metrics.
-    ``stamp``: what every checkpoint of the run carries besides (its run id, its corpus's hash).
-    ``position``: a mid-epoch resume point to continue from.  ``lock``: the run's RunLock (rank 0),
-    verified before each save.  Ctrl-C ends training early at the end
-    of the batch (or of the validation) under way, writing a resume point first; what was saved stays
-    saved."""
-    dry = cfg["dry_run"]
-    optimizer = make_optimizer(cfg, schedule, model.parameters(), device)
-    if optimizer_state is not None:
+
+def fit(r):
+    """Run epochs until the limit or the schedule stops.  Ctrl-C ends training early at the end of the batch
+    (or of the validation) under way, writing a resume point first, and raises runfiles.Interrupted with
+    the line that says how to continue; what was saved stays saved."""
+    r.optimizer = make_optimizer(r.cfg, r.schedule, r.model.parameters(), r.device)
+    if r.resume is not None:
         try:
-            optimizer.load_state_dict(optimizer_state)
+            r.optimizer.load_state_dict(r.resume["optimizer"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"the optimizer state in the resume checkpoint does not fit the model ({e}): "
                             f"use an intact resume checkpoint written by main.py") from None
-
-    written = {}  # where the last resume point of this process stands
-
-    def still_ours():  # collective: a run whose lock another process took stops before it writes again
-        error = None
-        if lock is not None:
-            try:
-                lock.verify()
-            except UserError as e:
-                error = e
-        distributed.gate(error)
-
-    def save_resume_point(pos=None):  # collective: every rank joins, rank 0 writes
-        pos = distributed.merge_position(pos) if pos is not None else None
-        rng = distributed.rng_state()
-        still_ours()
-        if distributed.is_main():
-            save_checkpoint(paths["resume"], "resume", model, cfg, vocab, schedule=schedule.state_dict(),
-                            optimizer=optimizer.state_dict(), rng=rng, **({"position": pos} if pos else {}),
-                            **(stamp or {}))
-        written["where"] = (f"inside epoch {pos['epoch']}, after batch {pos['batch']}" if pos
-                            else f"after epoch {schedule.epoch}")
-        if pos:
-            tqdm.write(f"| resume point written mid-epoch ({written['where']}): {paths['resume']}")
-
     stop = DeferredInterrupt("stopping at the end of this batch (or of this validation) and writing a resume point",
                              say=distributed.is_main())
     try:
-        for epoch in range(schedule.epoch + 1, cfg["epochs"] + 1):
-            if schedule.stopped:
+        for epoch in range(r.schedule.epoch + 1, r.cfg["epochs"] + 1):
+            if r.schedule.stopped:
                 break
-            epoch_start = time.time() - (position["seconds"] if position else 0.0)
-            stats = distributed.average_stats(train_epoch(model, optimizer, splits["train"], cfg, reg, epoch,
-                                                          2 if dry else None, position=position,
-                                                          checkpoint=None if dry else save_resume_point, stop=stop))
-            position = None
-            with averaged_weights(model, optimizer):
-                val_loss = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"],
-                                                      5 if dry else None, desc=f"validation, epoch {epoch}"))
-                if not math.isfinite(val_loss):
-                    raise non_finite("validation", val_loss, f"epoch {epoch}", paths["best"])
-                still_ours()
-                improved = schedule.improves(val_loss)
-                if improved and distributed.is_main():
-                    save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=epoch, valid_loss=val_loss,
-                                    **(stamp or {}))
-            row = epoch_row(epoch, stats, val_loss, improved, schedule, epoch_start)
-            schedule.elapsed = row["elapsed"]  # wall clock of training and validation so far
-            weights = "averaged" if schedule.averaging else "raw"
-            action = schedule.update(epoch, val_loss)
-            print(f"{RULE}\n| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
-                  f"valid ppl {ppl(val_loss):8.2f} | {weights} weights{' | saved' if improved else ''}\n{RULE}")
-            optimizer = follow_schedule(action, epoch, cfg, schedule, model, optimizer, paths, device)
-            schedule.metrics.append(row)
-            if not dry:  # the resume point first: metrics are never ahead of it
-                save_resume_point()
-            if distributed.is_main():
-                atomic_write_jsonl(schedule.metrics, paths["metrics"])
-            if distributed.agree(stop.requested):  # Ctrl-C during validation: stop after the epoch's resume point
-                raise KeyboardInterrupt
+            run_epoch(r, epoch, stop)
     except KeyboardInterrupt:
-        print(RULE)
-        print("Exiting from training early")
-        if dry:
-            print("A dry run writes no resume point.")
-            return "a dry run writes no resume point"
-        if written or os.path.exists(paths["resume"]):
-            where = f" ({written['where']})" if written else ""
-            tool = "finetune.py" if cfg.get("stage") == "finetune" else "main.py"
-            print(f"Resume point{where}: {paths['resume']}\nContinue with: python {tool} --resume {paths['resume']}")
-            return f"continue with: python {tool} --resume {paths['resume']}"
-        print("No resume point was written yet.")
-        return "no resume point was written yet: start the run again"
+        print(f"{RULE}\nExiting from training early")
+        raise Interrupted(stopped_early(r)) from None
     finally:
         stop.restore()
-    return None
 
 
-def final_evaluation(model, cfg, splits, paths, label, max_batches=None, stamp=None, interrupted_after=None):
+def stopped_early(r):
+    """What a Ctrl-C left: the resume point to continue from, said in full; returns the one line for the exit."""
+    if r.dry:
+        print("A dry run writes no resume point.")
+        return "a dry run writes no resume point"
+    if r.written or os.path.exists(r.paths["resume"]):
+        where = f" ({r.written})" if r.written else ""
+        command = f"python {r.stage.tool} --resume {r.paths['resume']}"
+        print(f"Resume point{where}: {r.paths['resume']}\nContinue with: {command}")
+        return f"continue with: {command}"
+    print("No resume point was written yet.")
+    return "no resume point was written yet: start the run again"
+
+
+def final_evaluation(r, interrupted_after=None):
     """Load the best model, evaluate it on validation and test, print the end line, save results.
     ``interrupted_after``: the epochs done when Ctrl-C ended training early (None: it ran to its end)."""
-    blob = load_checkpoint(paths["best"], "best")
-    load_weights(model, blob, paths["best"])
-    valid = evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], max_batches, "validation, best model")
-    test = evaluate(model, splits["test"], cfg["bptt"], cfg["test_batch_size"], max_batches, "test, best model")
-    print(RULE)
-    if label == "training":
-        print(f"| End of training | test loss {test:5.2f} | test ppl {ppl(test):8.2f} |")
-    else:
-        print(f"| End of {label} | valid ppl {ppl(valid):8.2f} | test ppl {ppl(test):8.2f} |")
-    print(RULE)
+    blob = load_checkpoint(r.paths["best"], "best")
+    load_weights(r.model, blob, r.paths["best"])
+    short, cfg, label = 5 if r.dry else None, r.cfg, r.stage.name
+    valid = evaluate(r.model, r.splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short, "validation, best model")
+    test = evaluate(r.model, r.splits["test"], cfg["bptt"], cfg["test_batch_size"], short, "test, best model")
+    end = (f"test loss {test:5.2f}" if r.stage is TRAINING else f"valid ppl {ppl(valid):8.2f}")
+    print(f"{RULE}\n| End of {label} | {end} | test ppl {ppl(test):8.2f} |\n{RULE}")
     done = None if interrupted_after is None else f"{interrupted_after} epoch{'s' * (interrupted_after != 1)}"
-    if label != "training" and blob.get("epoch") == 0:
+    if r.stage is FINE_TUNING and blob.get("epoch") == 0:
         what = ("never improved on the input's validation perplexity" if done is None else
                 f"was interrupted after {done}, before it improved on the input's validation perplexity")
-        print(f"Note: {label} {what}, so {paths['best']} holds the input's weights.")
+        print(f"Note: {label} {what}, so {r.paths['best']} holds the input's weights.")
     elif done is not None:
         print(f"Note: {label} was interrupted after {done}: this is its best model so far (epoch "
               f"{blob.get('epoch')}), not a finished run's.")
-    if cfg["dry_run"]:
+    if r.dry:
         print("Note: a dry run trains 2 batches, so perplexities in the thousands or millions are expected.")
     result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
-              "best_epoch": blob.get("epoch"), "checkpoint": str(paths["best"]), **(stamp or {})}
-    atomic_write_json(result, paths["final"])
+              "best_epoch": blob.get("epoch"), "checkpoint": str(r.paths["best"]), **r.stamp}
+    r.result = result if interrupted_after is None else None
+    atomic_write_json(result, r.paths["final"])
     return result
 
 
-def run(cfg, label, resume=None, source=None, overwrite=False):
+def run(cfg, resume=None, source=None, overwrite=False):
     """Everything main.py and finetune.py do: data, model, the epoch loop, the final test.
 
     ``resume``: a resume checkpoint to continue.  ``source``: a best-model checkpoint whose weights
@@ -354,45 +410,63 @@ def run(cfg, label, resume=None, source=None, overwrite=False):
     if cfg["dry_run"] and cfg.get("save") is None:
         with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
             print(f"A dry run writes to a temporary folder, removed at its end: {tmp}")
-            return run(dict(cfg, save=os.path.join(tmp, "model.pt")), label, resume, source, overwrite)
-    if resume is not None:  # a resume point continues its own kind of run, whichever tool resumes it
-        label = "fine-tuning" if cfg.get("stage") == "finetune" else "training"
-    else:  # --data resolved now, as --save is, so a resume from any folder reads the same corpus
+            return run(dict(cfg, save=os.path.join(tmp, "model.pt")), resume, source, overwrite)
+    if resume is None:  # --data resolved now, as --save is, so a resume from any folder reads the same corpus
         cfg = dict(cfg, data=os.path.abspath(cfg["data"]))
-    paths = run_paths(cfg["save"])
-    flag = "--save" if label == "training" else "--out"
-    with ExitStack() as held:
-        error = old = lock = None
-        try:
-            if resume is not None and overwrite:
-                raise UserError("--overwrite has no effect with --resume, which continues the run's own files: "
-                                "drop --overwrite (or start a new run with it, without --resume)")
-            device = distributed.local_device(get_device(cfg["device"]))
-            if distributed.is_main():  # rank 0 checks, locks and claims the run's files for every rank
-                check_run_paths(cfg, paths, flag, source)
-                lock = held.enter_context(RunLock(paths["lock"], flag))
-                for path in paths.values():
-                    remove_stale_temp_files(path)
-                old = earlier_run_files(paths, overwrite) if resume is None else check_own_files(paths, resume)
-            state = _prepare(cfg, label, device, paths, resume, source)
-        except UserError as e:
-            error = e
-        distributed.gate(error)  # a failed check ends every process, said once
-        for path in old or ():  # the earlier run goes only now that this one can start
-            os.unlink(path)
-        return _train(cfg, label, device, paths, resume, source, lock=lock, **state)
+    paths, flag = run_paths(cfg["save"]), stage_of(cfg).flag
+    r = None
+    try:
+        with ExitStack() as held:
+            error = old = lock = None
+            try:
+                if resume is not None and overwrite:
+                    raise UserError("--overwrite has no effect with --resume, which continues the run's own files: "
+                                    "drop --overwrite (or start a new run with it, without --resume)")
+                device = distributed.local_device(get_device(cfg["device"]))
+                if distributed.is_main():  # rank 0 checks, locks and claims the run's files for every rank
+                    check_run_paths(cfg, paths, flag, source)
+                    lock = held.enter_context(RunLock(paths["lock"], flag))
+                    for path in paths.values():
+                        remove_stale_temp_files(path)
+                    old = earlier_run_files(paths, overwrite) if resume is None else check_own_files(paths, resume)
+                r = prepare(cfg, device, paths, resume, source)
+                r.lock = lock
+            except UserError as e:
+                error = e
+            distributed.gate(error)  # a failed check ends every process, said once
+            for path in old or ():  # the earlier run goes only now that this one can start
+                os.unlink(path)
+            return train(r)
+    except KeyboardInterrupt as e:
+        if r is None or r.result is None or isinstance(e, Interrupted) or read_json(paths["final"]) != r.result:
+            raise
+        raise Interrupted(f"Ctrl-C came after the end: the run is complete, its results are in {paths['final']}"
+                          ) from None
 
 
-RESERVED = {what: f".{suffix}" for what, suffix in RUN_FILES.items()}
+def load_resume(path, tool):
+    """A resume point, or one line saying what to run where there is none at ``path``."""
+    path = str(path)
+    if os.path.isfile(path):
+        return load_checkpoint(path, "resume")
+    best = path[:-len(".resume.pt")] + ".pt" if path.endswith(".resume.pt") else "runs/NAME.pt"
+    if os.path.isfile(best):
+        hint = f"its run's best model is there: evaluate it with python evaluate.py --save {best}"
+    elif tool == "main.py":
+        hint = f"start the run with python main.py --save {best}"
+    else:
+        hint = f"start the fine-tuning with python finetune.py --save TRAINED.pt --out {best}"
+    raise UserError(f"no resume point at {path} (a run writes NAME.resume.pt beside its best model NAME.pt): check "
+                    f"the path, or {hint}")
 
 
 def check_run_paths(cfg, paths, flag, source):
     """Every file the run will write can be written, and none is a file of another run's set."""
-    best = str(paths["best"])
-    for what, suffix in RESERVED.items():
-        if best.endswith(suffix):
-            raise UserError(f"{flag} {best} ends in {suffix}, the name of another run's {what} file: choose a "
-                            f"name that ends in none of {', '.join(RESERVED.values())}")
+    best, reserved = str(paths["best"]), [f".{suffix}" for suffix in RUN_FILES.values()]
+    for what, suffix in RUN_FILES.items():
+        if best.endswith(f".{suffix}"):
+            raise UserError(f"{flag} {best} ends in .{suffix}, the name of another run's {what} file: choose a "
+                            f"name that ends in none of {', '.join(reserved)}")
     if source is not None and cfg.get("finetuned_from"):
         theirs = {os.path.realpath(p) for p in run_paths(cfg["finetuned_from"]).values()}
         shared = [p for p in paths.values() if os.path.realpath(p) in theirs]
@@ -425,13 +499,12 @@ def check_own_files(paths, resume):
     return None
 
 
-def describe_files(cfg, paths, label):
+def describe_files(cfg, paths):
     """The run's files in plain words, before any work: where to look, and how to continue."""
-    tool = "finetune.py" if label == "fine-tuning" else "main.py"
     every = cfg.get("checkpoint_every", 0)
     resume = ("none (a dry run)" if cfg["dry_run"] else
               f"{paths['resume']} (after each epoch{f' and every {every:g} min' if every else ''}; continue "
-              f"with: python {tool} --resume {paths['resume']})")
+              f"with: python {stage_of(cfg).tool} --resume {paths['resume']})")
     print(f"Files of this run:\n"
           f"  best model     {paths['best']} (rewritten at each new best validation loss)\n"
           f"  resume point   {resume}\n"
@@ -440,11 +513,8 @@ def describe_files(cfg, paths, label):
           f"  lock           {paths['lock']} (only while the run is in progress)")
 
 
-def _prepare(cfg, label, device, paths, resume, source):
-    """Everything that can refuse the run, touching no file: corpus, sizes, model, resume state."""
-    print("Configuration: " + json.dumps(cfg, sort_keys=True))
-    describe_files(cfg, paths, label)
-    set_seed(cfg["seed"])
+def read_corpus(cfg, resume, source):
+    """The run's corpus, checked against the checkpoints it continues or starts from, cut to --train_fraction."""
     corpus = Corpus(cfg["data"])
     for blob, what in ((resume, "the resume checkpoint"), (source, "the input checkpoint")):
         if blob is not None:
@@ -454,74 +524,90 @@ def _prepare(cfg, label, device, paths, resume, source):
                         f"text: a file changed, or --data names another corpus): resume with the run's own, "
                         f"unchanged corpus")
     if cfg["train_fraction"] < 1:  # cut in memory: the corpus folder and the vocabulary stay the whole corpus's
-        corpus.train = first_lines(corpus.train, cfg["train_fraction"], corpus.dictionary.word2idx["<eos>"])
-        print(f"Training on the first {cfg['train_fraction']:g} of the training text's lines")
+        eos = corpus.dictionary.word2idx["<eos>"]
+        lines, tokens = int((corpus.train == eos).sum()), corpus.train.numel()
+        corpus.train = first_lines(corpus.train, cfg["train_fraction"], eos)
+        print(f"Training on the first {int((corpus.train == eos).sum())} of the training text's {lines} lines "
+              f"({corpus.train.numel()} of {tokens} tokens; --train_fraction {cfg['train_fraction']:g})")
     check_split_sizes(corpus, cfg)
+    return corpus
+
+
+def prepare(cfg, device, paths, resume, source):
+    """Everything that can refuse the run, touching no file: corpus, sizes, model, resume state."""
+    print("Configuration: " + json.dumps(cfg, sort_keys=True))
+    describe_files(cfg, paths)
+    set_seed(cfg["seed"])
+    corpus = read_corpus(cfg, resume, source)
     splits = {"train": distributed.shard(batchify(corpus.train, cfg["batch_size"], device)),
               "valid": batchify(corpus.valid, cfg["eval_batch_size"], device),
               "test": batchify(corpus.test, cfg["test_batch_size"], device)}
     model = RNNModel.from_config(cfg, len(corpus.dictionary)).to(device)
-    state = {"corpus": corpus, "splits": splits, "model": model, "optimizer_state": None, "position": None,
-             "schedule": Schedule(cfg)}
+    stamp = {"run": (resume or {}).get("run") or uuid.uuid4().hex, "corpus_sha256": corpus.sha256}
+    r = Run(cfg, paths, device, corpus, splits, model, Schedule(cfg), stamp, resume, source)
     if resume is not None:
         load_weights(model, resume, "the resume checkpoint")
-        state["schedule"] = Schedule(cfg).load_state_dict(resume["schedule"])
-        done = state["schedule"].epoch
+        r.schedule = Schedule(cfg).load_state_dict(resume["schedule"])
+        done = r.schedule.epoch
         if cfg["epochs"] < done:
             raise UserError(f"--epochs {cfg['epochs']} is below the {done} epochs this run has already trained: give "
                             f"--epochs {done + 1} or more to train on (its best model is {paths['best']})")
-        state["optimizer_state"] = resume["optimizer"]
-        state["position"] = distributed.own_position(resume.get("position"))
+        r.position = distributed.own_position(resume.get("position"))
         set_rng_state(resume["rng"])
     elif source is not None:
         load_weights(model, source, "the input checkpoint")
-    return state
+    return r
 
 
-def _train(cfg, label, device, paths, resume, source, corpus, splits, model, schedule, optimizer_state, position,
-           lock=None):
-    vocab = vocab_info(corpus.dictionary)
-    stamp = {"run": (resume or {}).get("run") or uuid.uuid4().hex, "corpus_sha256": corpus.sha256}
-    short = 5 if cfg["dry_run"] else None
-    if resume is not None:
-        if not cfg["dry_run"] and distributed.is_main():
-            atomic_write_jsonl(schedule.metrics, paths["metrics"])  # exactly the resume point's epochs
-        where = f", inside epoch {position['epoch']} at batch {position['batch']}" if position else ""
-        print(f"Resuming after epoch {schedule.epoch}{where} (best so far: epoch {schedule.best_epoch})")
-    elif source is not None:
-        start = distributed.agree(evaluate(model, splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short,
-                                           "validation, input model"))
-        print(f"Starting from valid ppl {ppl(start):.2f}")
-        if distributed.is_main():
-            save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=0, valid_loss=start, **stamp)
-        schedule = Schedule(cfg, best_val=start)
-    print(f"Model total parameters: {sum(p.numel() for p in model.parameters())}")
-    print(f"Device: {device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
+def start(r):
+    """Say where the run starts; a fine-tuning run scores its input first, the loss to beat."""
+    if r.resume is not None:
+        if not r.dry and distributed.is_main():
+            atomic_write_jsonl(r.schedule.metrics, r.paths["metrics"])  # exactly the resume point's epochs
+        where = f", inside epoch {r.position['epoch']} at batch {r.position['batch']}" if r.position else ""
+        print(f"Resuming after epoch {r.schedule.epoch}{where} (best so far: epoch {r.schedule.best_epoch})")
+    elif r.source is not None:
+        loss = r.validate(5 if r.dry else None, "validation, input model")
+        print(f"Starting from valid ppl {ppl(loss):.2f}")
+        r.save_best(epoch=0, valid_loss=loss)
+        r.schedule = Schedule(r.cfg, best_val=loss)
+    corpus = r.corpus
+    print(f"Model total parameters: {sum(p.numel() for p in r.model.parameters())}")
+    print(f"Device: {r.device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
           f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
-    distributed.prepare(model, cfg, resume)
-    if cfg.get("overlap_passes"):
-        reason = overlap_blocker(Regularizer.from_config(cfg), device)
+    distributed.prepare(r.model, r.cfg, r.resume)
+    r.reg = Regularizer.from_config(r.cfg)
+    if r.cfg.get("overlap_passes"):
+        reason = overlap_blocker(r.reg, r.device)
         print("--overlap_passes: " + (f"the two passes run one after the other here: {reason}" if reason
                                       else "pass 2 runs on a second CUDA stream beside pass 1"))
-    interrupted = fit(model, cfg, splits, Regularizer.from_config(cfg), schedule, paths, vocab, device,
-                      optimizer_state, position, stamp, lock)
+
+
+def train(r):
+    """Train, then score the best model on validation and test (rank 0); Ctrl-C still scores the best model so
+    far, then raises runfiles.Interrupted: an interrupted run is not a finished one."""
+    start(r)
+    interrupted = None
+    try:
+        fit(r)
+    except Interrupted as e:
+        interrupted = e
     if interrupted is not None and distributed.size() > 1:  # torchrun kills its processes 30 s after a Ctrl-C
-        if distributed.is_main() and os.path.exists(paths["best"]):
+        if distributed.is_main() and os.path.exists(r.paths["best"]):
             print(f"No test evaluation after Ctrl-C under torchrun; the best model so far: python evaluate.py --save "
-                  f"{paths['best']}")
-        raise Interrupted(interrupted)
+                  f"{r.paths['best']}")
+        raise interrupted
     if not distributed.is_main():  # the test evaluation is rank 0's alone
         return None
-    if not os.path.exists(paths["best"]) and cfg["dry_run"]:  # a dry run's temporary best: the weights as they are
-        save_checkpoint(paths["best"], "best", model, cfg, vocab, epoch=schedule.epoch, **stamp)
+    if not os.path.exists(r.paths["best"]) and r.dry:  # a dry run's temporary best: the weights as they are
+        r.save_best(epoch=r.schedule.epoch)
     result = None
-    if not os.path.exists(paths["best"]):
-        if os.path.exists(paths["final"]):  # an earlier final.json would describe a model that is gone
-            os.unlink(paths["final"])
+    if not os.path.exists(r.paths["best"]):
+        if os.path.exists(r.paths["final"]):  # an earlier final.json would describe a model that is gone
+            os.unlink(r.paths["final"])
         print("No best model was saved by this run, so there is nothing to evaluate on test.")
     else:
-        result = final_evaluation(model, cfg, splits, paths, label, short, stamp,
-                                  None if interrupted is None else schedule.epoch)
+        result = final_evaluation(r, None if interrupted is None else r.schedule.epoch)
     if interrupted is not None:  # not a finished run, whatever it evaluated: the exit code says so
-        raise Interrupted(interrupted)
+        raise interrupted
     return result

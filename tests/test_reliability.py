@@ -466,7 +466,7 @@ def test_resume_flags_that_would_do_nothing_are_refused(run_a):
     blob = torch.load(resume, weights_only=True)  # run_a may have done only 1 epoch, and --epochs 0 is refused
     done = blob["schedule"]["epoch"]               # by the flag's own check: the configuration is given directly
     with pytest.raises(UserError, match=f"below the {done} epochs"):
-        trainer.run(dict(blob["config"], epochs=done - 1), "training", resume=blob)
+        trainer.run(dict(blob["config"], epochs=done - 1), resume=blob)
     assert snapshot(run_a.parent) == before
 
 
