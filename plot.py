@@ -2,80 +2,88 @@
 
     python plot.py runs/single_FD.pt runs/single_baseline.pt --out curves.png
     python plot.py runs/awd-ptb_FD.metrics.jsonl
+    python plot.py runs/                    # every run in the folder
 
-Each run is named by its checkpoint or its ``.metrics.jsonl`` (main.py and finetune.py write one line
-per epoch beside the checkpoint).  Needs matplotlib, an optional dependency: pip install matplotlib.
+A run is named by its checkpoint, its ``.metrics.jsonl`` (main.py and finetune.py write one line per
+epoch beside the checkpoint) or a folder of runs.  A run's fine-tuning (NAME.finetune.metrics.jsonl)
+follows its training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
 """
 import argparse
-import json
-import os
 from pathlib import Path
 
-from runfiles import UserError, run_cli, sidecar
+from results import draw_curve, pyplot, read_metrics, save_figure
+from runfiles import UserError, check_output_path, run_cli
 
 PANELS = (("train_ppl", "train perplexity", True), ("valid_ppl", "validation perplexity", True),
           ("lr", "learning rate", False), ("penalty", "penalty (times kappa)", False))
+KEYS = ("epoch", *(key for key, _, _ in PANELS))
 
 
-def metrics_path(run):
-    """A run's metrics file, from the file itself or its checkpoint."""
-    path = Path(run)
-    return path if path.name.endswith(".metrics.jsonl") else sidecar(path, "metrics.jsonl")
+def run_stems(arg):
+    """The runs ``arg`` names, as paths without suffix: a checkpoint or metrics file (a fine-tuning's names
+    its training), or every run in a folder."""
+    path = Path(arg)
+    if path.is_dir():
+        stems = sorted({stem(p) for p in path.glob("*.metrics.jsonl")})
+        if not stems:
+            raise UserError(f"{path} is a folder without a run (no NAME.metrics.jsonl in it): name a run's "
+                            f"checkpoint or metrics file, or a folder that holds runs")
+        return stems
+    return [stem(path)]
 
 
-def load_run(run):
-    """Per-epoch series of one run: {"epoch": [...], "train_ppl": [...], ...}."""
-    path = metrics_path(run)
-    if not path.is_file():
-        raise UserError(f"no metrics at {path}: name a run's checkpoint or its .metrics.jsonl written by main.py")
-    try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        series = {key: [row[key] for row in rows] for key in ("epoch", *(p[0] for p in PANELS))}
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a metrics file of main.py ({type(e).__name__}: {e}): name a run's "
-                        f".metrics.jsonl") from None
-    if not rows:
-        raise UserError(f"{path} holds no epoch yet: plot it once the run has finished an epoch")
-    return series
+def stem(path):
+    name = path.name
+    for suffix in (".metrics.jsonl", ".pt", ".finetune"):
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
+    return path.with_name(name)
 
 
-def label_of(run):
-    name = metrics_path(run).name
-    return name[:-len(".metrics.jsonl")]
+def load_run(stem):
+    """{"training": rows, "fine-tuning": rows} of the run at ``stem``, each where its metrics file exists."""
+    files = {"training": Path(f"{stem}.metrics.jsonl"), "fine-tuning": Path(f"{stem}.finetune.metrics.jsonl")}
+    if not any(p.exists() for p in files.values()):
+        raise UserError(f"no metrics at {files['training']}: name a run's checkpoint or its .metrics.jsonl")
+    parts = {kind: read_metrics(p, KEYS) for kind, p in files.items() if p.exists()}
+    if not any(parts.values()):
+        raise UserError(f"{stem} holds no epoch yet: plot it once the run has finished an epoch")
+    return {kind: rows for kind, rows in parts.items() if rows}
 
 
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("matplotlib is not installed, and plot.py needs it: pip install matplotlib") from None
-    return plt
+def readable_log(ax):
+    """A log axis labelled at 1-2-5 steps in plain numbers, not only at powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def draw(runs, out):
-    """One panel per metric, one line per run."""
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    """One panel per metric, one colour per run; fine-tuning dashed, after its training's last epoch."""
+    fig, axes = pyplot(required=True).subplots(2, 2, figsize=(10, 7))
     for ax, (key, title, log) in zip(axes.flat, PANELS):
-        for label, series in runs.items():
-            ax.plot(series["epoch"], series[key], marker="." if len(series["epoch"]) < 30 else None, label=label)
-        ax.set_title(title, fontsize=10)
+        for i, (label, parts) in enumerate(runs.items()):
+            train = parts.get("training", [])
+            if train:
+                draw_curve(ax, train, key, label, color=f"C{i % 10}")
+            if "fine-tuning" in parts:
+                draw_curve(ax, parts["fine-tuning"], key, f"{label} fine-tuning", offset=train[-1]["epoch"] if train
+                           else 0, color=f"C{i % 10}", linestyle="--")
+        ax.set_ylabel(title)
         if log:
-            ax.set_yscale("log")
+            readable_log(ax)
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="runs: their checkpoints (runs/NAME.pt) or metrics (runs/NAME.metrics.jsonl)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="runs: their checkpoints (runs/NAME.pt), metrics (runs/NAME.metrics.jsonl) "
+                                           "or a folder of runs")
     p.add_argument("--out", help="the PNG to write (default: beside the first run, NAME.curves.png)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
     return p
@@ -83,24 +91,18 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = Path(args.out) if args.out else sidecar(str(metrics_path(args.runs[0]))[:-len(".metrics.jsonl")], "curves.png")
+    pyplot(required=True)  # before any work: a missing matplotlib is one line
+    stems = [s for run in args.runs for s in run_stems(run)]
+    out = Path(args.out or f"{stems[0]}.curves.png")
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out} is not a .png file: name the PNG to write")
-    if out.exists() and not args.overwrite:
+    if out.exists() and not out.is_dir() and not args.overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    check_output_path(out, "--out")
     runs = {}
-    for run in args.runs:
-        label = label_of(run)
-        runs[label if label not in runs else str(metrics_path(run))] = load_run(run)
-    pyplot()  # before any work: a missing matplotlib is one line
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    try:
-        draw(runs, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    for s in stems:
+        runs[s.name if s.name not in runs else str(s)] = load_run(s)
+    draw(runs, out)
     print(f"Wrote {out} ({len(runs)} run{'s' * (len(runs) > 1)}: {', '.join(runs)})")
     return runs
 

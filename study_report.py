@@ -1,23 +1,37 @@
-"""The ablation study's report: every table, plot and STUDY.md, from the runs' committed summaries.
+"""The CPU-scale ablation study, declared once, and its report: every table, plot and STUDY.md from the
+runs' committed summaries.
 
-Apart from ablation.py (which trains the runs) because the report is read and rewritten far more often
-than runs are trained, and needs nothing but the summaries: ``python study_report.py [--out DIR]`` (or
-``python ablation.py --report``) rebuilds it on any checkout, without a checkpoint or a corpus.  The tables say where every number came from
-(command, seeds, scale, torch, CPU, dates); matplotlib is optional and only draws the plots.
+Torch-free and apart from ablation.py (which trains the runs), because the report is rewritten far more
+often than runs are trained: ``python study_report.py [--out DIR]`` (or ``python ablation.py --report``)
+rebuilds it on any checkout, without a checkpoint or a corpus.  The tables say where every number came
+from (command, seeds, scale, torch, CPU, dates); matplotlib is optional and only draws the plots.
 """
 import argparse
 import csv
+import io
 import json
 import os
 import shlex
-import statistics
 import sys
 import time
-from functools import lru_cache
 from pathlib import Path
 
-from study import ALL_VARIANTS, DEFAULT_OUT, DEFAULTS, QUICK, SITE_NAMES, STUDY_SITES, variant_kappa
-from runfiles import UserError, atomic_write_json, run_cli
+from results import mean_sd, mean_sd_text as fmt, pyplot, save_figure, draw_curve
+from runfiles import UserError, atomic_write_json, atomic_write_text, run_cli
+
+DEFAULT_OUT = Path("results/ablation")
+# The study's scales (ablation.py --scale): the committed study's, and a tiny one that runs in minutes.
+SCALES = {"full": dict(emsize=200, nhid=200, epochs=30, train_fraction=0.1, batch_size=20, bptt=35),
+          "tiny": dict(emsize=32, nhid=32, epochs=2, train_fraction=0.02, batch_size=20, bptt=35)}
+ALL_VARIANTS = ["baseline", "FD", "ELD", "PM", "RD"]
+KAPPAS = [0.0, 0.05, 0.15, 0.5, 1.5]
+FULL_SEEDS = [321, 322, 323, 324]
+OTHER_SEEDS = [321, 322, 323]
+# The single-layer model's mask sites (it has no between-layer site h), as main.py names them: written out
+# here because config, which declares them, needs torch (test_ablation holds the two equal).
+SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
+              "w": "W_hh DropConnect (wdrop)", "o": "last layer output (dropout)"}
+STUDY_SITES = "".join(SITE_NAMES)
 
 BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
 END = "<!-- end of ablation.py's report -->"
@@ -26,10 +40,15 @@ PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same
 
 # ---------------------------------------------------------------- aggregation
 
-def mean_sd(values):
-    """Mean and sample standard deviation (None for a single value)."""
-    values = list(values)
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+def is_default(s):
+    """A run at its variant's own kappa, masks independent: ablation.py names a run's kappa only when it is not
+    the variant's default (FD_seed321, FD_kappa0.5_seed321)."""
+    return "_kappa" not in s["name"] and not s["same_mask"]
+
+
+def signed(values, digits, suffix=""):
+    mean, sd = mean_sd(values)
+    return f"{mean:+.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}") + suffix
 
 
 def paired(summaries, key, a="baseline", b="FD"):
@@ -38,17 +57,8 @@ def paired(summaries, key, a="baseline", b="FD"):
     seeds = sorted(seed for (v, seed) in by if v == b and (a, seed) in by)
     rows = [(seed, by[(a, seed)], by[(b, seed)], by[(b, seed)] - by[(a, seed)]) for seed in seeds]
     diffs = [r[3] for r in rows]
-    stats = mean_sd(diffs) if diffs else (None, None)
-    return {"rows": rows, "mean": stats[0], "sd": stats[1], "wins": sum(d < 0 for d in diffs), "n": len(diffs)}
-
-
-def is_default(s):
-    return s["kappa"] == variant_kappa(s["variant"]) and not s["same_mask"]
-
-
-def fmt(values, digits):
-    mean, sd = mean_sd(values)
-    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    mean, sd = mean_sd(diffs)
+    return {"rows": rows, "mean": mean, "sd": sd, "wins": sum(d < 0 for d in diffs), "n": len(diffs)}
 
 
 def seed_list(seeds):
@@ -62,11 +72,12 @@ def scale_text(study, ntrain):
 
 
 def scale_args(study):
-    """The flags that give ``study``'s scale: none for the committed study's, ``--quick`` for its own,
-    plus every value that differs from the nearer of the two."""
-    base, args = min(((DEFAULTS, []), (QUICK, ["--quick"])),
-                     key=lambda b: sum(study.get(k) != v for k, v in b[0].items()))
-    args += [f"--{k} {study[k]:g}" for k in base if study.get(k, base[k]) != base[k]]
+    """The flags that give ``study``'s scale: the nearer of the two scales (none for the committed study's),
+    plus every value that differs from it."""
+    name = min(SCALES, key=lambda n: sum(study.get(k) != v for k, v in SCALES[n].items()))
+    base = SCALES[name]
+    args = [f"--scale {name}"] * (name != "full") + [f"--{k} {study[k]:g}" for k in base
+                                                     if study.get(k, base[k]) != base[k]]
     return "".join(f" {a}" for a in args)
 
 
@@ -76,12 +87,10 @@ def caption(runs, command, study, ntrain):
     for s in runs:
         cpus.setdefault(s["environment"]["cpu"], []).append(s["name"])
     cpu_text = "; ".join(f"{cpu} ({len(names)} run{'s' * (len(names) > 1)})" for cpu, names in cpus.items())
-    dates = sorted({s["environment"]["date"] for s in runs})
-    torches = sorted({s["environment"]["torch"] for s in runs})
-    threads = sorted({s["environment"]["threads"] for s in runs})
-    return (f"Command: `{command}{scale_args(study)}`. Seeds: {seed_list(s['seed'] for s in runs)}. Scale: {scale_text(study, ntrain)}. "
-            f"torch {', '.join(torches)}; CPU: {cpu_text}; threads {', '.join(map(str, threads))}; "
-            f"run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.")
+    dates, torches, threads = (sorted({s["environment"][k] for s in runs}) for k in ("date", "torch", "threads"))
+    return (f"Command: `{command}{scale_args(study)}`. Seeds: {seed_list(s['seed'] for s in runs)}. "
+            f"Scale: {scale_text(study, ntrain)}. torch {', '.join(torches)}; CPU: {cpu_text}; threads "
+            f"{', '.join(map(str, threads))}; run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.")
 
 
 def variants_table(summaries, study, ntrain):
@@ -91,25 +100,22 @@ def variants_table(summaries, study, ntrain):
     variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
     seeds = seed_list(s["seed"] for s in runs)
     same_seeds = all(seed_list(s["seed"] for s in runs if s["variant"] == v) == seeds for v in variants)
-    command = (f"python ablation.py --study seeds --variants {' '.join(variants)} --seeds {seeds}" if same_seeds
+    command = (f"python ablation.py --study seeds --model {' '.join(variants)} --seeds {seeds}" if same_seeds
                else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
     lines = [caption(runs, command, study, ntrain), "",
              "| variant | kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | "
-             "train ppl (last epoch) | wall time (min) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "train ppl (last epoch) | wall time (min) |", "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         s = [x for x in runs if x["variant"] == v]
         lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | {result_cells(s)} | "
                      f"{fmt([x['wall_s'] / 60 for x in s], 1)} |")
-    lines += ["", "Mean ± sample standard deviation over the seeds listed (one value: one seed)."]
-    return lines
+    return lines + ["", "Mean ± sample standard deviation over the seeds listed (one value: one seed)."]
 
 
-def result_cells(runs):
-    """Best valid ppl | test ppl | mask variance | best epoch | last train ppl, as mean ± sd over ``runs``."""
-    return (f"{fmt([x['best_valid_ppl'] for x in runs], 2)} | {fmt([x['test_ppl'] for x in runs], 2)} | "
-            f"{fmt([x['mask_variance'] for x in runs], 4)} | {fmt([x['best_epoch'] for x in runs], 1)} | "
-            f"{fmt([x['final_train_ppl'] for x in runs], 2)}")
+def result_cells(runs, train=True):
+    """Best valid ppl | test ppl | mask variance | best epoch [| last train ppl], as mean ± sd over ``runs``."""
+    keys = [("best_valid_ppl", 2), ("test_ppl", 2), ("mask_variance", 4), ("best_epoch", 1)]
+    return " | ".join(fmt([x[k] for x in runs], d) for k, d in keys + [("final_train_ppl", 2)] * train)
 
 
 def paired_table(summaries, study, ntrain):
@@ -118,20 +124,17 @@ def paired_table(summaries, study, ntrain):
         return []
     runs = [s for s in summaries if is_default(s) and s["variant"] in ("baseline", "FD")
             and s["seed"] in {r[0] for r in valid["rows"]}]
-    lines = [caption(runs, f"python ablation.py --study seeds --variants baseline FD "
+    lines = [caption(runs, f"python ablation.py --study seeds --model baseline FD "
                            f"--seeds {seed_list(r[0] for r in valid['rows'])}", study, ntrain), "",
              "| seed | baseline valid / test | FD valid / test | FD − baseline, valid | FD − baseline, test | "
              "FD − baseline, mask variance |", "|---|---|---|---|---|---|"]
     for (seed, bv, fv, dv), (_, bt, ft, dt), (_, _, _, dm) in zip(valid["rows"], test["rows"], mvar["rows"]):
         lines.append(f"| {seed} | {bv:.2f} / {bt:.2f} | {fv:.2f} / {ft:.2f} | {dv:+.2f} | {dt:+.2f} | {dm:+.4f} |")
-
-    def stat(p, d):
-        return f"{p['mean']:+.{d}f}" + ("" if p["sd"] is None else f" ± {p['sd']:.{d}f}")
-    lines.append(f"| mean ± sd | | | {stat(valid, 2)} | {stat(test, 2)} | {stat(mvar, 4)} |")
-    lines += ["", f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and the lower "
-                  f"test perplexity on {test['wins']} of {test['n']}; the lower mask variance on {mvar['wins']} of "
-                  f"{mvar['n']}."]
-    return lines
+    lines.append(f"| mean ± sd | | | {signed([r[3] for r in valid['rows']], 2)} | "
+                 f"{signed([r[3] for r in test['rows']], 2)} | {signed([r[3] for r in mvar['rows']], 4)} |")
+    return lines + ["", f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and "
+                        f"the lower test perplexity on {test['wins']} of {test['n']}; the lower mask variance on "
+                        f"{mvar['wins']} of {mvar['n']}."]
 
 
 def fd_by_seed(summaries):
@@ -139,20 +142,16 @@ def fd_by_seed(summaries):
 
 
 def versus_fd(group, fd, key):
-    """Paired by seed: the group's ``key`` minus plain FD's (kappa 0.15, no shared mask) on the same seed,
-    mean ± sd, and on how many seeds the group is lower."""
+    """Paired by seed: the group's ``key`` minus plain FD's (its default kappa, no shared mask) on the same
+    seed, mean ± sd, and on how many seeds the group is lower."""
     diffs = [s[key] - fd[s["seed"]][key] for s in group if s["seed"] in fd and not is_default(s)]
-    if not diffs:
-        return "–"
-    mean, sd = mean_sd(diffs)
-    return (f"{mean:+.2f}" + ("" if sd is None else f" ± {sd:.2f}")
-            + f" (lower on {sum(d < 0 for d in diffs)} of {len(diffs)})")
+    return signed(diffs, 2, f" (lower on {sum(d < 0 for d in diffs)} of {len(diffs)})") if diffs else "–"
 
 
 def kappa_rows(summaries):
     """FD's runs per kappa, on the seeds the sweep covers (so every kappa averages the same seeds)."""
     runs = [s for s in summaries if s["variant"] == "FD" and not s["same_mask"]]
-    swept = {s["seed"] for s in runs if s["kappa"] != variant_kappa("FD")}
+    swept = {s["seed"] for s in runs if not is_default(s)}
     runs = [s for s in runs if s["seed"] in swept]
     return {k: [s for s in runs if s["kappa"] == k] for k in sorted({s["kappa"] for s in runs})}
 
@@ -165,26 +164,23 @@ def kappa_table(summaries, study, ntrain):
     lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
                            f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
              "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) | "
-             "− FD at 0.15, valid | − FD at 0.15, test | CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "− FD at 0.15, valid | − FD at 0.15, test | CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     fd = fd_by_seed(summaries)
     for k, s in groups.items():
-        lines.append(f"| {k:g}{' (default)' if k == variant_kappa('FD') else ''} | {seed_list(x['seed'] for x in s)} | "
-                     f"{result_cells(s)} | {versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | "
+        lines.append(f"| {k:g}{' (default)' if all(map(is_default, s)) else ''} | {seed_list(x['seed'] for x in s)} "
+                     f"| {result_cells(s)} | {versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | "
                      f"{cpus(s)} |")
-    lines += ["", "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard deviation "
-                  "over the seeds listed; the two differences are paired by seed with FD at the default kappa 0.15 "
-                  "(mean ± sd of the per-seed differences; negative: lower perplexity than FD)."]
-    return lines
+    return lines + ["", "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard "
+                        "deviation over the seeds listed; the two differences are paired by seed with FD at the "
+                        "default kappa 0.15 (mean ± sd of the per-seed differences; negative: lower perplexity than "
+                        "FD)."]
 
 
 def mask_runs(summaries):
     """FD at its default kappa on the seeds of the same-mask sweep (plain FD included), and those seeds."""
-    runs = [s for s in summaries if s["variant"] == "FD" and s["kappa"] == variant_kappa("FD")]
-    if not any(s["same_mask"] for s in runs):
-        return [], ""
+    runs = [s for s in summaries if s["variant"] == "FD" and "_kappa" not in s["name"]]
     seeds = seed_list(s["seed"] for s in runs if s["same_mask"])
-    return [s for s in runs if str(s["seed"]) in seeds.split()], seeds
+    return ([s for s in runs if str(s["seed"]) in seeds.split()], seeds) if seeds else ([], "")
 
 
 def masks_table(summaries, study, ntrain):
@@ -199,19 +195,16 @@ def masks_table(summaries, study, ntrain):
         s = [x for x in runs if x["same_mask"] == site]
         if s:
             lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
-                         f"{fmt([x['best_valid_ppl'] for x in s], 2)} | {fmt([x['test_ppl'] for x in s], 2)} | "
-                         f"{fmt([x['mask_variance'] for x in s], 4)} | {fmt([x['best_epoch'] for x in s], 1)} | "
-                         f"{versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | {cpus(s)} |")
-    lines += ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
-                  "site (what the penalty of plain FD sees), so the rows compare the same quantity. The differences are "
-                  "paired by seed with plain FD (mean ± sd of the per-seed differences)."]
-    return lines
+                         f"{result_cells(s, train=False)} | {versus_fd(s, fd, 'best_valid_ppl')} | "
+                         f"{versus_fd(s, fd, 'test_ppl')} | {cpus(s)} |")
+    return lines + ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at "
+                        "every site (what the penalty of plain FD sees), so the rows compare the same quantity. The "
+                        "differences are paired by seed with plain FD (mean ± sd of the per-seed differences)."]
 
 
 def cpus(runs):
     """Short CPU names of some runs: the sweeps' rows may come from machines whose kernels round differently."""
-    names = {" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in runs}
-    return ", ".join(sorted(names))
+    return ", ".join(sorted({" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in runs}))
 
 
 def runs_table(summaries):
@@ -220,16 +213,18 @@ def runs_table(summaries):
     for s in summaries:
         e = s["environment"]
         lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
-                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | {e['date']} | "
-                     f"{e.get('commit', 'not recorded')} |")
+                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | "
+                     f"{e['date']} | {e.get('commit', 'not recorded')} |")
     return lines
 
 
+# ---------------------------------------------------------------- plots (matplotlib optional)
+
 def plot_seeds(summaries, path, title):
     """Validation perplexity per epoch: each seed faint, the mean over seeds bold; best per seed beside it."""
-    plt = pyplot()
     runs = [s for s in summaries if is_default(s)]
-    if plt is None or not runs:
+    plt = pyplot() if runs else None
+    if plt is None:
         return False
     variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
     colors = dict(zip(ALL_VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -237,58 +232,53 @@ def plot_seeds(summaries, path, title):
     for i, v in enumerate(variants):
         group = [s for s in runs if s["variant"] == v]
         for s in group:
-            ax1.plot([r["epoch"] for r in s["epoch_rows"]], [r["valid_ppl"] for r in s["epoch_rows"]],
-                     color=colors[v], lw=0.8, alpha=0.3)
+            draw_curve(ax1, s["epoch_rows"], "valid_ppl", color=colors[v], lw=0.8, alpha=0.3)
         n = min(len(s["epoch_rows"]) for s in group)
-        mean = [statistics.mean(s["epoch_rows"][e]["valid_ppl"] for s in group) for e in range(n)]
-        label = f"{v} ({len(group)} seed{'s' * (len(group) > 1)})"
-        ax1.plot(range(1, n + 1), mean, color=colors[v], lw=2.2, label=label)
+        mean = [{"epoch": e + 1, "valid_ppl": mean_sd(s["epoch_rows"][e]["valid_ppl"] for s in group)[0]}
+                for e in range(n)]
+        draw_curve(ax1, mean, "valid_ppl", f"{v} ({len(group)} seed{'s' * (len(group) > 1)})", color=colors[v], lw=2.2)
         best = [s["best_valid_ppl"] for s in group]
         ax2.scatter([i] * len(best), best, color=colors[v], alpha=0.5, s=18)
-        ax2.errorbar([i + 0.2], [statistics.mean(best)], yerr=[mean_sd(best)[1] or 0], color=colors[v],
-                     fmt="o", capsize=4)
+        ax2.errorbar([i + 0.2], [mean_sd(best)[0]], yerr=[mean_sd(best)[1] or 0], color=colors[v], fmt="o", capsize=4)
     lows = [r["valid_ppl"] for s in runs for r in s["epoch_rows"]]
     ax1.set_ylim(min(lows) * 0.97, min(max(lows), min(lows) * 1.5))
-    ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation perplexity")
     ax1.legend()
     ax2.set_xticks(range(len(variants)), variants)
+    ax2.set_xlabel("variant")
     ax2.set_ylabel("best valid ppl (dots: seeds; mean ± sd)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    return save_figure(plt, fig, path, title)
+    return finish(fig, (ax1, ax2), path, title)
 
 
 def plot_kappa(summaries, path, title):
-    plt = pyplot()
     groups = kappa_rows(summaries)
-    if plt is None or len(groups) < 2:
+    plt = pyplot() if len(groups) > 1 else None
+    if plt is None:
         return False
     ks = list(groups)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    def mean_and_sd(key):  # over each kappa's seeds; a one-seed point gets no bar
+
+    def bars(key):  # mean and sd over each kappa's seeds; a one-seed point gets no bar
         stats = [mean_sd(s[key] for s in groups[k]) for k in ks]
         return [m for m, _ in stats], [sd or 0.0 for _, sd in stats]
     for key, label in (("best_valid_ppl", "best validation"), ("test_ppl", "test")):
-        ax1.errorbar(ks, *mean_and_sd(key), marker="o", capsize=3, label=label)
-    ax2.errorbar(ks, *mean_and_sd("mask_variance"), marker="o", capsize=3, color="C2")
+        ax1.errorbar(ks, *bars(key), marker="o", capsize=3, label=label)
+    ax2.errorbar(ks, *bars("mask_variance"), marker="o", capsize=3, color="C2")
     ax1.set_ylabel("perplexity")
     ax2.set_ylabel("mask variance (validation)")
     for ax in (ax1, ax2):
         ax.set_xscale("symlog", linthresh=0.05)
         ax.set_xticks(ks, [f"{k:g}" for k in ks])
         ax.set_xlabel("kappa (FD)")
-        ax.grid(alpha=0.3)
     ax1.legend()
-    return save_figure(plt, fig, path, title)
+    return finish(fig, (ax1, ax2), path, title)
 
 
 def plot_masks(summaries, path, title):
-    """Each same-mask point against the spread of plain FD over all its seeds (the yardstick a
-    one-seed point needs)."""
-    plt = pyplot()
+    """Each same-mask point against the spread of plain FD over all its seeds (the yardstick a one-seed point needs)."""
     runs, _ = mask_runs(summaries)
-    if plt is None or not runs:
+    plt = pyplot() if runs else None
+    if plt is None:
         return False
     sites = [site for site in ["", *STUDY_SITES] if any(x["same_mask"] == site for x in runs)]
     fd = [s["best_valid_ppl"] for s in summaries if s["variant"] == "FD" and is_default(s)]
@@ -297,62 +287,59 @@ def plot_masks(summaries, path, title):
         ax.axhspan(min(fd), max(fd), color="0.85", label=f"plain FD, best validation, {len(fd)} seeds (min to max)")
     xs = range(len(sites))
     for key, label, marker in (("best_valid_ppl", "best validation", "o"), ("test_ppl", "test", "s")):
-        ax.plot(xs, [statistics.mean(x[key] for x in runs if x["same_mask"] == site) for site in sites],
+        ax.plot(xs, [mean_sd(x[key] for x in runs if x["same_mask"] == site)[0] for site in sites],
                 marker=marker, linestyle="none", label=label)
     ax.set_xticks(list(xs), [SITE_NAMES[site].split(" (")[0] if site else "nowhere (FD)" for site in sites],
                   rotation=15)
     ax.set_xlabel("pass 2 reuses pass 1's mask at")
     ax.set_ylabel("perplexity")
-    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return save_figure(plt, fig, path, title)
+    return finish(fig, (ax,), path, title)
 
 
-def save_figure(plt, fig, path, title):
+def finish(fig, axes, path, title):
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
-@lru_cache(maxsize=None)  # asked once per plot: the missing-matplotlib line is said once
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no plots were drawn: pip install matplotlib "
-              "(only this study uses it); the tables are written", file=sys.stderr)
-        return None
-    return plt
+# ---------------------------------------------------------------- the report's files
 
-
-def write_csv(summaries, path):
+def epochs_csv(summaries):
     keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
             "penalty", "lr", "tokens_per_s"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for s in summaries:
-            for r in s["epoch_rows"]:
-                w.writerow([s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]] + [r[k] for k in keys[5:]])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(keys)
+    for s in summaries:
+        for r in s["epoch_rows"]:
+            w.writerow([s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]] + [r[k] for k in keys[5:]])
+    return f.getvalue()
 
 
 def load_summaries(out, folder="runs"):
-    paths = sorted((out / folder).glob("*.summary.json"))
-    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    summaries = []
+    for path in sorted((out / folder).glob("*.summary.json")):
+        try:
+            summaries.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the run summary {path} ({e}): restore it from git") from None
+    return summaries
 
 
-def archived(out, study):
+def archived(out, study, rel="."):
     """Runs kept in ``runs-*/`` beside ``runs/`` (e.g. runs-xeon: another CPU kind, older code): listed, never
     in the tables, whose comparisons stay within one CPU kind and one version of the code."""
     lines = []
     for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
         runs = sorted((s for s in load_summaries(out, folder) if s["study"] == study), key=sort_key)
+        link = f"{rel}/{folder}/" if rel != "." else f"{folder}/"
         if runs:
-            lines += [""] * bool(lines) + [f"In [{folder}/]({folder}/), {len(runs)} run{'s' * (len(runs) > 1)}:", "", *runs_table(runs)]
+            lines += [""] * bool(lines) + [f"In [{link}]({link}), {len(runs)} run{'s' * (len(runs) > 1)}:", "",
+                                           *runs_table(runs)]
     return lines
 
 
@@ -365,48 +352,52 @@ def report_path(out):
     return out.parent / "STUDY.md" if out.resolve() == DEFAULT_OUT.resolve() else out / "STUDY.md"
 
 
+PLOTS = (("curves.png", plot_seeds, "Variants over seeds", "validation perplexity per epoch, seeds faint, mean bold"),
+         ("kappa.png", plot_kappa, "FD's kappa", "perplexity and mask variance against kappa"),
+         ("masks.png", plot_masks, "FD sharing one mask site between the passes",
+          "perplexity per shared mask site, plain FD's seed range shaded"))
+
+
+def report_text(out, summaries, study, command, rel):
+    """STUDY.md's generated block; draws the plots it links."""
+    ntrain, title = summaries[0]["train_tokens"], scale_text(study, summaries[0]["train_tokens"])
+    plotted = {heading: f"![{alt}]({rel}/{name})" for name, draw, heading, alt in PLOTS
+               if draw(summaries, out / name, title)}
+    sections = [("Variants over seeds", variants_table(summaries, study, ntrain)),
+                ("FD minus baseline, paired by seed", paired_table(summaries, study, ntrain)),
+                ("FD's kappa", kappa_table(summaries, study, ntrain)),
+                ("FD sharing one mask site between the passes", masks_table(summaries, study, ntrain)),
+                ("Every run", runs_table(summaries)),
+                ("Archived runs, not in the tables", archived(out, study, rel))]
+    lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
+             f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
+    for heading, body in sections:
+        if body:
+            lines += ["", f"### {heading}", "", *body] + (["", plotted[heading]] if heading in plotted else [])
+    return "\n".join(lines), [name for name, _, heading, _ in PLOTS if heading in plotted]
+
+
 def report(out, study, command):
     """Every table and plot from the runs' summaries in ``out``: what --report does, and every study at its end."""
     summaries = sorted((s for s in load_summaries(out) if s["study"] == study), key=sort_key)
     if not summaries:
         print(f"No finished runs at scale {study} in {out}/runs: nothing to report")
         return None
-    ntrain = summaries[0]["train_tokens"]
-    title = scale_text(study, ntrain)
-    plotted = [name for name, draw in (("curves.png", plot_seeds), ("kappa.png", plot_kappa),
-                                       ("masks.png", plot_masks))
-               if draw(summaries, out / name, title)]
     md = report_path(out)
-    rel = os.path.relpath(out, md.parent)
-    sections = [("Variants over seeds", variants_table(summaries, study, ntrain)),
-                ("FD minus baseline, paired by seed", paired_table(summaries, study, ntrain)),
-                ("FD's kappa", kappa_table(summaries, study, ntrain)),
-                ("FD sharing one mask site between the passes", masks_table(summaries, study, ntrain)),
-                ("Every run", runs_table(summaries)),
-                ("Archived runs, not in the tables", archived(out, study))]
-    lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
-             f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
-    for heading, body in sections:
-        if body:
-            lines += ["", f"### {heading}", "", *body]
-            if heading == "Variants over seeds" and "curves.png" in plotted:
-                lines += ["", f"![validation perplexity per epoch, seeds faint, mean bold]({rel}/curves.png)"]
-            if heading == "FD's kappa" and "kappa.png" in plotted:
-                lines += ["", f"![perplexity and mask variance against kappa]({rel}/kappa.png)"]
-            if heading.startswith("FD sharing") and "masks.png" in plotted:
-                lines += ["", f"![perplexity per shared mask site, plain FD's seed range shaded]({rel}/masks.png)"]
-    generated = "\n".join(lines)
+    generated, plotted = report_text(out, summaries, study, command, os.path.relpath(out, md.parent))
     old = md.read_text(encoding="utf-8") if md.is_file() else ""
     if BEGIN in old and END in old:
         text = old[:old.index(BEGIN)] + BEGIN + "\n" + generated + "\n" + old[old.index(END):]
     else:
         text = f"# Ablation study\n\n{BEGIN}\n{generated}\n{END}\n" + old
-    md.write_text(text, encoding="utf-8")
-    table = variants_table(summaries, study, ntrain)
+    atomic_write_text(text, md)
+    table = variants_table(summaries, study, summaries[0]["train_tokens"])
     if table:
-        (out / "results.md").write_text(f"Ablation: {title}.\n\n" + "\n".join(table) + "\n", encoding="utf-8")
-    write_csv(summaries, out / "epochs.csv")
-    atomic_write_json({"study": study, "train_tokens": ntrain, "train_sha256": summaries[0]["train_sha256"],
+        atomic_write_text(f"Ablation: {scale_text(study, summaries[0]['train_tokens'])}.\n\n" + "\n".join(table)
+                          + "\n", out / "results.md")
+    atomic_write_text(epochs_csv(summaries), out / "epochs.csv")
+    atomic_write_json({"study": study, "train_tokens": summaries[0]["train_tokens"],
+                       "train_sha256": summaries[0]["train_sha256"],
                        "report": {"command": command, "date": time.strftime("%Y-%m-%d")},
                        "runs": [{k: v for k, v in s.items() if k not in ("epoch_rows", "config")} for s in summaries]},
                       out / "study.json")

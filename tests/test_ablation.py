@@ -1,33 +1,37 @@
-"""ablation.py and its report (study_report.py) on a tiny corpus at --quick scale: runs through
-trainer.run, committed summaries reused without checkpoints, --quick kept out of results/, the run
-specs' configurations, and the seed aggregation on known numbers."""
+"""ablation.py and its report (study_report.py) on a tiny corpus at --scale tiny: runs through
+trainer.run, committed summaries reused without checkpoints, a tiny study kept out of results/, the run
+specs' configurations, the seed aggregation on known numbers, and the report importing without torch."""
 import csv
 import importlib.util
 import json
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
 import ablation
+import config
 import study_report
 from runfiles import UserError
 
 
-def quick(tiny_corpus, out, *extra):
-    return ["--quick", "--data", str(tiny_corpus), "--out", str(out), "--train_fraction", "1", "--threads", "1",
+def tiny(tiny_corpus, out, *extra):
+    return ["--scale", "tiny", "--data", str(tiny_corpus), "--out", str(out), "--train_fraction", "1", "--threads", "1",
             *extra]
 
 
 def test_study_writes_tables_and_reuses_committed_summaries_without_checkpoints(tiny_corpus, tmp_path, capsys):
     out = tmp_path / "study"
-    argv = quick(tiny_corpus, out, "--study", "seeds", "--variants", "baseline", "FD", "ELD", "PM", "RD")
+    argv = tiny(tiny_corpus, out, "--study", "seeds", "--model", "baseline", "FD", "ELD", "PM", "RD")
     summaries = ablation.main(argv)
     variants = ["baseline", "FD", "ELD", "PM", "RD"]
     assert [s["variant"] for s in summaries] == variants
     assert all(s["mask_variance"] > 0 and s["test_ppl"] > 1 and s["epochs"] == 2 for s in summaries)
     table = (out / "results.md").read_text()
     assert all(f"| {v} |" in table for v in variants)
-    assert ("Command: `python ablation.py --study seeds --variants baseline FD ELD PM RD --seeds 321 --quick "
+    assert ("Command: `python ablation.py --study seeds --model baseline FD ELD PM RD --seeds 321 --scale tiny "
             "--train_fraction 1`") in table  # the scale's flags too, so the command gives these numbers
     with open(out / "epochs.csv") as f:
         rows = list(csv.DictReader(f))
@@ -58,37 +62,38 @@ def test_study_writes_tables_and_reuses_committed_summaries_without_checkpoints(
     changed["config"]["lr"] = 20.0
     path.write_text(json.dumps(changed))
     with pytest.raises(UserError, match="differs in lr"):
-        ablation.main(quick(tiny_corpus, out, "--runs", "PM_seed321"))
+        ablation.main(tiny(tiny_corpus, out, "--runs", "PM_seed321"))
     assert json.loads(path.read_text())["config"]["lr"] == 20.0
-    ablation.main(quick(tiny_corpus, out, "--runs", "PM_seed321", "--retrain"))
+    ablation.main(tiny(tiny_corpus, out, "--runs", "PM_seed321", "--retrain"))
     assert "configuration differs in lr" in capsys.readouterr().out
     assert json.loads(path.read_text())["config"]["lr"] == 30.0
 
 
-def test_quick_defaults_to_a_temporary_folder_and_never_touches_results(tiny_corpus, tmp_path, monkeypatch):
+def test_tiny_scale_defaults_to_a_temporary_folder_and_never_touches_results(tiny_corpus, tmp_path, monkeypatch):
     committed = tmp_path / "checkout" / "results" / "ablation"
     committed.mkdir(parents=True)
-    (committed / "study.json").write_text(json.dumps({"study": ablation.DEFAULTS}))
+    (committed / "study.json").write_text(json.dumps({"study": ablation.SCALES["full"]}))
     (committed / "results.md").write_text("the real study\n")
     monkeypatch.chdir(tmp_path / "checkout")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     before = {p: p.read_bytes() for p in committed.rglob("*")}
-    ablation.main(["--quick", "--data", str(tiny_corpus), "--train_fraction", "1", "--runs", "baseline_seed321"])
+    ablation.main(["--scale", "tiny", "--data", str(tiny_corpus), "--train_fraction", "1", "--runs", "baseline_seed321"])
     assert {p: p.read_bytes() for p in committed.rglob("*")} == before
     assert not (tmp_path / "checkout" / "results" / "STUDY.md").exists()
-    folder, = (tmp_path / "tmp").glob("ablation-quick-*")
+    folder, = (tmp_path / "tmp").glob("ablation-tiny-*")
     assert (folder / "runs" / "baseline_seed321.summary.json").is_file() and (folder / "STUDY.md").is_file()
     assert not list(folder.rglob("*.pt")) and not (folder / "corpus").exists()  # no checkpoints left in /tmp
     assert not list(folder.rglob("*.lock"))
-    # Pointing --quick at a folder of another scale is refused: one folder, one configuration.
+    # Pointing a tiny study at a folder of another scale is refused: one folder, one configuration.
     with pytest.raises(UserError, match="another scale"):
-        ablation.main(["--quick", "--data", str(tiny_corpus), "--out", "results/ablation", "--runs", "FD_seed321"])
+        ablation.main(["--scale", "tiny", "--data", str(tiny_corpus), "--out", "results/ablation", "--runs",
+                       "FD_seed321"])
     assert {p: p.read_bytes() for p in committed.rglob("*")} == before
 
 
 def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
-    study = ablation.QUICK
+    study = ablation.SCALES["tiny"]
     plan = ablation.build_plan(ablation.build_parser().parse_args(["--study", "kappa"]))
     names = [ablation.run_name(s) for s in plan]
     # kappa 0.15 is FD's default: the sweep's point is the plain FD run, reused, not rerun
@@ -121,8 +126,10 @@ def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
 
 
 def fake(variant, seed, valid, test, mvar, kappa=None, same=""):
-    kappa = study_report.variant_kappa(variant) if kappa is None else kappa
-    return {"name": f"{variant}_{seed}", "variant": variant, "seed": seed, "kappa": kappa, "same_mask": same,
+    """A summary as ablation.py names it: the kappa in the name only when it is not the variant's default."""
+    spec = ablation.make_spec(variant, seed, kappa, same)
+    return {"name": ablation.run_name(spec), "variant": variant, "seed": seed, "same_mask": same,
+            "kappa": config.default_kappa("single", variant) if spec["kappa"] is None else spec["kappa"],
             "best_valid_ppl": valid, "test_ppl": test, "mask_variance": mvar}
 
 
@@ -136,6 +143,8 @@ def test_seed_aggregation_and_paired_differences_on_known_numbers():
     assert mean == 110.0 and sd == pytest.approx(10.0)
     assert study_report.mean_sd([5.0]) == (5.0, None)
     assert study_report.fmt([100.0, 110.0, 120.0], 2) == "110.00 ± 10.00" and study_report.fmt([3.0], 1) == "3.0"
+    assert not study_report.is_default(runs[-2]) and not study_report.is_default(runs[-1])
+    assert study_report.is_default(fake("FD", 1, 1.0, 1.0, 0.1, kappa=0.15))  # the default kappa, named as such
     valid = study_report.paired(runs, "best_valid_ppl")
     assert [r[0] for r in valid["rows"]] == [1, 2, 3]
     assert [r[3] for r in valid["rows"]] == [-5.0, -9.0, -2.0]
@@ -182,12 +191,23 @@ def test_sweep_points_are_paired_with_plain_fd_on_the_same_seeds():
 
 
 def test_archived_runs_are_listed_apart_and_never_in_the_tables(tmp_path):
-    study = dict(study_report.DEFAULTS)
+    study = dict(study_report.SCALES["full"])
     env = {"threads": 2, "cpu": "Other CPU", "date": "2026-11-22"}
     row = dict(fake("FD", 321, 246.1, 243.6, 0.5), study=study, best_epoch=20, wall_s=600.0, environment=env)
     (tmp_path / "runs-xeon").mkdir()
     (tmp_path / "runs-xeon" / "FD_seed321.summary.json").write_text(json.dumps(row))
-    lines = study_report.archived(tmp_path, study)
-    assert lines[0] == "In [runs-xeon/](runs-xeon/), 1 run:" and "| FD_321 | 246.10 | 243.60 |" in lines[-1]
+    lines = study_report.archived(tmp_path, study, "ablation")  # linked from the report's folder, as STUDY.md is
+    assert lines[0] == "In [ablation/runs-xeon/](ablation/runs-xeon/), 1 run:"
+    assert "| FD_seed321 | 246.10 | 243.60 |" in lines[-1]
     assert lines[-1].endswith("| not recorded |") and study_report.load_summaries(tmp_path) == []
     assert study_report.archived(tmp_path, dict(study, epochs=1)) == []
+
+
+def test_report_declarations_match_the_trainers_and_the_report_imports_without_torch():
+    assert study_report.SITE_NAMES == {k: v for k, v in config.MASK_SITES.items() if k != "h"}
+    assert set(study_report.ALL_VARIANTS) == set(config.VARIANTS)
+    code = ("import sys; sys.modules['torch'] = None; import study_report, plot, results; "  # importing torch fails
+            "assert 'matplotlib' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(study_report.__file__).parent, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
