@@ -8,11 +8,12 @@ Every flag defaults to None, so the precedence is: an explicit flag, then the pr
 regularizer's settings, the variant), then the setting's own default.
 """
 import argparse
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
 
-from runfiles import UserError, run_paths, sidecar
+from runfiles import ArgumentParser, UserError, run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS
 from masks import SITE_RATE, SITES as MASK_SITES
 from utils import check_device_name
@@ -109,7 +110,8 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("preset", str, "experiment setup whose hyper-parameters fill every flag not given", "single", "choice",
+    Setting("preset", str, "experiment setup whose hyper-parameters fill every flag not given: " + ", ".join(PRESET),
+            "single", "choice",
             "run", tuple(PRESETS)),
     Setting("model", str, "regularizer: FD fraternal dropout, ELD expectation-linear dropout, PM Pi-model, RD R-Drop "
             "(symmetric KL), baseline (one pass)", "FD", "choice", "run", tuple(VARIANTS)),
@@ -239,36 +241,49 @@ def default_kappa(preset, model):
 # ---------------------------------------------------------------- command lines
 
 
-def preset_values(name, table=PRESETS):
-    return "; ".join(f"{p}: {row[name]}" for p, row in table.items())
-
-
 def kappa_values():
     return "; ".join(f"{m} {v.kappa:g}" for m, v in VARIANTS.items()) + "".join(
         f"; {m} on {p} {k:g}" for p, row in PRESET.items() for m, k in row.kappa.items())
 
 
-def add_flag(group, s, help_text=None, table=PRESETS):
+def choice(s):
+    """A choice flag's type: the name in any case; else one line with the valid names and the closest one."""
+    def parse(value):
+        for option in s.choices:
+            if option.lower() == value.lower():
+                return option
+        close = difflib.get_close_matches(value, s.choices, 1, 0.0) or difflib.get_close_matches(
+            value.lower(), [c.lower() for c in s.choices], 1, 0.0)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown {s.name} {value!r}: choose from {', '.join(s.choices)}{hint}")
+    parse.__name__ = s.name
+    return parse
+
+
+def add_flag(group, s, help_text=None):
     """``s`` as a flag defaulting to None: the help says where its value comes from when not given."""
     text = help_text or s.help
-    if help_text is None and s.default == FROM_PRESET:
-        text += f" ({preset_values(s.name, table)})"
-    elif help_text is None and s.name == "kappa":
+    if help_text is None and s.name == "kappa":
         text += f" ({kappa_values()})"
-    elif help_text is None and s.default not in (FROM_VARIANT, None, False) and "default" not in text:
+    elif help_text is None and s.default not in (FROM_PRESET, FROM_VARIANT, None, False) and "default" not in text:
         text += f" (default {s.default})"
     names = [f"--{s.name}"] + ([f"--{s.name.replace('_', '-')}"] if s.name == "log_interval" else [])
     if s.kind is bool:
         action = "store_true" if s.name == "dry_run" else argparse.BooleanOptionalAction
         group.add_argument(*names, dest=s.name, action=action, default=None, help=text)
+    elif s.choices:
+        metavar = s.name.upper() if len(s.choices) > 5 else "{" + ",".join(s.choices) + "}"
+        group.add_argument(*names, dest=s.name, type=choice(s), metavar=metavar, help=text)
     else:
-        group.add_argument(*names, dest=s.name, type=s.kind, choices=list(s.choices) or None, help=text)
+        group.add_argument(*names, dest=s.name, type=s.kind, help=text)
+
+
+def parser(prog, description):
+    return ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_train_parser():
-    p = argparse.ArgumentParser(
-        prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train an LSTM language model with fraternal dropout (or a comparison regularizer).")
+    p = parser("main.py", "Train an LSTM language model with fraternal dropout (or a comparison regularizer).")
     groups = {"run": p, "model": p.add_argument_group("model (default: the preset's value)"),
               "regularizer": p.add_argument_group("regularizer (default: set by --model)"),
               "optimization": p.add_argument_group("optimization (default: the preset's value)"),
@@ -288,15 +303,13 @@ def build_train_parser():
 
 def build_finetune_parser(doc):
     """finetune.py's command line: the settings a fine-tuning run may change, with the reference's row."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("finetune.py", doc.split("\n\n")[0])
     p.add_argument("--save", help="the trained best-model checkpoint to fine-tune (never modified)")
     p.add_argument("--out", help="where the fine-tuned best model goes (default: <save stem>.finetune.pt)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
-    g = p.add_argument_group("fine-tuning (defaults: the reference's fine-tuning row)")
+    g = p.add_argument_group("fine-tuning (defaults: the reference's fine-tuning row of the checkpoint's preset)")
     for s in SETTINGS:
-        if s.finetune and s.name in FINETUNE["single"]:
-            add_flag(g, s, f"{s.finetune} ({preset_values(s.name, FINETUNE)})")
-        elif s.finetune:
+        if s.finetune:
             add_flag(g, s, s.finetune)
     g.add_argument("--resume", help="continue an interrupted fine-tuning from its .resume.pt checkpoint")
     g.add_argument("--dry_run", action="store_true", default=None,
@@ -306,7 +319,7 @@ def build_finetune_parser(doc):
 
 def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)"):
     """The command line every tool that reads a checkpoint starts from."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(None, doc.split("\n\n")[0])
     p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
     p.add_argument("--data", help=data_help)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

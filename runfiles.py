@@ -3,6 +3,7 @@
 Everything that reads or writes a run's bookkeeping (the trainer, the table runner, the reports) takes
 it from here, so the tools that only report never import torch.
 """
+import argparse
 import errno
 import glob
 import hashlib
@@ -36,6 +37,14 @@ def run_cli(main):
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         sys.exit(130)
 
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line that points to --help, not a usage dump."""
+
+    def error(self, message):
+        print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def sidecar(save, what):

@@ -620,3 +620,118 @@ def test_ctrl_c_under_torchrun_is_one_line_from_one_process_and_no_test_evaluati
     out = capsys.readouterr().out
     assert f"python evaluate.py --save {tmp_path / 't.pt'}" in out and "End of training" not in out
     assert not (tmp_path / "t.final.json").exists()
+
+
+# --- odd inputs and late interruptions, each said in one line ----------------------------------------------
+
+def test_a_tiny_train_fraction_says_what_it_trains_on(tiny_corpus, tmp_path, capsys):
+    """The lines and tokens it really trains on, not the fraction asked for."""
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "f.pt", "--train_fraction", "1e-9", "--dry_run", epochs=1))
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("Training on the first"))
+    first = (tiny_corpus / "train.txt").read_text().splitlines()[0].split()
+    assert line.startswith(f"Training on the first 1 of the training text's 300 lines ({len(first) + 1} of "), line
+
+
+def test_ctrl_c_after_the_end_of_training_says_the_run_is_complete(tiny_corpus, tmp_path, monkeypatch, capsys):
+    """final.json written, then Ctrl-C: exit 130 with a sentence saying the run is complete and where its results are."""
+    real = trainer.atomic_write_json
+
+    def then_ctrl_c(obj, target):
+        real(obj, target)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "atomic_write_json", then_ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        runfiles.run_cli(lambda: main_cli.main(tiny_args(tiny_corpus, tmp_path / "e.pt", epochs=1)))
+    assert e.value.code == 130
+    final = tmp_path / "e.final.json"
+    assert capsys.readouterr().err.strip().endswith(f"the run is complete, its results are in {final}")
+    assert json.loads(final.read_text())["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("tool, suggested", [("main.py", "python main.py --save {x}.pt"),
+                                             ("finetune.py", "python finetune.py --save TRAINED.pt --out {x}.pt")])
+def test_a_missing_resume_point_suggests_a_command_that_works(tmp_path, tool, suggested):
+    x = tmp_path / "x"
+    proc = cli(tool, "--resume", f"{x}.resume.pt")
+    assert_one_line_error(proc, f"no resume point at {x}.resume.pt", suggested.format(x=x))
+    assert f"--save {x}.resume.pt" not in proc.stderr
+    (tmp_path / "x.pt").write_bytes(b"a finished run's best model")
+    assert_one_line_error(cli(tool, "--resume", f"{x}.resume.pt"), f"python evaluate.py --save {x}.pt")
+
+
+@pytest.mark.parametrize("flag, value, closest", [("--preset", "awd-pbt", "awd-ptb"), ("--preset", "nosuch", None),
+                                                  ("--model", "FDD", "FD"), ("--optimizer", "asgd-tn", "asgd-nt")])
+def test_a_mistyped_name_is_one_line_with_the_valid_names_and_the_closest(flag, value, closest):
+    proc = cli("main.py", flag, value)
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: argument {flag}: unknown") and "merity-tag-wt2" in cli(
+        "main.py", "--preset", value).stderr
+    assert "(see python main.py --help)" in proc.stderr
+    if closest:
+        assert f"did you mean {closest}?" in proc.stderr
+
+
+def test_names_are_case_insensitive():
+    from config import train_config
+    assert [train_config(["--model", m])["model"] for m in ("fd", "Baseline", "eld")] == ["FD", "baseline", "ELD"]
+    assert train_config(["--preset", "AWD-PTB"])["preset"] == "awd-ptb"
+
+
+def test_argument_errors_are_one_line_without_a_usage_dump():
+    for tool, args in (("main.py", ["--epochs", "x"]), ("finetune.py", ["--bogus"])):
+        proc = cli(tool, *args)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "usage:" not in proc.stderr and f"(see python {tool} --help)" in proc.stderr
+
+
+def disk_full_on_save(monkeypatch, module, at):
+    """torch's zip writer after an ENOSPC: RuntimeError "unexpected pos" raised while handling the OSError, on the
+    ``at``-th checkpoint save."""
+    import checkpoint
+    real, calls = checkpoint.atomic_torch_save, []
+
+    def full(f):
+        f.write(b"x" * 4096)
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4096") from None
+
+    def save(obj, target):
+        calls.append(target)
+        if len(calls) == at:
+            return runfiles.atomic_write(target, full)
+        return real(obj, target)
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", save)
+    return calls
+
+
+@pytest.mark.parametrize("tool", ["main.py", "finetune.py"])
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_loses_nothing(run_a, tiny_corpus, tmp_path,
+                                                                             monkeypatch, capsys, tool):
+    """The run stops with one line naming the file (in its folder) and how much it wrote; what was saved stays."""
+    save = tmp_path / "d.pt"
+    if tool == "main.py":  # epoch 1: best, resume point; epoch 2: best
+        calls = disk_full_on_save(monkeypatch, main_cli, 3)
+        argv = tiny_args(tiny_corpus, save, "--checkpoint_every", "0", epochs=2)
+    else:  # the input copied as the best model, then epoch 1's resume point
+        calls = disk_full_on_save(monkeypatch, finetune_cli, 2)
+        argv = ["--save", str(run_a), "--out", str(save), "--device", "cpu", "--batch_size", "4",
+                "--eval_batch_size", "4", "--epochs", "2", "--checkpoint_every", "0"]
+    kept, real_epoch = {}, trainer.run_epoch
+
+    def remember(r, epoch, stop):
+        kept.clear()
+        kept.update(snapshot(tmp_path))
+        return real_epoch(r, epoch, stop)
+    monkeypatch.setattr(trainer, "run_epoch", remember)
+    with pytest.raises(SystemExit) as e:
+        runfiles.run_cli(lambda: (main_cli if tool == "main.py" else finetune_cli).main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no space left on the device to write {calls[-1]} ("), err
+    assert "it ran out after 4 KiB" in err[0] and "free some space and rerun" in err[0]
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k != "d.lock"} == {k: v for k, v in kept.items() if k != "d.lock"}
+    assert not list(tmp_path.glob(".*.tmp"))
