@@ -20,8 +20,8 @@ from runfiles import UserError, sidecar
 from utils import atomic_torch_save, get_device
 
 FORMAT = "fraternal-dropout-checkpoint-v1"
-# The vocabulary fingerprints (``vocab_info``) of the two corpora as getdata.sh fetches them: a checkpoint's
-# corpus is read from its vocabulary, never from a folder or preset name.
+# The vocabulary fingerprints (``vocab_info``) of the corpora getdata.sh fetches: a checkpoint's corpus is
+# read from its vocabulary, never from a folder or preset name.
 CORPORA = {"6f75f9b77981aa692ec71340f6152e1d94d98bc927ade6da20da7da68e3e55d1": "ptb",
            "45f2cb999804e259059676fa2bf5b12999229a0c33dae878ae690fd8c84427eb": "wt2"}
 
@@ -59,9 +59,8 @@ def weights_sha256(state):
 def save_checkpoint(path, kind, model, config, vocab, **extra):
     """``extra``: what else the checkpoint holds (epoch, schedule, ``run``: the id every file of a run carries)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    blob = {"format": FORMAT, "kind": kind, "config": dict(config), "vocab": vocab, "model": weights,
-            "weights_sha256": weights_sha256(weights), **extra}
-    atomic_torch_save(blob, path)
+    atomic_torch_save({"format": FORMAT, "kind": kind, "config": dict(config), "vocab": vocab, "model": weights,
+                       "weights_sha256": weights_sha256(weights), **extra}, path)
 
 
 def load_checkpoint(path, kind=None):
@@ -84,8 +83,7 @@ def load_checkpoint(path, kind=None):
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' marker): "
                         f"use a checkpoint written by main.py or finetune.py")
-    problem = _malformed(blob)
-    if problem:
+    if problem := _malformed(blob):
         raise UserError(f"{path} has the marker of this project's checkpoints but is damaged or hand-made "
                         f"({problem}): use a checkpoint written by main.py or finetune.py")
     if "weights_sha256" in blob and blob["weights_sha256"] != weights_sha256(blob["model"]):
@@ -118,12 +116,10 @@ def _malformed(blob):
     if blob.get("kind") not in ("best", "resume"):
         return f"kind {blob.get('kind')!r}"
     missing = [k for k in ("config", "vocab", "model") if not isinstance(blob.get(k), dict)]
-    missing += [k for k in RESUME_KEYS if blob["kind"] == "resume" and k not in blob]
-    if missing:
+    if missing := missing + [k for k in RESUME_KEYS if blob["kind"] == "resume" and k not in blob]:
         return f"no {', '.join(missing)}"
-    missing = [k for k in MODEL_KEYS if k not in blob["config"]] + [f"vocab {k}" for k in ("size", "sha256")
-                                                                      if k not in blob["vocab"]]
-    if missing:
+    if missing := [k for k in MODEL_KEYS if k not in blob["config"]] + [f"vocab {k}" for k in ("size", "sha256")
+                                                                        if k not in blob["vocab"]]:
         return f"its config lacks {', '.join(missing)}"
     if not all(isinstance(v, torch.Tensor) for v in blob["model"].values()):
         return "its weights are not all tensors"
@@ -194,14 +190,11 @@ def open_checkpoint(args):
     vocabulary must then be the same) and its model on --device."""
     blob = load_checkpoint(args.save)
     if blob["kind"] == "resume" and not args.allow_resume_point:
-        name = str(args.save)
-        best = name[:-len("resume.pt")] + "pt" if name.endswith(".resume.pt") else blob["config"].get("save")
+        best = str(args.save)[:-9] + "pt" if str(args.save).endswith(".resume.pt") else blob["config"].get("save")
         raise UserError(f"{args.save} is a resume point (the last epoch's raw weights, not the run's best model): "
                         f"pass --save {best}, or --allow_resume_point to read the resume point anyway")
-    device = get_device(args.device)
-    data = args.data or blob["config"]["data"]
-    corpus = Corpus(data)
-    check_vocab(blob, corpus.dictionary, f"checkpoint {args.save}", data)
+    device, corpus = get_device(args.device), Corpus(args.data or blob["config"]["data"])
+    check_vocab(blob, corpus.dictionary, f"checkpoint {args.save}", corpus.path)
     return blob, corpus, model_from_checkpoint(blob, device), device
 
 

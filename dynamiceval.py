@@ -25,26 +25,25 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import corpus_of, open_checkpoint, tool_args, tool_parser
-from data import batchify, check_split_sizes, count_windows, windows
+from data import batchify, check_split_sizes, count_windows
 from runfiles import UserError, run_cli
-from scoring import check_finite, ppl, report
-from utils import progress, repackage_hidden, set_seed
+from scoring import check_finite, ppl, report, stream
+from utils import repackage_hidden, set_seed
 
-# The paper's AWD-LSTM settings (its README's replication commands: lr 0.002, lamb 0.02, epsilon
-# 0.001, segments of 5, statistics over the whole training set at batch 100), stated in the first
-# version's parametrization, the same for both corpora.
-FIRST_VERSION = dict(lr=0.002, lamb=0.02, epsilon=0.001)
-SEGMENT, STATS_BATCH = 5, 100
-# What converts them: training batches of that statistics pass (PTB 929,589 tokens -> 9,295 rows
-# of 100 -> 1,859 segments of 5; WikiText-2 2,088,628 -> 20,886 -> 4,177) and AWD-LSTM's parameter
-# tensors (embedding = tied decoder weight, 4 per LSTM layer, decoder bias: 14).
-TRAIN_BATCHES = {"ptb": 1859, "wt2": 4177}
-AWD_LSTM_TENSORS = 14
-# The authors' search (its code's lrlist / lamblist in this parametrization), for segments of 5;
-# both lists are scaled by bptt / 5 for other segment lengths, as that code does.
-GRID_LR = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4)
-GRID_LAMB = (0.001, 0.002, 0.003, 0.005)
+# The paper's AWD-LSTM settings (its README's commands: lr 0.002, lamb 0.02, epsilon 0.001, segments of 5,
+# statistics over the whole training set at batch 100) in the first version's parametrization, both corpora.
+FIRST_VERSION, SEGMENT, STATS_BATCH = dict(lr=0.002, lamb=0.02, epsilon=0.001), 5, 100
+# What converts them: that pass's training batches (PTB 929,589 tokens -> 9,295 rows of 100 -> 1,859 segments
+# of 5; WikiText-2 2,088,628 -> 20,886 -> 4,177) and AWD-LSTM's 14 parameter tensors (tied embedding, 4 per
+# LSTM layer, decoder bias).
+TRAIN_BATCHES, AWD_LSTM_TENSORS = {"ptb": 1859, "wt2": 4177}, 14
+# The authors' search (its code's lrlist / lamblist in this parametrization) for segments of 5, scaled by
+# bptt / 5 for other lengths as that code does.
+GRID_LR, GRID_LAMB = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4), (0.001, 0.002, 0.003, 0.005)
 HYPER = ("lr", "lamb", "epsilon")
+RULES = {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "positive_int", "seed": "seed",
+         "lr": "non_negative", "grid_lr": "non_negative", "lamb": "weight", "grid_lamb": "weight",
+         "epsilon": "positive"}
 
 
 def from_first_version(lr, lamb, epsilon, batches, tensors):
@@ -52,8 +51,8 @@ def from_first_version(lr, lamb, epsilon, batches, tensors):
     return dict(lr=lr / math.sqrt(batches), lamb=lamb / tensors, epsilon=epsilon / math.sqrt(batches))
 
 
-DEFAULTS = {corpus: from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_TENSORS)
-            for corpus, n in TRAIN_BATCHES.items()}
+DEFAULTS = {c: from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_TENSORS)
+            for c, n in TRAIN_BATCHES.items()}
 
 
 def build_parser():
@@ -68,17 +67,11 @@ def build_parser():
                    help=f"batch size of the training statistics (default {STATS_BATCH})")
     p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: all)")
     p.add_argument("--grid", action="store_true", help="search lr x lamb on validation, then test at the best pair")
-    p.add_argument("--grid_lr", type=float, nargs="+", help="learning rates searched by --grid (default: the "
-                                                            "authors' 3e-5 .. 1e-4, times bptt / 5)")
-    p.add_argument("--grid_lamb", type=float, nargs="+", help="decay rates searched by --grid (default: the "
-                                                              "authors' 0.001 .. 0.005, times bptt / 5)")
-    p.add_argument("--seed", type=int, default=1111, help="seed of the random generators (dynamic evaluation "
-                                                          "draws nothing; set for the same runs as evaluate.py)")
+    p.add_argument("--grid_lr", type=float, nargs="+", help="lr searched (default: the authors' 3e-5 .. 1e-4 "
+                                                            "x bptt / 5)")
+    p.add_argument("--grid_lamb", type=float, nargs="+", help="lamb searched (default: 0.001 .. 0.005 x bptt / 5)")
+    p.add_argument("--seed", type=int, default=1111, help="random seed (nothing is drawn; as evaluate.py's)")
     return p
-
-
-RULES = {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "positive_int", "seed": "seed",
-         "lr": "non_negative", "grid_lr": "non_negative", "lamb": "weight", "grid_lamb": "weight", "epsilon": "positive"}
 
 
 def check_args(args):
@@ -105,19 +98,15 @@ def gradient_rms(model, source, bptt, max_batches=None):
     """Per parameter, the root mean square over training batches of the gradient of the batch's mean
     token loss, hidden state carried, dropout off.  Returns the rms tensors and the batch count."""
     model.eval()
-    params = list(model.parameters())
-    sums = [torch.zeros_like(p) for p in params]
-    hidden = model.init_hidden(source.size(1))
-    n = 0
-    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
-                                  "gradient statistics (train)", unit="batch"):
+    params, n = list(model.parameters()), count_windows(source, bptt, max_batches)
+    sums, hidden = [torch.zeros_like(p) for p in params], model.init_hidden(source.size(1))
+    for data, targets in stream(source, bptt, "gradient statistics (train)", max_batches):
         model.zero_grad(set_to_none=True)
         logits, hidden = model(data, repackage_hidden(hidden))
         F.cross_entropy(logits.view(-1, model.ntoken), targets).backward()
         for s, p in zip(sums, params):
             if p.grad is not None:
                 s.addcmul_(p.grad, p.grad)
-        n += 1
     model.zero_grad(set_to_none=True)
     return [torch.sqrt(s / n) for s in sums], n
 
@@ -129,8 +118,6 @@ class DynamicUpdate:
     def __init__(self, model, rms, lr, lamb, epsilon, trained=None):
         """``trained``: theta_g, one tensor per parameter (default: the model's weights now)."""
         self.params = list(model.parameters())
-        if len(rms) != len(self.params):
-            raise ValueError("one rms tensor per parameter is needed")
         avg = torch.stack([r.mean() for r in rms]).mean().item()
         if not (math.isfinite(avg) and avg > 0):
             raise UserError(f"the gradients on the training data are all zero or not finite (mean rms {avg}): "
@@ -163,7 +150,7 @@ def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", tok
     hidden = model.init_hidden(1)
     total = torch.zeros((), device=source.device)
     count, losses = 0, []
-    for data, targets in progress(windows(source, bptt), count_windows(source, bptt), desc, unit="segment"):
+    for data, targets in stream(source, bptt, desc, unit="segment"):
         model.zero_grad(set_to_none=True)
         logits, hidden = model(data, repackage_hidden(hidden))
         flat = logits.view(-1, model.ntoken)
@@ -177,17 +164,6 @@ def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", tok
     model.zero_grad(set_to_none=True)
     mean = total.item() / count
     return (mean, torch.cat(losses)) if token_losses else mean
-
-
-def timed_run(model, tokens, bptt, update, desc):
-    """Loss and seconds of one run from the trained weights.  An lr beyond the weights' range is a divergence
-    (``addcdiv_`` cannot even take it), as is every step that overflows them."""
-    update.reset()
-    if update.lr > torch.finfo(update.params[0].dtype).max:
-        return math.inf, 0.0
-    start = time.perf_counter()
-    loss = dynamic_evaluate(model, tokens, bptt, update, desc)
-    return loss, time.perf_counter() - start
 
 
 def grid_search(args, run):
@@ -222,9 +198,14 @@ def main(argv=None):
     trained = [p.detach().clone() for p in model.parameters()]  # theta_g, for every run
 
     def run(split, lr, lamb):
-        update = DynamicUpdate(model, rms, lr, lamb, hyper["epsilon"], trained)
-        return timed_run(model, getattr(corpus, split), args.bptt, update,
-                         f"dynamic eval {split} (lr {lr:.3g}, lamb {lamb:.3g})")
+        """Loss and seconds from the trained weights; an lr beyond the weights' range (which ``addcdiv_``
+        cannot even take) diverges, as every step that overflows them does."""
+        if lr > torch.finfo(trained[0].dtype).max:
+            return math.inf, 0.0
+        update, start = DynamicUpdate(model, rms, lr, lamb, hyper["epsilon"], trained), time.perf_counter()
+        update.reset()  # each run starts from the checkpoint's weights
+        loss = dynamic_evaluate(model, getattr(corpus, split), args.bptt, update, f"dynamic eval {split} (lr {lr:.3g})")
+        return loss, time.perf_counter() - start
 
     if args.grid:
         best, results["grid"] = grid_search(args, run)

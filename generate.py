@@ -1,9 +1,9 @@
 """Sample text from a checkpoint, one word at a time with the hidden state carried (as pytorch/examples'
 word_language_model does), to see what a model has learned.
 
-Each word is drawn from softmax(logits / --temperature): below 1 the text sticks to the likeliest
-words, above 1 it wanders.  The same --seed gives the same text on the same device.  Sampling starts
-after an '<eos>', i.e. at the start of a sentence; every sampled '<eos>' becomes a line break.
+Each word is drawn from softmax(logits / --temperature): below 1 the text sticks to the likeliest words,
+above 1 it wanders.  The same --seed gives the same text on the same device.  Sampling starts after an
+'<eos>' (a sentence's start); every sampled '<eos>' becomes a line break.
 
     python generate.py --save runs/awd-ptb_FD.pt --words 200 --temperature 0.8 --seed 1
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
@@ -53,9 +53,7 @@ def sample(model, dictionary, words, temperature, seed, device):
     start = dictionary.word2idx.get("<eos>")
     if start is None:
         start = int(torch.randint(len(dictionary), (1,), generator=gen, device=device))
-    inp = torch.full((1, 1), start, dtype=torch.long, device=device)
-    hidden = model.init_hidden(1)
-    out = []
+    inp, hidden, out = torch.full((1, 1), start, dtype=torch.long, device=device), model.init_hidden(1), []
     for _ in tqdm(range(words), desc="sampling", unit="word", leave=False, disable=None):
         logits, hidden = model(inp, hidden)
         flat = logits.view(-1).double()  # the top logit scaled is exactly 0: no inf - inf at a tiny temperature

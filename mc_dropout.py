@@ -11,21 +11,18 @@ import math
 
 import torch
 
-from data import count_windows, windows
 from model import Masks, first_copy, tile_hidden
-from utils import progress
+from scoring import stream
 
 
 def mc_cross_entropy(target_logprobs):
     """Mean of -log(mean over samples of p(target)) from per-sample log-probs (samples, tokens)."""
-    n = target_logprobs.size(0)
-    return -(torch.logsumexp(target_logprobs, dim=0) - math.log(n)).mean()
+    return -(torch.logsumexp(target_logprobs, dim=0) - math.log(target_logprobs.size(0))).mean()
 
 
 def auto_chunk(samples, seq_len, batch_size, ntoken, budget_bytes=256 << 20):
     """How many samples to stack in one forward so the logits stay within ``budget_bytes``."""
-    per_sample = seq_len * batch_size * ntoken * 4
-    return max(1, min(samples, budget_bytes // per_sample))
+    return max(1, min(samples, budget_bytes // (seq_len * batch_size * ntoken * 4)))
 
 
 @torch.no_grad()
@@ -37,10 +34,8 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
     hiddens = [tile_hidden(model.init_hidden(batch_size), c) for c in sizes]
     total, count = torch.zeros((), device=source.device), 0
     try:
-        for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
-                                      f"{desc}, {samples} samples"):
-            T = data.size(0)
-            per_sample = []
+        for data, targets in stream(source, bptt, f"{desc}, {samples} samples", max_batches):
+            T, per_sample = data.size(0), []
             for k, c in enumerate(sizes):
                 logits, hiddens[k] = model(data.repeat(1, c), hiddens[k], Masks(copies=c))
                 tgt = targets.view(T, 1, batch_size).expand(T, c, batch_size).reshape(T, c * batch_size, 1)
@@ -57,10 +52,9 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
 def mask_variance(model, source, bptt, batch_size, max_batches=None, desc="mask variance"):
     """Mean over all elements of (logits of one dropout pass - logits of another)^2."""
     model.train()
-    hidden = model.init_hidden(batch_size)
-    total, count = torch.zeros((), device=source.device), 0
+    hidden, total, count = model.init_hidden(batch_size), torch.zeros((), device=source.device), 0
     try:
-        for data, _ in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches), desc):
+        for data, _ in stream(source, bptt, desc, max_batches):
             logits, pair_hidden = model(data.repeat(1, 2), tile_hidden(hidden, 2), Masks(copies=2))
             diff = logits[:, :batch_size] - logits[:, batch_size:]
             total += diff.pow(2).sum()

@@ -1,19 +1,14 @@
 """Evaluate a checkpoint with the continuous cache pointer (Grave, Joulin, Usunier 2017), as AWD-LSTM did.
 
-No training: at each position t the model's last-layer output h_t is compared with the outputs h_i of
-the previous ``--window`` positions; softmax(theta * h_t . h_i) over them puts mass on the word that
-followed each h_i, and that cache distribution is mixed into the model's softmax:
-p(w) = (1 - lambdasm) * p_vocab(w) + lambdasm * p_cache(w).  Both splits run at batch 1 as one
-stream, the hidden state and the cache carried from one --bptt chunk to the next (the chunk length
-only trades memory for speed; it does not change the result).  At the very start the cache holds the
-fewer than --window positions seen so far (none at the first token, which gets p_vocab alone), and the
-loss is the mean over the N - 1 predicted tokens.  ``--awd_scoring`` scores as awd-lstm-lm's script did
-instead: no cache until more than --window positions were seen, none at the first position of each
---bptt chunk (so its result depends on --bptt), and the summed loss divided by N.
-
-The corpus is read from the checkpoint's vocabulary (PTB or WikiText-2, by its fingerprint), the settings
-from the source its preset reproduces (``config.PRESET[preset].pointer``: the AWD-LSTM paper's, the
-awd-lstm-lm README's, or its tag PyTorch==0.1.12's); ``--settings`` chooses explicitly.
+No training: the model's last-layer output h_t is compared with those of the previous --window positions;
+softmax(theta * h_t . h_i) puts mass on the word that followed each h_i, and that cache distribution is
+mixed into the model's: p(w) = (1 - lambdasm) p_vocab(w) + lambdasm p_cache(w).  Both splits run at batch 1
+as one stream, hidden state and cache carried across --bptt chunks (the chunk length trades memory for
+speed only).  The first token gets p_vocab alone, and the loss is the mean over the N - 1 predictions.
+``--awd_scoring`` scores as awd-lstm-lm's script did: no cache until more than --window positions were seen
+nor at a chunk's first position (so the result depends on --bptt), the summed loss divided by N.
+The corpus is read from the checkpoint's vocabulary, the settings from its preset's source
+(``config.PRESET[preset].pointer``), unless --settings or the flags say otherwise.
 
     python pointer.py --save runs/merity-ptb_baseline.finetune.pt   # paper: window 2000, theta 1.0, lambdasm 0.1
     python pointer.py --save runs/awd-ptb_FD.finetune.pt            # README: window 500, theta 1.0, lambdasm 0.1
@@ -25,18 +20,14 @@ import torch
 
 from checkpoint import corpus_of, open_checkpoint, tool_args, tool_parser
 from config import PRESET
-from data import batchify, count_windows, windows
+from data import batchify
 from runfiles import UserError, run_cli
-from scoring import ppl, report
-from utils import progress
+from scoring import ppl, report, stream
 
-# Cache settings per corpus and source.  readme: awd-lstm-lm's README pointer commands at bf0742c
-# ("Finally, run the pointer"), beside its own numbers (PTB 53.2 / 52.5, WT2 52.2 / 50.6).  paper: the
-# AWD-LSTM paper's numbers (PTB 53.9 / 52.8, WT2 53.8 / 52.0); its PTB window was 2000 (the README's
-# earlier note, commit 19470c8); no other setting of the paper's is known apart from the README's, so
-# theta, lambdasm and WT2's window are the README's.  tag: the README of awd-lstm-lm's tag PyTorch==0.1.12.
-# --bptt changes memory only (with --awd_scoring it changes the result, as in the reference: there it is
-# the README's value).
+# Per corpus and source.  readme: awd-lstm-lm's README at bf0742c ("Finally, run the pointer"; PTB 53.2 / 52.5,
+# WT2 52.2 / 50.6).  paper: AWD-LSTM's paper (PTB 53.9 / 52.8, WT2 53.8 / 52.0), its PTB window 2000 (README
+# note, commit 19470c8), the rest unknown so the README's.  tag: the README of awd-lstm-lm's tag PyTorch==0.1.12.
+# bptt: the README's (memory only, but with --awd_scoring it changes the result, as in the reference).
 _PTB, _WT2 = dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000), dict(window=3785, theta=0.662, lambdasm=0.1279,
                                                                         bptt=2000)
 SETTINGS = {("ptb", "readme"): _PTB, ("ptb", "paper"): dict(_PTB, window=2000), ("ptb", "tag"): _PTB,
@@ -48,9 +39,8 @@ RULES = {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight"
 
 def build_parser():
     p = tool_parser(__doc__)
-    p.add_argument("--settings", choices=("paper", "readme", "tag"),
-                   help="whose cache settings: the AWD-LSTM paper's, awd-lstm-lm README's or its tag PyTorch==0.1.12's "
-                        "(default: the checkpoint's preset's source); explicit flags below win")
+    p.add_argument("--settings", choices=("paper", "readme", "tag"), help="the AWD-LSTM paper's cache settings, "
+                   "awd-lstm-lm README's or its tag PyTorch==0.1.12's (default: the preset's); flags below win")
     p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, paper 2000; WT2 3785)")
     p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
     p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture, 0 = model alone "
@@ -88,10 +78,8 @@ def cache_logprob(h, targets, mem_h, mem_w, window, theta):
     the entries j of [mem; chunk] with M + t - window <= j < M + t: the past only, never itself.
     Returns (L,) log-probabilities, -inf where no cached entry has the target, NaN where the cache is empty.
     """
-    keys = torch.cat([mem_h, h])                      # (M + L, d)
-    words = torch.cat([mem_w, targets])               # (M + L,)
-    m, length = mem_h.size(0), h.size(0)
-    scores = theta * (h @ keys.t())                   # (L, M + L)
+    words, m, length = torch.cat([mem_w, targets]), mem_h.size(0), h.size(0)   # words: (M + L,)
+    scores = theta * (h @ torch.cat([mem_h, h]).t())                             # (L, M + L)
     t = torch.arange(length, device=h.device).unsqueeze(1) + m
     j = torch.arange(m + length, device=h.device).unsqueeze(0)
     visible = (j < t) & (j >= t - window)
@@ -111,8 +99,7 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
     log_wv = math.log(1 - lambdasm) if lambdasm < 1 else -math.inf   # log mixture weights
     log_wc = math.log(lambdasm) if lambdasm > 0 else -math.inf
     plain, mixed = [], []
-    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
-                                  "cache pointer", unit="chunk"):
+    for data, targets in stream(source, bptt, "cache pointer", max_batches, "chunk"):
         hidden, _, dropped = model.features(data, hidden)
         logits = model.decoder(dropped[-1])
         h = dropped[-1].view(-1, dropped[-1].size(-1)).float()   # eval mode: the last layer's output
@@ -136,9 +123,8 @@ def main(argv=None):
     opts, source = settings_for(blob, args)
     print(f"| cache pointer | window {opts['window']} | theta {opts['theta']} | lambdasm {opts['lambdasm']} | "
           f"bptt {opts['bptt']} | settings: {source} | scoring: {'awd-lstm-lm' if args.awd_scoring else 'ours'} |")
-    results = {"checkpoint": args.save, "data": str(corpus.path), "settings": source, "awd_scoring": args.awd_scoring,
-               **opts}
-    lines = []
+    results, lines = dict(checkpoint=args.save, data=str(corpus.path), settings=source, awd_scoring=args.awd_scoring,
+                          **opts), []
     for name in ("valid", "test"):
         tokens = getattr(corpus, name)
         plain, mixed = token_logprobs(model, tokens, max_batches=args.max_batches, awd_scoring=args.awd_scoring,

@@ -15,6 +15,12 @@ def ppl(loss):
     return math.exp(loss) if loss < 700 else float("inf")
 
 
+def stream(source, bptt, desc, max_batches=None, unit="batch"):
+    """The (data, targets) windows of a batchified split, with the progress of the main process."""
+    return progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches), desc, unit=unit,
+                    enabled=distributed.is_main())
+
+
 @torch.no_grad()
 def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation"):
     """Mean token cross-entropy over a batchified stream, hidden state carried throughout."""
@@ -22,8 +28,7 @@ def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), device=source.device)
     count = 0
-    for data, targets in progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches),
-                                  desc, enabled=distributed.is_main()):
+    for data, targets in stream(source, bptt, desc, max_batches):
         logits, hidden = model(data, hidden)
         total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
         count += targets.numel()
