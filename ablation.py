@@ -1,21 +1,19 @@
 """A CPU-scale ablation study: baseline vs FD vs ELD vs PM vs RD on the single-layer PTB setup, over
 several seeds, with a kappa sweep and a same-mask sweep of FD.
 
-Why: the published numbers need a GPU for a day; this gives evidence, from the same training code as
-main.py (``trainer.run`` on a configuration from main.py's own parser), of how the implementation
-behaves at a scale a 2-core machine affords: the single-layer preset scaled down (width, epochs, share
-of the training text), PTB's full validation and test sets.  Runs differ only in what their name says:
-``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa other than the variant's default), ``FD_samew_seed321``
-(``--same_mask_w``).  Each trains, evaluates its best model on validation and test, and measures that
-model's mask variance on validation (mc_dropout.mask_variance).
+The published numbers need a GPU for a day; this gives evidence, from main.py's own training code and
+parser, of how the implementation behaves at a scale a 2-core CPU affords (the single-layer preset
+narrower, fewer epochs, a share of the training text; PTB's full validation and test sets).  Runs differ
+only in what their name says: ``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa other than the variant's
+default), ``FD_samew_seed321`` (``--same_mask_w``).  Each trains, scores its best model on validation and
+test, and measures its mask variance on validation (mc_dropout.mask_variance).
 
 Each finished run leaves ``runs/NAME.summary.json`` in --out (configuration, machine, results, every
-epoch); those are committed, the checkpoints are not.  A run whose summary matches its configuration is
-reused, so the study finishes over several sittings on any checkout; an interrupted run continues from
-its resume checkpoint.  Committed results never change by accident: a summary that no longer matches
-stops the study (``--retrain`` replaces it); an out folder holds one scale (``study.json``); ``--scale
-tiny`` writes to a new temporary folder unless ``--out`` says otherwise.  study_report.py writes the
-tables, plots and STUDY.md (``results/STUDY.md`` for the default --out, else ``<out>/STUDY.md``).
+epoch), which is committed; checkpoints are not.  A run whose summary matches its configuration is reused,
+so the study finishes over several sittings; an interrupted run continues from its resume checkpoint.
+Committed results never change by accident: a summary that no longer matches stops the study (--retrain
+replaces it), a folder holds one scale (study.json), and --scale tiny writes to a new temporary folder
+unless --out says otherwise.  study_report.py writes the tables, plots and STUDY.md.
 
     python ablation.py --threads 1                  # the whole committed study (--study full), in priority order
     python ablation.py --study seeds --model baseline FD --seeds 321 322
@@ -71,12 +69,9 @@ def make_spec(variant, seed, kappa=None, same=""):
 
 
 def run_name(spec):
-    name = spec["variant"]
-    if spec["kappa"] is not None:
-        name += f"_kappa{spec['kappa']:g}"
-    if spec["same"]:
-        name += f"_same{spec['same']}"
-    return f"{name}_seed{spec['seed']}"
+    kappa, same = spec["kappa"], spec["same"]
+    return (f"{spec['variant']}{'' if kappa is None else f'_kappa{kappa:g}'}{same and f'_same{same}'}"
+            f"_seed{spec['seed']}")
 
 
 NAME_RE = re.compile(r"^(?P<variant>[A-Za-z]+)(?:_kappa(?P<kappa>[0-9.e+-]+))?(?:_same(?P<same>[a-z]+))?"
@@ -88,51 +83,33 @@ def parse_run(name):
     if not m:
         raise UserError(f"cannot read run name {name!r}: write VARIANT[_kappaK][_sameSITES]_seedN, "
                         f"e.g. FD_seed322, FD_kappa0.5_seed321, FD_samew_seed321")
-    kappa = m["kappa"]
     try:
-        kappa = None if kappa is None else float(kappa)
+        return make_spec(m["variant"], int(m["seed"]), m["kappa"] and float(m["kappa"]), m["same"] or "")
     except ValueError:
         raise UserError(f"run name {name!r}: kappa {m['kappa']!r} is not a number") from None
-    return make_spec(m["variant"], int(m["seed"]), kappa, m["same"] or "")
 
 
-def seeds_plan(variants, seeds):
-    return [make_spec(v, s) for s in seeds for v in variants]
-
-
-def kappa_plan(kappas, seeds):
-    return [make_spec("FD", s, k) for s in seeds for k in kappas]
-
-
-def masks_plan(seeds):
-    return [make_spec("FD", s, same=site) for s in seeds for site in ["", *STUDY_SITES]]
-
-
-def full_plan():
-    """The committed study, most wanted runs first: a sitting that stops early has the useful ones."""
-    return (seeds_plan(["baseline", "FD"], FULL_SEEDS) + kappa_plan(KAPPAS, [321]) + masks_plan([321])
-            + seeds_plan(["ELD", "PM", "RD"], OTHER_SEEDS))
+def plan_of(study, variants=(), kappas=(), seeds=()):
+    """The runs of one study; the full one with its most wanted runs first, so a sitting that stops early
+    has the useful ones."""
+    if study == "full":
+        return (plan_of("seeds", ["baseline", "FD"], seeds=FULL_SEEDS) + plan_of("kappa", kappas=KAPPAS, seeds=[321])
+                + plan_of("masks", seeds=[321]) + plan_of("seeds", ["ELD", "PM", "RD"], seeds=OTHER_SEEDS))
+    return [make_spec(v, s) for s in seeds for v in variants] if study == "seeds" else \
+        [make_spec("FD", s, k) for s in seeds for k in kappas] if study == "kappa" else \
+        [make_spec("FD", s, same=site) for s in seeds for site in ["", *STUDY_SITES]]
 
 
 def build_plan(args):
     study = args.study or ("kappa" if args.kappas else "seeds" if args.model or args.seeds else "full")
-    if args.runs:
-        plan = [parse_run(n) for n in args.runs]
-    elif study == "full":
-        given = [f for f in ("model", "seeds", "kappas") if getattr(args, f) is not None]
-        if given:
-            raise UserError(f"--study full has its own variants, seeds and kappas, so --{given[0]} would do nothing: "
-                            f"use --study seeds, kappa or masks, or --runs")
-        plan = full_plan()
-    else:
-        seeds = args.seeds or [321]
-        plan = {"seeds": lambda: seeds_plan(args.model or ALL_VARIANTS, seeds),
-                "kappa": lambda: kappa_plan(KAPPAS if args.kappas is None else args.kappas, seeds),
-                "masks": lambda: masks_plan(seeds)}[study]()
-    unique = {}
-    for spec in plan:
-        unique.setdefault(run_name(spec), spec)
-    return list(unique.values())
+    given = [f for f in ("model", "seeds", "kappas") if getattr(args, f) is not None]
+    if study == "full" and given and not args.runs:
+        raise UserError(f"--study full has its own variants, seeds and kappas, so --{given[0]} would do nothing: "
+                        f"use --study seeds, kappa or masks, or --runs")
+    kappas = KAPPAS if args.kappas is None else args.kappas
+    plan = [parse_run(n) for n in args.runs] if args.runs else plan_of(study, args.model or ALL_VARIANTS, kappas,
+                                                                          args.seeds or [321])
+    return list({run_name(spec): spec for spec in plan}.values())  # a run in two studies (FD_seed321) runs once
 
 
 def run_config(spec, study, corpus_dir, save, device):
@@ -166,23 +143,17 @@ def finished(cfg, paths):
     return os.path.exists(paths["final"]) and schedule_finished(paths["resume"], cfg["epochs"])
 
 
-def resolved(cfg):
-    """``cfg`` with its corpus folder absolute, as trainer.run stores it (a run started before kept it as given)."""
-    return dict(cfg, data=os.path.abspath(cfg["data"]))
-
-
 def train(cfg):
-    """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one."""
-    paths = run_paths(cfg["save"])
-    if (os.path.exists(paths["resume"])
-            and resolved(with_settings_added_since(load_checkpoint(paths["resume"], "resume")["config"]))
-            == resolved(cfg)):
-        if finished(cfg, paths) and os.path.exists(paths["best"]):
-            print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
-            return json.load(open(paths["final"]))
-        blob = load_checkpoint(paths["resume"], "resume")
-        return run(build_config({"resume": paths["resume"]}, "resume", blob), resume=blob)
-    return run(cfg, overwrite=True)
+    """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one.
+    The corpus folder compares absolute, as trainer.run stores it (a run started before kept it as given)."""
+    paths, resolved = run_paths(cfg["save"]), lambda c: dict(c, data=os.path.abspath(c["data"]))
+    blob = load_checkpoint(paths["resume"], "resume") if os.path.exists(paths["resume"]) else None
+    if blob is None or resolved(with_settings_added_since(blob["config"])) != resolved(cfg):
+        return run(cfg, overwrite=True)
+    if finished(cfg, paths) and os.path.exists(paths["best"]):
+        print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
+        return json.loads(Path(paths["final"]).read_text(encoding="utf-8"))
+    return run(build_config({"resume": paths["resume"]}, "resume", blob), resume=blob)
 
 
 def measure_mask_variance(save, data, device):

@@ -1,30 +1,17 @@
 """Benchmark: what one training step of main.py costs, per preset, for FD against the baseline.
 
-FD runs the network twice per batch, so its step should cost about twice a baseline step; the
-FD / baseline ratio says how close to 2 it is.  What is timed is the real step, ``trainer.train_step``
-called as ``train_epoch`` calls it, on the model of ``RNNModel.from_config`` and the configuration of
-main.py's parser (``--preset P --model M``): batch and bptt of the preset, seq_len = bptt, random token
-ids of the preset's vocabulary, the optimizer a run starts with.  The configurations of a preset are
-stepped in turn (baseline, FD, baseline, FD, ...) on the same batches, so load from other processes
-weighs on both alike; the minimum is the figure least disturbed by it.
+FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``).
+What is timed is the real step, ``trainer.train_step`` as ``train_epoch`` calls it, on main.py's model and
+configuration (``--preset P --model M``) with random token ids of the preset's vocabulary.  A preset's
+configurations are stepped in turn on the same batches, so load from other processes weighs on all alike;
+the minimum is the figure least disturbed by it.
 
-FLOPs: each matrix product costs 2 FLOPs per weight per token (W_ih and W_hh of every LSTM layer and
-the decoder, counted from the built model's weights), times 3 (forward, gradient of the input,
-gradient of the weight), times 2 for a regularizer with a second pass.  Elementwise work (gates,
-dropout, softmax, clipping, the optimizer) is not counted.
-
-Roofline ("of peak"): the step's FLOPs per second over the best float32 ``torch.mm`` rate measured,
-on the same device and threads, at the step's own product shapes (forward and both backward products
-of every weight, W_hh also per time step, the decoder in fused_loss's row chunks; on CUDA with TF32
-when cuDNN may use it).  Every shape is timed once per round, between the steps, and the best of all
-rounds is kept: a rate measured once before the steps (the old method) was too low whenever the shared
-machine was busy then, which put steps at 105-117% of it.  The peak is a ceiling for this step's
-matrix products, not the hardware's peak, and the step cannot reach it: elementwise work is not counted.
-
-``--overlap``: every two-pass model is stepped a second time with ``--overlap_passes`` (pass 2 on a
-second CUDA stream), in the same rounds on the same batches; its rows say whether the overlap ran
-(``overlap_active``: off a CUDA device the flag runs the sequential path) and its time against the
-same model's sequential step (``x_sequential``).
+FLOPs: 2 per weight per token of every matrix product (W_ih, W_hh, decoder), times 3 (forward and both
+gradients), times 2 for a second pass; elementwise work is not counted.  "of peak": the step's FLOP rate
+over the best float32 ``torch.mm`` rate at the step's own product shapes, timed between the steps in every
+round (best kept), on the same device and threads (TF32 on CUDA where cuDNN may use it): a ceiling for the
+step's products, not the hardware's peak.  ``--overlap`` steps every two-pass model again with
+``--overlap_passes`` (pass 2 on a second CUDA stream; elsewhere sequential, and its rows say so).
 
     python bench.py --out results/bench.json                 # every preset, baseline and FD
     python bench.py --preset single --model baseline FD RD --overlap --eval
@@ -216,7 +203,8 @@ def known(given, names, flag):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", nargs="+", default=list(PRESETS), help=f"presets (default all: {' '.join(PRESETS)})")
-    p.add_argument("--model", nargs="+", default=["baseline", "FD"], help=f"of {', '.join(VARIANTS)} (default baseline FD)")
+    p.add_argument("--model", nargs="+", default=["baseline", "FD"],
+                   help=f"of {', '.join(VARIANTS)} (default baseline FD)")
     p.add_argument("--scale", choices=("full", "tiny"), default="full",
                    help="full: the presets' shapes; tiny: tiny shapes, 1 timed step, short warm-up (for the test)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -1,10 +1,7 @@
 """The CPU-scale ablation study, declared once, and its report: every table, plot and STUDY.md from the
-runs' committed summaries.
-
-Torch-free and apart from ablation.py (which trains the runs), because the report is rewritten far more
-often than runs are trained: ``python study_report.py [--out DIR]`` (or ``python ablation.py --report``)
-rebuilds it on any checkout, without a checkpoint or a corpus.  The tables say where every number came
-from (command, seeds, scale, torch, CPU, dates); matplotlib is optional and only draws the plots.
+runs' committed summaries, on any checkout, without torch, a checkpoint or a corpus (``python
+study_report.py [--out DIR]``, or ``python ablation.py --report``, which trains the runs).  The tables say
+where every number came from; matplotlib is optional and only draws the plots.
 """
 import argparse
 import csv
@@ -14,6 +11,7 @@ import os
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from results import mean_sd, mean_sd_text as fmt, pyplot, save_figure, draw_curve
@@ -35,10 +33,9 @@ STUDY_SITES = "".join(SITE_NAMES)
 
 BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
 END = "<!-- end of ablation.py's report -->"
+RESULTS = "best valid ppl | test ppl | mask variance | best epoch"  # the columns of result_cells
 PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same W_hh mask 66.9 / 64.6"
 
-
-# ---------------------------------------------------------------- aggregation
 
 def is_default(s):
     """A run at its variant's own kappa, masks independent: ablation.py names a run's kappa only when it is not
@@ -52,13 +49,12 @@ def signed(values, digits, suffix=""):
 
 
 def paired(summaries, key, a="baseline", b="FD"):
-    """Per seed, b minus a of ``key`` for the default-setting runs; mean, sd, and the seeds where b is lower."""
+    """Per seed, b minus a of ``key`` for the default-setting runs, and on how many seeds b is lower."""
     by = {(s["variant"], s["seed"]): s[key] for s in summaries if is_default(s)}
     seeds = sorted(seed for (v, seed) in by if v == b and (a, seed) in by)
     rows = [(seed, by[(a, seed)], by[(b, seed)], by[(b, seed)] - by[(a, seed)]) for seed in seeds]
     diffs = [r[3] for r in rows]
-    mean, sd = mean_sd(diffs)
-    return {"rows": rows, "mean": mean, "sd": sd, "wins": sum(d < 0 for d in diffs), "n": len(diffs)}
+    return {"rows": rows, "diffs": diffs, "wins": sum(d < 0 for d in diffs), "n": len(diffs)}
 
 
 def seed_list(seeds):
@@ -83,10 +79,8 @@ def scale_args(study):
 
 def caption(runs, command, study, ntrain):
     """Where a table's numbers come from: command, seeds, scale, torch, CPU (runs per CPU), dates."""
-    cpus = {}
-    for s in runs:
-        cpus.setdefault(s["environment"]["cpu"], []).append(s["name"])
-    cpu_text = "; ".join(f"{cpu} ({len(names)} run{'s' * (len(names) > 1)})" for cpu, names in cpus.items())
+    cpus = Counter(s["environment"]["cpu"] for s in runs)
+    cpu_text = "; ".join(f"{cpu} ({n} run{'s' * (n > 1)})" for cpu, n in cpus.items())
     dates, torches, threads = (sorted({s["environment"][k] for s in runs}) for k in ("date", "torch", "threads"))
     return (f"Command: `{command}{scale_args(study)}`. Seeds: {seed_list(s['seed'] for s in runs)}. "
             f"Scale: {scale_text(study, ntrain)}. torch {', '.join(torches)}; CPU: {cpu_text}; threads "
@@ -103,8 +97,7 @@ def variants_table(summaries, study, ntrain):
     command = (f"python ablation.py --study seeds --model {' '.join(variants)} --seeds {seeds}" if same_seeds
                else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
     lines = [caption(runs, command, study, ntrain), "",
-             "| variant | kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | "
-             "train ppl (last epoch) | wall time (min) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| variant | kappa | seeds | {RESULTS} | train ppl (last epoch) | wall time (min) |", "|---" * 9 + "|"]
     for v in variants:
         s = [x for x in runs if x["variant"] == v]
         lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | {result_cells(s)} | "
@@ -127,11 +120,11 @@ def paired_table(summaries, study, ntrain):
     lines = [caption(runs, f"python ablation.py --study seeds --model baseline FD "
                            f"--seeds {seed_list(r[0] for r in valid['rows'])}", study, ntrain), "",
              "| seed | baseline valid / test | FD valid / test | FD − baseline, valid | FD − baseline, test | "
-             "FD − baseline, mask variance |", "|---|---|---|---|---|---|"]
+             "FD − baseline, mask variance |", "|---" * 6 + "|"]
     for (seed, bv, fv, dv), (_, bt, ft, dt), (_, _, _, dm) in zip(valid["rows"], test["rows"], mvar["rows"]):
         lines.append(f"| {seed} | {bv:.2f} / {bt:.2f} | {fv:.2f} / {ft:.2f} | {dv:+.2f} | {dt:+.2f} | {dm:+.4f} |")
-    lines.append(f"| mean ± sd | | | {signed([r[3] for r in valid['rows']], 2)} | "
-                 f"{signed([r[3] for r in test['rows']], 2)} | {signed([r[3] for r in mvar['rows']], 4)} |")
+    lines.append(f"| mean ± sd | | | {signed(valid['diffs'], 2)} | {signed(test['diffs'], 2)} | "
+                 f"{signed(mvar['diffs'], 4)} |")
     return lines + ["", f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and "
                         f"the lower test perplexity on {test['wins']} of {test['n']}; the lower mask variance on "
                         f"{mvar['wins']} of {mvar['n']}."]
@@ -163,8 +156,8 @@ def kappa_table(summaries, study, ntrain):
     runs = [s for g in groups.values() for s in g]
     lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
                            f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
-             "| kappa | seeds | best valid ppl | test ppl | mask variance | best epoch | train ppl (last epoch) | "
-             "− FD at 0.15, valid | − FD at 0.15, test | CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| kappa | seeds | {RESULTS} | train ppl (last epoch) | − FD at 0.15, valid | − FD at 0.15, test | "
+             f"CPU |", "|---" * 10 + "|"]
     fd = fd_by_seed(summaries)
     for k, s in groups.items():
         lines.append(f"| {k:g}{' (default)' if all(map(is_default, s)) else ''} | {seed_list(x['seed'] for x in s)} "
@@ -188,8 +181,8 @@ def masks_table(summaries, study, ntrain):
     if not runs:
         return []
     lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
-             "| pass 2 reuses pass 1's mask at | seeds | best valid ppl | test ppl | mask variance | best epoch | "
-             "− FD, valid | − FD, test | CPU |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| pass 2 reuses pass 1's mask at | seeds | {RESULTS} | − FD, valid | − FD, test | CPU |",
+             "|---" * 9 + "|"]
     fd = fd_by_seed(summaries)
     for site in ["", *STUDY_SITES]:
         s = [x for x in runs if x["same_mask"] == site]
@@ -209,7 +202,7 @@ def cpus(runs):
 
 def runs_table(summaries):
     lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | "
-             "date | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "date | commit |", "|---" * 10 + "|"]
     for s in summaries:
         e = s["environment"]
         lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
@@ -217,8 +210,6 @@ def runs_table(summaries):
                      f"{e['date']} | {e.get('commit', 'not recorded')} |")
     return lines
 
-
-# ---------------------------------------------------------------- plots (matplotlib optional)
 
 def plot_seeds(summaries, path, title):
     """Validation perplexity per epoch: each seed faint, the mean over seeds bold; best per seed beside it."""
@@ -241,12 +232,9 @@ def plot_seeds(summaries, path, title):
         ax2.scatter([i] * len(best), best, color=colors[v], alpha=0.5, s=18)
         ax2.errorbar([i + 0.2], [mean_sd(best)[0]], yerr=[mean_sd(best)[1] or 0], color=colors[v], fmt="o", capsize=4)
     lows = [r["valid_ppl"] for s in runs for r in s["epoch_rows"]]
-    ax1.set_ylim(min(lows) * 0.97, min(max(lows), min(lows) * 1.5))
-    ax1.set_ylabel("validation perplexity")
-    ax1.legend()
+    ax1.set(ylim=(min(lows) * 0.97, min(max(lows), min(lows) * 1.5)), ylabel="validation perplexity")
     ax2.set_xticks(range(len(variants)), variants)
-    ax2.set_xlabel("variant")
-    ax2.set_ylabel("best valid ppl (dots: seeds; mean ± sd)")
+    ax2.set(xlabel="variant", ylabel="best valid ppl (dots: seeds; mean ± sd)")
     return finish(fig, (ax1, ax2), path, title)
 
 
@@ -264,13 +252,10 @@ def plot_kappa(summaries, path, title):
     for key, label in (("best_valid_ppl", "best validation"), ("test_ppl", "test")):
         ax1.errorbar(ks, *bars(key), marker="o", capsize=3, label=label)
     ax2.errorbar(ks, *bars("mask_variance"), marker="o", capsize=3, color="C2")
-    ax1.set_ylabel("perplexity")
-    ax2.set_ylabel("mask variance (validation)")
-    for ax in (ax1, ax2):
+    for ax, label in ((ax1, "perplexity"), (ax2, "mask variance (validation)")):
         ax.set_xscale("symlog", linthresh=0.05)
         ax.set_xticks(ks, [f"{k:g}" for k in ks])
-        ax.set_xlabel("kappa (FD)")
-    ax1.legend()
+        ax.set(xlabel="kappa (FD)", ylabel=label)
     return finish(fig, (ax1, ax2), path, title)
 
 
@@ -291,32 +276,28 @@ def plot_masks(summaries, path, title):
                 marker=marker, linestyle="none", label=label)
     ax.set_xticks(list(xs), [SITE_NAMES[site].split(" (")[0] if site else "nowhere (FD)" for site in sites],
                   rotation=15)
-    ax.set_xlabel("pass 2 reuses pass 1's mask at")
-    ax.set_ylabel("perplexity")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="pass 2 reuses pass 1's mask at", ylabel="perplexity")
     return finish(fig, (ax,), path, title)
 
 
 def finish(fig, axes, path, title):
+    """Grid, legend where a curve is labelled, the scale as title; written atomically."""
     for ax in axes:
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     return True
 
 
-# ---------------------------------------------------------------- the report's files
-
 def epochs_csv(summaries):
     keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
             "penalty", "lr", "tokens_per_s"]
     f = io.StringIO(newline="")
-    w = csv.writer(f)
-    w.writerow(keys)
-    for s in summaries:
-        for r in s["epoch_rows"]:
-            w.writerow([s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]] + [r[k] for k in keys[5:]])
+    csv.writer(f).writerows([keys] + [[s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]]
+                                      + [r[k] for k in keys[5:]] for s in summaries for r in s["epoch_rows"]])
     return f.getvalue()
 
 
@@ -336,10 +317,9 @@ def archived(out, study, rel="."):
     lines = []
     for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
         runs = sorted((s for s in load_summaries(out, folder) if s["study"] == study), key=sort_key)
-        link = f"{rel}/{folder}/" if rel != "." else f"{folder}/"
         if runs:
-            lines += [""] * bool(lines) + [f"In [{link}]({link}), {len(runs)} run{'s' * (len(runs) > 1)}:", "",
-                                           *runs_table(runs)]
+            lines += [""] * bool(lines) + [f"In [{rel}/{folder}/]({rel}/{folder}/), {len(runs)} run"
+                                           f"{'s' * (len(runs) > 1)}:", "", *runs_table(runs)]
     return lines
 
 
@@ -359,22 +339,21 @@ PLOTS = (("curves.png", plot_seeds, "Variants over seeds", "validation perplexit
 
 
 def report_text(out, summaries, study, command, rel):
-    """STUDY.md's generated block; draws the plots it links."""
+    """STUDY.md's generated block and the variants table; draws the plots the block links."""
     ntrain, title = summaries[0]["train_tokens"], scale_text(study, summaries[0]["train_tokens"])
-    plotted = {heading: f"![{alt}]({rel}/{name})" for name, draw, heading, alt in PLOTS
+    plotted = {heading: (name, f"![{alt}]({rel}/{name})") for name, draw, heading, alt in PLOTS
                if draw(summaries, out / name, title)}
-    sections = [("Variants over seeds", variants_table(summaries, study, ntrain)),
-                ("FD minus baseline, paired by seed", paired_table(summaries, study, ntrain)),
-                ("FD's kappa", kappa_table(summaries, study, ntrain)),
-                ("FD sharing one mask site between the passes", masks_table(summaries, study, ntrain)),
-                ("Every run", runs_table(summaries)),
-                ("Archived runs, not in the tables", archived(out, study, rel))]
+    sections = {"Variants over seeds": variants_table(summaries, study, ntrain),
+                "FD minus baseline, paired by seed": paired_table(summaries, study, ntrain),
+                "FD's kappa": kappa_table(summaries, study, ntrain),
+                "FD sharing one mask site between the passes": masks_table(summaries, study, ntrain),
+                "Every run": runs_table(summaries), "Archived runs, not in the tables": archived(out, study, rel)}
     lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
              f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
-    for heading, body in sections:
+    for heading, body in sections.items():
         if body:
-            lines += ["", f"### {heading}", "", *body] + (["", plotted[heading]] if heading in plotted else [])
-    return "\n".join(lines), [name for name, _, heading, _ in PLOTS if heading in plotted]
+            lines += ["", f"### {heading}", "", *body] + (["", plotted[heading][1]] if heading in plotted else [])
+    return "\n".join(lines), sections["Variants over seeds"], [name for name, _ in plotted.values()]
 
 
 def report(out, study, command):
@@ -384,20 +363,16 @@ def report(out, study, command):
         print(f"No finished runs at scale {study} in {out}/runs: nothing to report")
         return None
     md = report_path(out)
-    generated, plotted = report_text(out, summaries, study, command, os.path.relpath(out, md.parent))
+    generated, table, plotted = report_text(out, summaries, study, command, os.path.relpath(out, md.parent))
     old = md.read_text(encoding="utf-8") if md.is_file() else ""
-    if BEGIN in old and END in old:
-        text = old[:old.index(BEGIN)] + BEGIN + "\n" + generated + "\n" + old[old.index(END):]
-    else:
-        text = f"# Ablation study\n\n{BEGIN}\n{generated}\n{END}\n" + old
-    atomic_write_text(text, md)
-    table = variants_table(summaries, study, summaries[0]["train_tokens"])
+    keep = (old[:old.index(BEGIN)], old[old.index(END):]) if BEGIN in old and END in old else \
+        ("# Ablation study\n\n", END + "\n" + old)
+    atomic_write_text(f"{keep[0]}{BEGIN}\n{generated}\n{keep[1]}", md)
     if table:
         atomic_write_text(f"Ablation: {scale_text(study, summaries[0]['train_tokens'])}.\n\n" + "\n".join(table)
                           + "\n", out / "results.md")
     atomic_write_text(epochs_csv(summaries), out / "epochs.csv")
-    atomic_write_json({"study": study, "train_tokens": summaries[0]["train_tokens"],
-                       "train_sha256": summaries[0]["train_sha256"],
+    atomic_write_json({"study": study, **{k: summaries[0][k] for k in ("train_tokens", "train_sha256")},
                        "report": {"command": command, "date": time.strftime("%Y-%m-%d")},
                        "runs": [{k: v for k, v in s.items() if k not in ("epoch_rows", "config")} for s in summaries]},
                       out / "study.json")

@@ -148,11 +148,11 @@ def test_seed_aggregation_and_paired_differences_on_known_numbers():
     valid = study_report.paired(runs, "best_valid_ppl")
     assert [r[0] for r in valid["rows"]] == [1, 2, 3]
     assert [r[3] for r in valid["rows"]] == [-5.0, -9.0, -2.0]
-    assert valid["mean"] == pytest.approx(-16 / 3) and valid["sd"] == pytest.approx(3.5118845842842)
+    assert study_report.mean_sd(valid["diffs"]) == (pytest.approx(-16 / 3), pytest.approx(3.5118845842842))
     assert (valid["wins"], valid["n"]) == (3, 3)
     test = study_report.paired(runs, "test_ppl")
     assert [r[3] for r in test["rows"]] == [2.0, -7.0, -5.0] and (test["wins"], test["n"]) == (2, 3)
-    assert test["mean"] == pytest.approx(-10 / 3)
+    assert study_report.signed(test["diffs"], 2) == "-3.33 ± 4.73"
     groups = study_report.kappa_rows(runs)
     # the sweep covers seed 1 only, so every kappa averages seed 1 alone
     assert {k: [s["seed"] for s in g] for k, g in groups.items()} == {0.15: [1], 1.5: [1]}
