@@ -1,13 +1,11 @@
-"""Running the plan: one process per step, chains on slots, signals passed on, and each step's record.
+"""Running the plan: a process per step, chains on slots, signals passed on, and each step's record.
 
-A step's record (``--out/CHAIN/seedS/STAGE.step.json``) decides its state.  Written at launch with the
-step's key (command, resolved configuration, corpus digest) and inputs (digests of the upstream outputs it
-reads), and completed, atomically, once the step succeeded with a finite result: the digest of its primary
-output (the best checkpoint, or the result JSON), the result, commit, date, machine, device.  A step is done
-when its completed record is there, its output still matches its digest and its inputs are its upstream's
-recorded outputs; resume points, metrics and final.json are side files, never needed again once recorded.
-A finished step's output is only ever replaced on request (--redo); files of a step without a completed
-record are continued from their resume point, or refused in one line (never deleted).
+A step's record (--out/CHAIN/seedS/STAGE.step.json), written at launch with its key (command, resolved
+configuration, corpus) and inputs (upstream outputs' digests), is completed atomically once the step gave a
+finite result: its primary output's digest, the result, commit, date, machine, device.  Done = completed
+record, output matching it, inputs its upstream's outputs; resume points, metrics and final.json are side
+files.  A finished output is replaced only on request (--redo); files of a step without a completed record
+are continued from their resume point, or refused in one line, never deleted.
 """
 import json
 import math
@@ -43,14 +41,13 @@ def last_line(path, offset=0):
     return lines[-1] if lines else ""
 
 
-def metrics_summary(path):
-    """Epochs run and the run's own clock (training and validation, across resumes), or None if damaged."""
+def metrics(path, keys=("epoch", "valid_ppl", "elapsed")):
+    """A run's epoch rows; none when damaged (the report names it)."""
     from results import read_metrics
     try:
-        rows = read_metrics(path, keys=("epoch", "elapsed"))
+        return read_metrics(path, keys)
     except UserError:
-        return None, None
-    return len(rows), (rows[-1]["elapsed"] if rows else 0.0)
+        return []
 
 
 def now():
@@ -179,9 +176,7 @@ class Runner:
     def finish(self, run):
         """The running step ended: complete its record if it succeeded with a finite result, else fail the chain."""
         step, rc = run.steps[run.current], run.proc.returncode
-        record = read_json(self.file(step, "record"))
-        wall = round(time.time() - run.started, 3)
-        record["attempts"][-1].update(rc=rc, wall_s=wall)
+        record, wall = self.attempt_ended(run)
         result = reason = None
         if rc != 0:
             reason = f"exit code {rc}"
@@ -190,22 +185,28 @@ class Runner:
         else:
             try:
                 result = finite_result(json.loads(last_line(self.file(step, "log"), run.offset)))
+                if result is not None:
+                    atomic_write_json(json.loads(last_line(self.file(step, "log"), run.offset)), self.file(step, "output"))
             except ValueError:
                 reason = "exit code 0 but no JSON result on its last line"
-            if result is not None:
-                atomic_write_json(json.loads(last_line(self.file(step, "log"), run.offset)), self.file(step, "output"))
         if reason is None and result is None:
             reason = f"a result that is not a finite perplexity: {last_line(self.file(step, 'log'), run.offset)[:120]}"
-        if reason is None:
-            epochs, clock = metrics_summary(self.file(step, "metrics.jsonl")) if step.kind.trains else (None, wall)
-            output = self.file(step, "output")
+        if reason is None:  # the run's own clock for training (across resumes), else the attempt's
+            rows, output = metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else [], self.file(step, "output")
             record.update(outputs={output.name: file_sha256(output)}, result=result, commit=self.commit, date=now(),
-                          machine=platform.node(), device=run.slot["name"], epochs=epochs, wall_s=clock)
+                          machine=platform.node(), device=run.slot["name"], epochs=len(rows) if rows else None,
+                          wall_s=rows[-1]["elapsed"] if rows else wall)
         atomic_write_json(record, self.file(step, "record"))
         if reason:
             return self.fail(run, step, reason, rc)
         run.current, run.proc = run.current + 1, None
         run.status = "pending" if run.current < len(run.steps) else "done"
+
+    def attempt_ended(self, run):
+        record, wall = read_json(self.file(run.steps[run.current], "record")), round(time.time() - run.started, 3)
+        record["attempts"][-1].update(rc=run.proc.returncode, wall_s=wall)
+        atomic_write_json(record, self.file(run.steps[run.current], "record"))
+        return record, wall
 
     def finished(self, step):
         """The step's completed record when it is done, else None (what the report reads)."""
@@ -244,6 +245,8 @@ class Runner:
                     time.sleep(poll)
         except BaseException:
             stop([run.proc for run in running.values()])
+            for run in running.values():
+                self.attempt_ended(run)
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -257,19 +260,13 @@ class Runner:
     def progress(self, run):
         """Chain, step, epoch (of its limit, for training), last validation perplexity, an ETA at the limit."""
         step = run.steps[run.current]
-        text = f"{run.label} | {step.stage}"
-        if step.kind.trains:
-            from results import read_metrics
-            try:
-                rows = read_metrics(self.file(step, "metrics.jsonl"), keys=("epoch", "valid_ppl", "elapsed"))
-            except UserError:
-                rows = []
-            limit = self.keys.get(step, {}).get("config", {}).get("epochs")
-            if rows:
-                last = rows[-1]
-                text += f" | epoch {last['epoch']}{f'/{limit}' if limit else ''} | valid ppl {last['valid_ppl']:.2f}"
-                if limit and last["epoch"] > 0:
-                    text += f" | ETA at most {seconds((limit - last['epoch']) * last['elapsed'] / last['epoch'])}"
+        text, rows = f"{run.label} | {step.stage}", metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else []
+        limit = self.keys.get(step, {}).get("config", {}).get("epochs")
+        if rows:
+            last = rows[-1]
+            text += f" | epoch {last['epoch']}{f'/{limit}' if limit else ''} | valid ppl {last['valid_ppl']:.2f}"
+            if limit and last["epoch"] > 0:
+                text += f" | ETA at most {seconds((limit - last['epoch']) * last['elapsed'] / last['epoch'])}"
         return text
 
 
@@ -306,20 +303,14 @@ def make_slots(jobs, device):
     from utils import check_device_name
     check_device_name(device)
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        n = jobs or 1
-        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
-        return [{"device": "cpu", "env": env, "name": f"cpu ({cpu_model()})"} for _ in range(n)]
+        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // (jobs or 1)))}
+        return [{"device": "cpu", "env": env, "name": f"cpu ({cpu_model()})"}] * (jobs or 1)
     if not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for, but this PyTorch sees no CUDA device: use --device cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [
-        str(i) for i in range(torch.cuda.device_count())]
-    index = list(range(len(ids)))
-    if ":" in device:
-        k = int(device.split(":")[1])
-        if k >= len(ids):
-            raise UserError(f"--device {device}: {len(ids)} CUDA device(s) visible, use cuda:0 .. cuda:{len(ids) - 1}")
-        index = [k]
-    return [{"device": "cuda", "env": {"CUDA_VISIBLE_DEVICES": ids[index[k % len(index)]]},
-             "name": f"cuda:{index[k % len(index)]} ({torch.cuda.get_device_name(index[k % len(index)])})"}
-            for k in range(jobs or len(index))]
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else list(map(str, range(torch.cuda.device_count())))
+    index = [int(device.split(":")[1])] if ":" in device else list(range(len(ids)))
+    if index[0] >= len(ids):
+        raise UserError(f"--device {device}: {len(ids)} CUDA device(s) visible, use cuda:0 .. cuda:{len(ids) - 1}")
+    return [{"device": "cuda", "env": {"CUDA_VISIBLE_DEVICES": ids[i]}, "name": f"cuda:{i} ({torch.cuda.get_device_name(i)})"}
+            for i in (index[k % len(index)] for k in range(jobs or len(index)))]

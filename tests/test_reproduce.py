@@ -1,8 +1,10 @@
 """reproduce.py end to end at the tiny scale: the plan, two chains at once beside a failing one, the
-report against the runs' own result files, a rerun that redoes nothing, changed inputs refused, and a
-kill in the middle followed by a rerun that ends where an uninterrupted run does."""
+report against the steps' records, a rerun that redoes nothing, changed inputs refused, a kill in the
+middle followed by a rerun that ends where an uninterrupted run does, and a finished step never lost:
+side files damaged, a moved folder, records gone, a damaged checkpoint, a diverging result, SIGTERM."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import report
 import reproduce
 import rows
+import runner
 from runfiles import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +64,8 @@ def test_plan(mirror, tmp_path, capsys):
     assert "--window 500 --theta 1.0 --lambdasm 0.1 " in pointer["merity-readme-ptb"]
     for chain in ("merity-wt2", "merity-readme-wt2"):
         assert "--window 3785 --theta 0.662 --lambdasm 0.1279 " in pointer[chain]
+    assert all("--awd_scoring" in line for line in pointer.values())  # scored as the published numbers were
+    assert "merity-tag" not in plan and "Krause" in rows.ROW["merity-ptb-dyneval"].source
     assert sum("dynamiceval.py" in line for line in lines) == 4  # merity-ptb and merity-wt2, two seeds each
     assert sum("finetune.py" in line for line in lines) == 12 and "[to run]" in plan
     assert "Expected GPU hours: unmeasured" in plan
@@ -159,3 +165,116 @@ def test_readme_table_is_the_registry():
     text = (REPO / "README.md").read_text()
     block = text.split(reproduce.README_BEGIN, 1)[1].split(reproduce.README_END, 1)[0]
     assert block.strip() == rows.readme_table().strip(), "run python reproduce.py --readme"
+
+
+def copy_of(first, tmp_path):
+    """The first run's --out folder, moved elsewhere (a finished folder is recognized wherever it lies)."""
+    shutil.copytree(first[0] / "runs", tmp_path / "runs", symlinks=True)
+    return tmp_path / "runs" / "merity-ptb" / "seed141"
+
+
+def test_side_files_lost_or_damaged_never_redo_a_finished_step(first, mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    folder = copy_of(first, tmp_path)
+    (folder / "train.resume.pt").unlink()
+    (folder / "finetune.resume.pt").write_bytes(b"damaged")
+    (folder / "train.final.json").write_text('{"valid_ppl": 7')
+    (folder / "train.metrics.jsonl").write_text((folder / "train.metrics.jsonl").read_text()[:-9])
+    record = json.loads((folder / "train.step.json").read_text())
+    (folder / "train.step.json").write_text(json.dumps(dict(record, commit="0000000")))
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    done = reproduce.main(argv(mirror, tmp_path, "merity-ptb-cache"))
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name in kept} == kept
+    assert all(len(r["attempts"]) == 1 for r in records(tmp_path).values())
+    assert [r["status"] for r in done["rows"]] == ["done"] * 3
+    assert done["rows"][0]["runs"][0]["valid_ppl"] == record["result"]["valid_ppl"]  # from the record
+    md = (tmp_path / "report" / "merity-ptb-cache.md").read_text()
+    assert "train.metrics.jsonl line 2 is not JSON" in md and "train.final.json is missing or damaged" in md
+    assert "| 0000000 †, " in md and f"| {done['commit']}, " in md  # each number's own commit
+    assert report.TINY_NOTE in md
+
+
+def test_nothing_trusted_without_its_record_and_redo_on_request(first, mirror, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    folder = copy_of(first, tmp_path)
+    for record in folder.glob("*.step.json"):
+        record.unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main(argv(mirror, tmp_path, "merity-ptb-ft"))
+    assert exit_.value.code == 1 and {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == kept
+    failure, = json.loads((tmp_path / "report" / "merity-ptb-ft.json").read_text())["rows"][0]["failures"]
+    assert "files of a step without its finished record are in the way: merity-ptb/seed141/train.pt" in failure[
+        "reason"] and "--redo merity-ptb:train" in failure["reason"]
+    capsys.readouterr()
+    reproduce.main(argv(mirror, tmp_path, "merity-ptb-ft", "--dry", "--redo", "merity-ptb"))
+    plan = capsys.readouterr().out
+    assert "[redo, discards merity-ptb/seed141/train.pt, " in plan and "[redo, discards merity-ptb/seed141/finetune.pt" in plan
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == kept  # a plan discards nothing
+    with pytest.raises(UserError, match="--redo nothing: no such step"):
+        reproduce.main(argv(mirror, tmp_path, "merity-ptb-ft", "--dry", "--redo", "nothing"))
+
+
+def test_redo_computes_a_finished_step_anew_and_only_it(first, mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    folder = copy_of(first, tmp_path)
+    trained = (folder / "finetune.pt").stat().st_mtime_ns
+    reproduce.main(argv(mirror, tmp_path, "merity-ptb-cache", "--redo", "merity-ptb:pointer"))
+    attempts = {name: len(r["attempts"]) for name, r in records(tmp_path).items()}
+    assert attempts == {"train": 1, "finetune": 1, "pointer": 1} and (folder / "finetune.pt").stat().st_mtime_ns == trained
+    assert records(tmp_path)["pointer"]["attempts"][0]["command"][2].startswith(str(tmp_path))  # run in its new place
+
+
+DIVERGING = rows.Row("diverging", "broken", "pointer", "a pointer that diverges", None, "this test",
+                     ("--window", "5", "--theta", "1", "--lambdasm", "1"))
+
+
+def test_each_chain_fails_alone_damaged_checkpoint_and_infinite_result(first, mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setitem(rows.CHAIN, "broken", rows.Chain("broken", "penn", rows.CHAIN["merity-ptb"].train, None))
+    monkeypatch.setitem(rows.ROW, "diverging", DIVERGING)
+    monkeypatch.setattr(rows, "ROWS", rows.ROWS + [DIVERGING])
+    folder = copy_of(first, tmp_path)
+    for name in ("finetune.pt", "finetune.step.json", "finetune.final.json", "finetune.resume.pt",
+                 "finetune.metrics.jsonl"):
+        (folder / name).unlink()
+    (folder / "train.pt").write_bytes((folder / "train.pt").read_bytes()[:-100])
+    with pytest.raises(SystemExit):
+        reproduce.main(argv(mirror, tmp_path, "merity-ptb-ft", "diverging"))
+    table = {r["id"]: r for r in json.loads((tmp_path / "report" / "merity-ptb-ft+diverging.json").read_text())["rows"]}
+    assert "merity-ptb/seed141/train.pt no longer matches its record" in table["merity-ptb-ft"]["failures"][0]["reason"]
+    assert table["merity-ptb"]["status"] == "failed" and (folder / "train.pt").exists()
+    diverged, = table["diverging"]["failures"]
+    assert diverged["step"] == "pointer" and ("exit code 2" in diverged["reason"] or "finite" in diverged["reason"])
+    assert runner.finite_result({"valid_ppl": float("inf"), "test_ppl": 1.0}) is None  # a failed step, not a number
+    assert runner.finite_result({"valid_ppl": float("nan"), "test_ppl": 1.0}) is None
+    assert "outputs" in records(tmp_path, "broken", 141)["finetune"]  # the other chain went on
+    assert "outputs" not in records(tmp_path, "broken", 141)["pointer"]
+
+
+def test_unwritable_output_folders_are_refused_before_any_step(mirror, tmp_path):
+    (tmp_path / "file").write_text("")
+    for flag in ("--out", "--report_dir"):
+        args = argv(mirror, tmp_path, "merity-ptb") + [flag, str(tmp_path / "file" / "below")]
+        with pytest.raises(UserError, match=f"{flag} .*file is a file, not a folder"):
+            reproduce.main(args)
+    assert not (tmp_path / "runs" / "merity-ptb").exists()
+    assert subprocess.run(["git", "check-ignore", "-q", str(reproduce.DEFAULT_REPORT["tiny"])], cwd=REPO).returncode == 0
+
+
+def test_sigterm_stops_steps_that_inherited_an_ignored_sigint(mirror, tmp_path):
+    """Started in the background from a script, the runner and its steps begin with SIGINT ignored: a
+    SIGTERM still stops the running step at a batch boundary, its resume point written, and exits 130."""
+    folder = tmp_path / "runs" / "merity-ptb" / "seed141"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), *argv(mirror, tmp_path, "merity-ptb-ft")],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    while not (folder / "train.metrics.jsonl").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=100)
+    attempts = [a for r in records(tmp_path).values() for a in r["attempts"]]
+    if any("rc" not in a for a in attempts) or not all(a.get("rc") == 0 for a in attempts):
+        assert proc.returncode == 130 and b"interrupted" in err
+        assert attempts[-1]["rc"] == 130 and any(folder.glob("*.resume.pt"))
