@@ -30,7 +30,7 @@ def build_parser():
                                                                 "passes' logits on validation")
     p.add_argument("--seed", type=int, default=1111, help="seed for the dropout masks of --mc and --mask_variance")
     for name in DROPOUT_FLAGS:
-        p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the checkpoint's)")
+        p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the run's)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
     return p
 
@@ -61,7 +61,7 @@ def main(argv=None):
             results["mask_variance"] = mask_variance(model, source, bptt, bsz, args.max_batches,
                                                      desc="mask variance (valid)")
             lines.append(f"| valid | mask variance {results['mask_variance']:.5f} |")
-    return report(results, lines, args.json, "score the run's best model (or lower the --dropout rates given)")
+    return report(results, lines, args.json, "use an intact checkpoint, or lower the --dropout rates given")
 
 
 if __name__ == "__main__":
