@@ -1,7 +1,21 @@
-"""The per-batch training loss of fraternal dropout and its comparison variants.
+"""Fraternal dropout and its comparison variants: the per-batch loss of two passes with different masks.
 
-Both passes run the same model from the same initial hidden state on the same batch; the hidden
-state carried to the next batch is pass 1's.  ``logits`` are the decoder outputs before softmax.
+One file that imports only torch: copy it into your project.  On an ordinary model with dropout:
+
+    from fraternal import Regularizer, fraternal_loss_pair
+    reg = Regularizer.of("FD")             # or "RD", "PM"; Regularizer.of("baseline") is one pass, CE alone
+    model.train()                          # each forward draws its own dropout masks
+    loss = fraternal_loss_pair(model(x), model(x), y, reg).loss
+
+On a stateful RNN both passes start from the same state, and pass 1's state goes on to the next batch:
+
+    out1, h_next = rnn(x, h)
+    out2, _ = rnn(x, h)
+    loss = fraternal_loss_pair(head(out1).flatten(0, 1), head(out2).flatten(0, 1), y.flatten(), reg).loss
+    h = h_next.detach()
+
+``fraternal_loss`` does the same for a model with ``features`` and ``decoder`` (model.py), with mask
+reuse, a batched path and a fused decoder loss where the decoder offers one (fused_loss.FusedDecoder).
 
 | variant  | pass 2          | target loss              | penalty (times kappa)                      |
 |----------|-----------------|--------------------------|--------------------------------------------|
@@ -10,18 +24,12 @@ state carried to the next batch is pass 1's.  ``logits`` are the decoder outputs
 | PM       | train, new masks| CE(logits1)              | same                                       |
 | RD       | train, new masks| (CE1 + CE2) / 2          | (KL(p1||p2) + KL(p2||p1)) / 2 per token    |
 | baseline | none            | CE(logits1)              | none                                       |
-
-To lift fraternal dropout into another model, ``fraternal_penalty`` and the structure of
-``fraternal_loss`` are all that is needed: any model whose forward draws new dropout masks.
 """
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
-from fused_loss import decoder_loss
-from model import Features, Masks, first_copy, tile_hidden
 
 
 def mse_penalty(logits1, logits2):
@@ -37,13 +45,26 @@ def symmetric_kl_penalty(logits1, logits2):
     return ((logp1.exp() - logp2.exp()) * (logp1 - logp2)).sum(-1).mean() / 2
 
 
+# A new penalty is one entry here; without a gradient in fused_loss.py it runs on the plain loss path.
 PENALTIES = {"mse": mse_penalty, "kl": symmetric_kl_penalty}
+
+
+def penalty_function(kind):
+    """The penalty named ``kind``: the one place a penalty's name is checked."""
+    if kind not in PENALTIES:
+        raise ValueError(f"unknown penalty {kind!r}: choose from {', '.join(PENALTIES)}")
+    return PENALTIES[kind]
+
+
+def fraternal_penalty(logits1, logits2, kind="mse"):
+    """How much two passes' predictions differ, by the penalty named ``kind``."""
+    return penalty_function(kind)(logits1, logits2)
 
 
 @dataclass(frozen=True)
 class Variant:
     """A regularizer, declared once: what its second pass is, which target losses it averages, its
-    penalty and its default kappa (config.PRESET_KAPPA where a preset's experiments used another)."""
+    penalty and its default kappa (a preset may use another)."""
     second_pass: str  # "train" (new masks), "eval" (no dropout) or "none"
     double_target: bool  # (CE1 + CE2) / 2 instead of CE1
     penalty: str  # a key of PENALTIES
@@ -70,20 +91,32 @@ class Regularizer:
     alpha: float = 0.0  # AR on the last layer's dropped output
     beta: float = 0.0  # TAR on the last layer's raw output
     batch_passes: bool = True  # with a shared W_hh mask, run both passes as one forward of twice the batch
-    fused: bool = True  # decoder + losses in cache-sized chunks (fused_loss.py); same values as the plain code
+    fused: bool = True  # the decoder's fused loss where it has one (fused_loss.py); same values as the plain code
     overlap: bool = False  # pass 2 on a second CUDA stream beside pass 1, where overlap_blocker allows
 
     def __post_init__(self):
-        if self.penalty not in PENALTIES:
-            raise ValueError(f"unknown penalty {self.penalty!r}: choose from {', '.join(PENALTIES)}")
+        penalty_function(self.penalty)
 
     @property
     def second_pass(self):
+        """The one rule for a second pass: a penalty to weigh, or a second target loss to average."""
         return self.kappa > 0 or self.double_target
 
     @property
     def batched(self):
         return self.second_pass and self.batch_passes and not self.eval_auxiliary and "w" in self.same_mask
+
+    def weights(self, second=True):
+        """(w1, w2, kappa) in loss = w1 * CE1 + w2 * CE2 + kappa * penalty; no penalty without pass 2."""
+        w1, w2 = (0.5, 0.5) if self.double_target else (1.0, 0.0)
+        return w1, w2, self.kappa if second else 0.0
+
+    @classmethod
+    def of(cls, variant, **settings):
+        """The regularizer of a variant in VARIANTS, with ``settings`` (kappa, ...) overriding its defaults."""
+        v = VARIANTS[variant]
+        return cls(**{"kappa": v.kappa, "double_target": v.double_target, "eval_auxiliary": v.second_pass == "eval",
+                      "penalty": v.penalty, **settings})
 
     @classmethod
     def from_config(cls, cfg):
@@ -98,14 +131,37 @@ class LossOutput(NamedTuple):
     loss: torch.Tensor  # what backward() is called on
     ce: torch.Tensor  # pass 1's mean token cross-entropy (detached): the reported training loss
     penalty: torch.Tensor  # kappa times the penalty (detached; zero without a second pass)
-    hidden: list  # pass 1's final hidden state
+    hidden: list = None  # pass 1's final hidden state (fraternal_loss)
 
 
-def fraternal_penalty(logits1, logits2, kind="mse"):
-    """How much two passes' predictions differ, by the penalty named ``kind``."""
-    if kind not in PENALTIES:
-        raise ValueError(f"unknown penalty {kind!r}: choose from {', '.join(PENALTIES)}")
-    return PENALTIES[kind](logits1, logits2)
+def fraternal_loss_pair(logits1, logits2, targets, reg):
+    """The loss of two passes' logits (rows of classes; ``logits2`` None for one pass) under ``reg``."""
+    w1, w2, kappa = reg.weights(logits2 is not None)
+    ce1 = F.cross_entropy(logits1, targets)
+    loss, penalty = w1 * ce1, ce1.new_zeros(())
+    if logits2 is not None:
+        penalty = kappa * fraternal_penalty(logits1, logits2, reg.penalty)
+        loss = loss + w2 * F.cross_entropy(logits2, targets) + penalty
+    return LossOutput(loss, ce1.detach(), penalty.detach())
+
+
+class Masks(NamedTuple):
+    """How one forward of a model draws its dropout masks.  The batch stacks ``copies`` copies of one
+    batch, each drawing its own masks except at the sites in ``share`` (one mask for all copies); the
+    sites in ``reuse`` apply the previous forward's masks instead of drawing (``same_mask``)."""
+    copies: int = 1
+    share: str = ""
+    reuse: str = ""
+
+
+def tile_hidden(hidden, copies):
+    """The hidden state (per layer, (h, c) with the batch on dim 1) of a batch stacking ``copies`` copies."""
+    return [tuple(t.repeat(1, copies, 1) for t in hc) for hc in hidden]
+
+
+def first_copy(hidden, copies):
+    """The hidden state of the first copy of a stacked batch."""
+    return [tuple(t[:, : t.size(1) // copies] for t in hc) for hc in hidden]
 
 
 def overlap_blocker(reg, device):
@@ -136,21 +192,15 @@ def _side_stream(device):
 
 
 def _overlapped_passes(model, data, hidden):
-    """Pass 1 on the current CUDA stream, pass 2 on a side stream, so that their kernels run side by
-    side (each pass alone is a chain of small, latency-bound recurrent kernels).
+    """Pass 1 on the current CUDA stream, pass 2 on a side stream, so that their small, latency-bound
+    recurrent kernels run side by side.
 
     Same masks as the sequential path: the passes are launched from the host in the same order, and
-    the CUDA generator (Philox) gives each draw its counter offset on the host at launch, so every
-    mask has the value the sequential path draws, whichever stream it runs on.
-    Synchronization: the side stream starts after all the current stream has queued before pass 1
-    (the batch, the hidden state, the last update of the weights), not after pass 1; the current
-    stream waits for pass 2 before the loss reads it.  Every tensor one stream made and the other
-    reads is recorded with the allocator (``record_stream``), so its memory is not reused while the
-    other stream may still read it: the batch and the hidden state (also read by pass 2's backward)
-    and pass 2's output.  Backward needs nothing more: autograd runs each backward op on its forward
-    op's stream, synchronizes every gradient that crosses streams (the two passes' sums into the
-    shared weights included), and ``backward()`` returns synchronized with the calling stream, so
-    clipping and the optimizer step read complete gradients."""
+    CUDA's Philox generator gives each draw its offset on the host at launch.  The side stream forks
+    before pass 1 is queued (after the batch, the hidden state and the last weight update), the
+    current stream joins it before the loss.  Tensors one stream made and the other reads are
+    recorded with the allocator (``record_stream``); autograd runs each backward op on its forward
+    op's stream and synchronizes every gradient that crosses streams."""
     main, side = torch.cuda.current_stream(data.device), _side_stream(data.device)
     side.wait_stream(main)  # fork before pass 1 is queued: pass 2 must not wait for it
     first = model.features(data, hidden)
@@ -175,7 +225,8 @@ def _two_passes(model, data, hidden, reg):
         # LSTM kernel call; every other site gives each half its own mask unless it is shared too.
         B = data.size(1)
         f = model.features(data.repeat(1, 2), tile_hidden(hidden, 2), Masks(copies=2, share=reg.same_mask))
-        first = Features(first_copy(f.hidden, 2), [r[:, :B] for r in f.raw_outputs], [o[:, :B] for o in f.outputs])
+        first = f._replace(hidden=first_copy(f.hidden, 2), raw_outputs=[r[:, :B] for r in f.raw_outputs],
+                           outputs=[o[:, :B] for o in f.outputs])
         return first, f.outputs[-1][:, B:]
     first = model.features(data, hidden)
     if reg.eval_auxiliary:
@@ -189,35 +240,36 @@ def _two_passes(model, data, hidden, reg):
     return first, second.outputs[-1]
 
 
+_SAID = set()
+
+
+def _fused_loss(model, reg):
+    """The decoder's fused loss (fused_loss.FusedDecoder) for ``reg``, or None: the plain path."""
+    fused = getattr(model.decoder, "fused_loss", None) if reg.fused else None
+    if fused is not None and reg.penalty not in model.decoder.fused_penalties:
+        if reg.penalty not in _SAID:
+            _SAID.add(reg.penalty)
+            print(f"penalty {reg.penalty!r} has no hand-derived gradient in fused_loss.py: the plain loss computes it")
+        return None
+    return fused
+
+
 def fraternal_loss(model, data, targets, hidden, reg):
-    """Loss of one batch under ``reg``.  ``hidden`` must already be detached.
-
-        loss = w1 * CE(logits1) + w2 * CE(logits2) + kappa * penalty(logits1, logits2)  [+ AR + TAR]
-
-    with (w1, w2) = (1/2, 1/2) for a double target, else (1, 0).  ``reg.fused`` computes the same
-    values with the decoder and every loss in cache-sized chunks (fused_loss.py; a test holds the
-    two equal), far less memory traffic than the plain code below."""
+    """Loss of one batch under ``reg`` (``fraternal_loss_pair`` on the decoded passes, plus AR and TAR).
+    ``hidden`` must already be detached.  Where the model's decoder has a fused loss for the penalty,
+    it computes the same values in cache-sized chunks (a test holds the two equal)."""
     first, out2 = _two_passes(model, data, hidden, reg)
-    out1, raw_outputs, outputs = first.outputs[-1], first.raw_outputs, first.outputs
-    w1, w2 = (0.5, 0.5) if reg.double_target else (1.0, 0.0)
-    kappa = reg.kappa if out2 is not None else 0.0
-    flat = lambda t: t.reshape(-1, t.size(-1))  # noqa: E731
-    if reg.fused:
-        loss, ce1, penalty = decoder_loss(flat(out1), flat(out2) if out2 is not None else None,
-                                          model.decoder.weight, model.decoder.bias, targets, w1, w2, kappa,
-                                          reg.penalty)
+    flat = lambda t: t if t is None else t.reshape(-1, t.size(-1))  # noqa: E731
+    fused = _fused_loss(model, reg)
+    if fused is not None:
+        loss, ce1, penalty = fused(flat(first.outputs[-1]), flat(out2), targets, *reg.weights(out2 is not None),
+                                   reg.penalty)
     else:
-        logits1 = model.decoder(flat(out1))
-        ce1 = F.cross_entropy(logits1, targets)
-        loss, penalty = w1 * ce1, ce1.new_zeros(())
-        if out2 is not None:
-            logits2 = model.decoder(flat(out2))
-            penalty = kappa * fraternal_penalty(logits1, logits2, reg.penalty)
-            loss = loss + w2 * F.cross_entropy(logits2, targets) + penalty
-        ce1, penalty = ce1.detach(), penalty.detach()
+        decode = lambda t: t if t is None else model.decoder(flat(t))  # noqa: E731
+        loss, ce1, penalty, _ = fraternal_loss_pair(decode(first.outputs[-1]), decode(out2), targets, reg)
     if reg.alpha:
-        loss = loss + reg.alpha * outputs[-1].pow(2).mean()
+        loss = loss + reg.alpha * first.outputs[-1].pow(2).mean()
     if reg.beta:
-        raw = raw_outputs[-1]
+        raw = first.raw_outputs[-1]
         loss = loss + reg.beta * (raw[1:] - raw[:-1]).pow(2).mean()
     return LossOutput(loss, ce1, penalty, first.hidden)

@@ -1,20 +1,21 @@
-"""The decoder and the whole per-batch loss (cross-entropies and the penalty between the two passes)
-in one autograd function that works through the rows in cache-sized chunks.
+"""The decoder and the whole per-batch loss of fraternal.py (cross-entropies and the penalty between the
+two passes) in one autograd function that works through the rows in cache-sized chunks.
 
-Why: the logits of a batch are large (single-layer PTB: 2240 x 10000 floats = 90 MB per pass), and
-computing them, their log-softmax, the penalty and every gradient as separate full-size tensors
-makes the step memory-bound: on CPU that was 25% of a baseline step and most of what fraternal
-dropout added beyond its second pass.  Here each chunk of rows is decoded, scored and
-differentiated while it is still in cache, and the gradients with respect to the decoder input,
-weight and bias are formed in the forward (the loss is the last node of the graph, so backward
-only scales them).  The values are those of the plain formulas in fraternal.py (a test checks both
-the loss and every gradient against autograd on the unfused expressions).
+Why: a batch's logits are large (single-layer PTB: 2240 x 10000 floats = 90 MB per pass); as separate
+full-size tensors (logits, log-softmax, penalty, every gradient) the step is memory-bound, 25% of a
+CPU baseline step.  Here each chunk is decoded, scored and differentiated while in cache, and the
+gradients are formed in the forward (the loss is the graph's last node: backward only scales them).
+Same values as fraternal.fraternal_loss_pair (a test checks the loss and every gradient).
 
     loss = w1 * CE(logits1) + w2 * CE(logits2) + kappa * penalty(logits1, logits2)
     penalty "mse": mean over every element of (logits1 - logits2)^2
     penalty "kl":  mean over tokens of (KL(p1||p2) + KL(p2||p1)) / 2
 """
 import torch
+import torch.nn as nn
+
+# The penalties whose gradient is derived by hand below; any other runs on fraternal.py's plain path.
+FUSED_PENALTIES = ("mse", "kl")
 
 
 def chunk_rows(vocab, device, budget_bytes=None):
@@ -104,7 +105,15 @@ def decoder_loss(x1, x2, weight, bias, targets, w1=1.0, w2=0.0, kappa=0.0, penal
     ``bias`` and return (loss, CE of pass 1, kappa * penalty); the last two are detached."""
     if x2 is None and (w2 != 0 or kappa != 0):
         raise ValueError("a second pass is needed for w2 or kappa")
-    if penalty not in ("mse", "kl"):  # the gradients below are derived for these two only
+    if penalty not in FUSED_PENALTIES:
         raise ValueError(f"the fused loss has no gradient for penalty {penalty!r}: use the plain loss (--no-fused_loss)")
     rows = rows or chunk_rows(weight.size(0), x1.device)
     return _DecoderLoss.apply(x1, x2, weight, bias, targets, float(w1), float(w2), float(kappa), penalty, rows)
+
+
+class FusedDecoder(nn.Linear):
+    """The model's decoder: an ``nn.Linear`` that also offers fraternal.fraternal_loss its fused loss."""
+    fused_penalties = FUSED_PENALTIES
+
+    def fused_loss(self, x1, x2, targets, w1, w2, kappa, penalty):
+        return decoder_loss(x1, x2, self.weight, self.bias, targets, w1, w2, kappa, penalty)

@@ -1,19 +1,27 @@
-"""Locked (variational) dropout: one mask per sequence, reused at every time step.
+"""Locked (variational) dropout: masks shared along the time or the batch axis of (seq_len, batch, features).
 
-The 3-layer AWD-LSTM draws masks of shape (1, batch, features); the single-layer fraternal-dropout
-setup draws a full-shape mask instead (``lock_time=False``).  The last mask is kept so a second
-pass can reuse it (fraternal dropout's ``same_mask_i/h/o``).
+``kind`` picks the mask's shape:
+- "sequence" (1, batch, features): one mask per sequence reused at every time step, the 3-layer AWD-LSTM
+  as awd-lstm-lm draws it since 2017-09-01;
+- "timestep" (seq_len, 1, features): a new mask at every time step shared across the batch, as
+  awd-lstm-lm's tag PyTorch==0.1.12 (the AWD-LSTM paper's code) drew it;
+- "full" (seq_len, batch, features): the single-layer fraternal-dropout setup.
+The last mask is kept so a second pass can reuse it (fraternal dropout's ``same_mask_i/h/o``).
 """
 import torch.nn as nn
 
 from masks import check_dropout_p, dropout_mask, stored_mask
 
+KINDS = ("sequence", "timestep", "full")
+
 
 class LockedDropout(nn.Module):
-    def __init__(self, p=0.5, lock_time=True):
+    def __init__(self, p=0.5, kind="sequence"):
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown locked dropout mask {kind!r}: choose from {', '.join(KINDS)}")
         self.p = check_dropout_p(p)
-        self.lock_time = lock_time
+        self.kind = kind
         self.mask = None  # plain attribute, not a buffer: never part of the state_dict
 
     def forward(self, x, copies=1, share=False, reuse=False):
@@ -22,9 +30,13 @@ class LockedDropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         T, N, F = x.shape
-        rows = 1 if self.lock_time else T
+        rows = 1 if self.kind == "sequence" else T
         if reuse:
-            mask = stored_mask(self, (rows, N, F))
+            mask = stored_mask(self, (rows, 1 if self.kind == "timestep" else N, F))
+        elif self.kind == "timestep":  # one column per copy that draws its own mask
+            groups = 1 if share else copies
+            mask = dropout_mask(x, (T, groups, F), self.p)
+            mask = mask.repeat_interleave(N // groups, dim=1) if groups > 1 else mask
         elif copies > 1 and share:
             mask = dropout_mask(x, (rows, N // copies, F), self.p).repeat(1, copies, 1)
         else:  # columns are independent, so independent copies need no special case
@@ -33,4 +45,4 @@ class LockedDropout(nn.Module):
         return x * mask
 
     def extra_repr(self):
-        return f"p={self.p}, lock_time={self.lock_time}"
+        return f"p={self.p}, kind={self.kind}"

@@ -3,11 +3,11 @@
 One ``RNNModel`` builds both setups of the paper:
 - single-layer ablation: embedding = hidden = 655, full-shape dropout masks (``locked=False``);
 - 3-layer AWD-LSTM: 400 / 1150 / 3 layers, the last layer sized to the embedding for weight tying,
-  locked dropout between layers, DropConnect on every layer's W_hh.
+  locked dropout between layers (``locked_mask``: locked_dropout.py), DropConnect on every W_hh.
 
 Every dropout site keeps its last mask, so a second pass can reuse it, and a batch can stack several
-copies of itself with independent or shared masks (``Masks``): that is how fraternal dropout's two
-passes, MC dropout and the mask-variance measure run batched.
+copies of itself with independent or shared masks (``fraternal.Masks``): that is how fraternal
+dropout's two passes, MC dropout and the mask-variance measure run batched.
 Sites: ``e`` embedding rows, ``i`` embedding output, ``h`` between layers, ``w`` W_hh, ``o`` output.
 """
 from typing import NamedTuple
@@ -15,20 +15,13 @@ from typing import NamedTuple
 import torch.nn as nn
 
 from embed_regularize import EmbeddingDropout
+from fraternal import Masks, first_copy, tile_hidden  # noqa: F401 (the batch-copy helpers, used with the model)
+from fused_loss import FusedDecoder
 from locked_dropout import LockedDropout
 from masks import SITES as SITE_NAMES
 from weight_drop import WeightDropLSTM
 
 SITES = tuple(SITE_NAMES)
-
-
-class Masks(NamedTuple):
-    """How one forward draws its dropout masks.  The batch stacks ``copies`` copies of one batch, each
-    drawing its own masks except at the sites in ``share`` (one mask for all copies); the sites in
-    ``reuse`` apply the previous forward's masks instead of drawing (fraternal dropout's same_mask)."""
-    copies: int = 1
-    share: str = ""
-    reuse: str = ""
 
 
 class Features(NamedTuple):
@@ -43,25 +36,27 @@ class RNNModel(nn.Module):
         """The model a run's configuration describes: the one way the code builds it from settings."""
         return cls(ntoken, ninp=cfg["emsize"], nhid=cfg["nhid"], nlayers=cfg["nlayers"], dropout=cfg["dropout"],
                    dropouth=cfg["dropouth"], dropouti=cfg["dropouti"], dropoute=cfg["dropoute"], wdrop=cfg["wdrop"],
-                   tie_weights=cfg["tied"], locked=cfg["locked"])
+                   tie_weights=cfg["tied"], locked=cfg["locked"], locked_mask=cfg.get("locked_mask", "sequence"))
 
     def __init__(self, ntoken, ninp=400, nhid=1150, nlayers=3, dropout=0.4, dropouth=0.3,
-                 dropouti=0.4, dropoute=0.1, wdrop=0.5, tie_weights=True, locked=True):
+                 dropouti=0.4, dropoute=0.1, wdrop=0.5, tie_weights=True, locked=True, locked_mask="sequence"):
         super().__init__()
         self.ntoken, self.ninp, self.nhid, self.nlayers = ntoken, ninp, nhid, nlayers
         self.tie_weights = tie_weights
+        # No padding_idx=0, unlike the FD code's master branch: it stops the lookup's gradient to word 0's
+        # row, and word 0 is a real word (the corpora are never padded).  Declared, not followed.
         self.encoder = nn.Embedding(ntoken, ninp)
         sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
         self.rnns = nn.ModuleList(
             WeightDropLSTM(sizes[l], sizes[l + 1], weight_dropout=wdrop) for l in range(nlayers))
-        self.decoder = nn.Linear(sizes[-1], ntoken)
+        self.decoder = FusedDecoder(sizes[-1], ntoken)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
         self.embedding_dropout = EmbeddingDropout(dropoute)
-        self.input_dropout = LockedDropout(dropouti, lock_time=locked)
-        self.hidden_dropouts = nn.ModuleList(
-            LockedDropout(dropouth, lock_time=locked) for _ in range(nlayers - 1))
-        self.output_dropout = LockedDropout(dropout, lock_time=locked)
+        kind = locked_mask if locked else "full"
+        self.input_dropout = LockedDropout(dropouti, kind)
+        self.hidden_dropouts = nn.ModuleList(LockedDropout(dropouth, kind) for _ in range(nlayers - 1))
+        self.output_dropout = LockedDropout(dropout, kind)
         self.init_weights()
 
     def init_weights(self):
@@ -72,18 +67,11 @@ class RNNModel(nn.Module):
 
     def set_dropout(self, dropout=None, dropouth=None, dropouti=None, dropoute=None, wdrop=None):
         """Change dropout rates in place (rates are hyper-parameters, not part of the state_dict)."""
-        if dropout is not None:
-            self.output_dropout.p = dropout
-        if dropouth is not None:
-            for d in self.hidden_dropouts:
-                d.p = dropouth
-        if dropouti is not None:
-            self.input_dropout.p = dropouti
-        if dropoute is not None:
-            self.embedding_dropout.p = dropoute
-        if wdrop is not None:
-            for rnn in self.rnns:
-                rnn.weight_dropout = wdrop
+        for rate, modules, attribute in ((dropout, [self.output_dropout], "p"), (dropouth, self.hidden_dropouts, "p"),
+                                         (dropouti, [self.input_dropout], "p"), (dropoute, [self.embedding_dropout], "p"),
+                                         (wdrop, self.rnns, "weight_dropout")):
+            for m in modules if rate is not None else ():
+                setattr(m, attribute, rate)
 
     def init_hidden(self, bsz):
         w = self.decoder.bias
@@ -115,13 +103,3 @@ class RNNModel(nn.Module):
         """input (seq_len, batch) -> logits (seq_len, batch, ntoken) before softmax, new hidden state."""
         f = self.features(input, hidden, masks)
         return self.decoder(f.outputs[-1]), f.hidden
-
-
-def tile_hidden(hidden, copies):
-    """The hidden state for a batch that stacks ``copies`` copies of the same batch."""
-    return [tuple(t.repeat(1, copies, 1) for t in hc) for hc in hidden]
-
-
-def first_copy(hidden, copies):
-    """The hidden state of the first copy of a stacked batch."""
-    return [tuple(t[:, : t.size(1) // copies] for t in hc) for hc in hidden]

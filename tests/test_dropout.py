@@ -14,35 +14,39 @@ def _seed():
 
 # ============================================================================ LockedDropout
 
-def test_locked_mask_shared_over_time():
-    d = LockedDropout(0.5, lock_time=True).train()
+SHAPES = {"sequence": (1, 3, 8), "timestep": (6, 1, 8), "full": (6, 3, 8)}  # for x of shape (6, 3, 8)
+
+
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_locked_mask_shape_and_what_it_shares(kind):
+    """sequence: one mask per sequence for every time step; timestep: a new mask at every time step
+    shared by the whole batch (awd-lstm-lm's tag PyTorch==0.1.12); full: nothing shared."""
+    d = LockedDropout(0.5, kind).train()
     x = torch.randn(6, 3, 8)
     out = d(x)
-    assert tuple(d.mask.shape) == (1, 3, 8)
+    assert tuple(d.mask.shape) == SHAPES[kind]
     assert torch.equal(out, x * d.mask)
     dropped = out == 0
     assert dropped.any() and not dropped.all()
-    assert all(torch.equal(dropped[t], dropped[0]) for t in range(6))
-    assert torch.allclose(out / x, (out / x)[0].expand_as(out), rtol=1e-6, atol=0)
+    same_over_time = all(torch.equal(dropped[t], dropped[0]) for t in range(6))
+    same_over_batch = all(torch.equal(dropped[:, n], dropped[:, 0]) for n in range(3))
+    assert (same_over_time, same_over_batch) == {"sequence": (True, False), "timestep": (False, True),
+                                                 "full": (False, False)}[kind]
 
 
-def test_unlocked_mask_is_full_shape():
-    d = LockedDropout(0.5, lock_time=False).train()
-    x = torch.ones(6, 3, 8)
-    out = d(x)
-    assert tuple(d.mask.shape) == (6, 3, 8)
-    assert torch.equal(out, x * d.mask)
-    assert any(not torch.equal(out[t], out[0]) for t in range(1, 6))
+def test_unknown_mask_kind_is_refused():
+    with pytest.raises(ValueError, match="timestep"):
+        LockedDropout(0.5, "per-token")
 
 
-@pytest.mark.parametrize("lock_time", [True, False])
+@pytest.mark.parametrize("kind", ["sequence", "full"])
 @pytest.mark.parametrize("p", [0.3, 0.65])
-def test_locked_dropout_statistics(lock_time, p):
-    d = LockedDropout(p, lock_time=lock_time).train()
+def test_locked_dropout_statistics(kind, p):
+    d = LockedDropout(p, kind).train()
     x = torch.ones(4, 400, 500)  # the locked mask alone has 200,000 entries
     out = d(x)
     kept = out != 0
-    n = kept[0].numel() if lock_time else kept.numel()
+    n = kept[0].numel() if kind == "sequence" else kept.numel()
     tol = 5 * ((p * (1 - p)) / n) ** 0.5 + 1e-4
     assert abs(kept.float().mean().item() - (1 - p)) < tol
     assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)), rtol=1e-6, atol=0)
@@ -55,18 +59,18 @@ def test_locked_dropout_statistics(lock_time, p):
     assert torch.allclose(out_y[k], y[k] / (1 - p), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("lock_time", [True, False])
-def test_locked_identity_in_eval_and_at_p0(lock_time):
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_locked_identity_in_eval_and_at_p0(kind):
     x = torch.randn(5, 4, 3)
-    d = LockedDropout(0.5, lock_time=lock_time).eval()
+    d = LockedDropout(0.5, kind).eval()
     assert torch.equal(d(x), x)
-    d0 = LockedDropout(0.0, lock_time=lock_time).train()
+    d0 = LockedDropout(0.0, kind).train()
     assert torch.equal(d0(x), x)
 
 
-@pytest.mark.parametrize("lock_time", [True, False])
-def test_locked_fresh_mask_each_forward(lock_time):
-    d = LockedDropout(0.5, lock_time=lock_time).train()
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_locked_fresh_mask_each_forward(kind):
+    d = LockedDropout(0.5, kind).train()
     x = torch.ones(5, 4, 16)
     out1 = d(x)
     m1 = d.mask.clone()
@@ -75,9 +79,9 @@ def test_locked_fresh_mask_each_forward(lock_time):
     assert not torch.equal(m1, d.mask)
 
 
-@pytest.mark.parametrize("lock_time", [True, False])
-def test_locked_reuse_applies_previous_mask(lock_time):
-    d = LockedDropout(0.5, lock_time=lock_time).train()
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_locked_reuse_applies_previous_mask(kind):
+    d = LockedDropout(0.5, kind).train()
     d(torch.randn(5, 4, 16))
     m1 = d.mask.clone()
     y = torch.randn(5, 4, 16)
@@ -95,9 +99,9 @@ def test_locked_reuse_without_previous_mask_raises():
         d.train()(torch.randn(5, 4, 16), reuse=True)
 
 
-@pytest.mark.parametrize("lock_time", [True, False])
-def test_locked_copies_share(lock_time):
-    d = LockedDropout(0.5, lock_time=lock_time).train()
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_locked_copies_share(kind):
+    d = LockedDropout(0.5, kind).train()
     half = torch.randn(5, 6, 16)
     x = torch.cat([half, half], 1)
     shared = d(x, copies=2, share=True)
@@ -105,6 +109,9 @@ def test_locked_copies_share(lock_time):
     assert torch.equal(shared[:, :6], shared[:, 6:])
     independent = d(x, copies=2, share=False)
     assert not torch.equal(independent[:, :6], independent[:, 6:])
+    if kind == "timestep":  # each copy's own mask is still shared by that copy's sequences
+        assert tuple(d.mask.shape) == (5, 12, 16)
+        assert all(torch.equal(d.mask[:, n], d.mask[:, 6 * (n // 6)]) for n in range(12))
     # reuse of a shared mask keeps it shared
     again = d(x, copies=2, share=True)
     reused = d(torch.cat([half, 2 * half], 1), reuse=True)

@@ -1,10 +1,15 @@
-"""fused_loss.decoder_loss against autograd on the plain formulas: loss, logged parts, every gradient."""
+"""fused_loss.decoder_loss against autograd on the plain formulas: loss, logged parts, every gradient;
+a penalty without a fused gradient falls back to the plain path."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fraternal import fraternal_penalty
-from fused_loss import chunk_rows, decoder_loss
+import fraternal
+from fraternal import Regularizer, fraternal_loss, fraternal_penalty
+from fused_loss import FUSED_PENALTIES, chunk_rows, decoder_loss
+from model import RNNModel
 
 N, E, V = 23, 6, 17
 
@@ -60,3 +65,39 @@ def test_chunks_stay_within_the_budget():
     assert chunk_rows(10000, torch.device("cpu")) * 10000 * 4 <= 8 << 20
     assert chunk_rows(33278, torch.device("cpu")) >= 16
     assert chunk_rows(10000, torch.device("cuda")) > chunk_rows(10000, torch.device("cpu"))
+
+
+def test_a_penalty_without_a_fused_gradient_trains_on_the_plain_path(monkeypatch, capsys):
+    """A new penalty is one entry in fraternal.PENALTIES: with the fused loss on (the default) it runs on
+    the plain path, with the plain path's values, says so once, and trains."""
+    monkeypatch.setitem(fraternal.PENALTIES, "l1", lambda a, b: (a - b).abs().mean())
+    monkeypatch.setattr(fraternal, "_SAID", set())
+    reg = Regularizer(kappa=0.5, double_target=True, penalty="l1")
+    assert reg.fused and "l1" not in FUSED_PENALTIES
+    torch.manual_seed(0)
+    model = RNNModel(V, 8, 12, 2, dropout=0.3, dropouth=0.2, dropouti=0.3, dropoute=0.1, wdrop=0.4).train()
+    plain_model = copy.deepcopy(model)
+    data, targets = torch.randint(0, V, (5, 3)), torch.randint(0, V, (15,))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    for step in range(2):
+        torch.manual_seed(step)
+        out = fraternal_loss(model, data, targets, model.init_hidden(3), reg)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        if step == 0:
+            torch.manual_seed(0)
+            plain = fraternal_loss(plain_model, data, targets, plain_model.init_hidden(3),
+                                   Regularizer(kappa=0.5, double_target=True, penalty="l1", fused=False))
+            assert torch.equal(out.loss, plain.loss) and torch.equal(out.penalty, plain.penalty) and out.penalty > 0
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    said = capsys.readouterr().out
+    assert said.count("penalty 'l1' has no hand-derived gradient in fused_loss.py: the plain loss computes it") == 1
+
+
+def test_penalty_names_are_checked_in_fraternal_py():
+    assert fraternal.penalty_function("kl") is fraternal.symmetric_kl_penalty
+    for check in (lambda: Regularizer(penalty="kld"), lambda: fraternal_penalty(torch.zeros(1), torch.zeros(1), "kld")):
+        with pytest.raises(ValueError, match="unknown penalty 'kld': choose from mse, kl"):
+            check()

@@ -4,7 +4,8 @@ import torch
 
 from embed_regularize import EmbeddingDropout
 from locked_dropout import LockedDropout
-from model import SITES, Masks, RNNModel, first_copy, tile_hidden
+from fraternal import Masks, Regularizer, first_copy, fraternal_loss, fraternal_loss_pair, tile_hidden
+from model import SITES, RNNModel
 from weight_drop import WeightDropLSTM
 
 
@@ -141,7 +142,7 @@ def test_forward_backward_reaches_all_parameters(setup):
 def test_single_layer_uses_full_shape_masks():
     model = RNNModel(V, **SETUPS["single-layer"]).train()
     model(words(), model.init_hidden(BSZ))
-    assert model.input_dropout.lock_time is False and model.output_dropout.lock_time is False
+    assert model.input_dropout.kind == "full" and model.output_dropout.kind == "full"
     assert tuple(model.input_dropout.mask.shape) == (SEQ, BSZ, 16)
     assert tuple(model.output_dropout.mask.shape) == (SEQ, BSZ, 16)
     assert tuple(model.embedding_dropout.mask.shape) == (1, V)
@@ -163,6 +164,54 @@ def test_locked_flag_applies_to_every_locked_site():
     assert tuple(model.input_dropout.mask.shape) == (SEQ, BSZ, 16)
     assert [tuple(d.mask.shape) for d in model.hidden_dropouts] == [(SEQ, BSZ, 24)] * 2
     assert tuple(model.output_dropout.mask.shape) == (SEQ, BSZ, 16)
+
+
+def test_timestep_masks_from_the_config():
+    """locked_mask timestep (awd-lstm-lm's tag PyTorch==0.1.12): every locked site draws (seq_len, 1, features);
+    a configuration without the setting keeps the per-sequence mask."""
+    cfg = dict(emsize=16, nhid=24, nlayers=3, dropout=0.4, dropouth=0.3, dropouti=0.4, dropoute=0.2, wdrop=0.5,
+               tied=True, locked=True)
+    assert RNNModel.from_config(cfg, V).input_dropout.kind == "sequence"
+    model = RNNModel.from_config(dict(cfg, locked_mask="timestep"), V).train()
+    model(words(), model.init_hidden(BSZ))
+    assert tuple(model.input_dropout.mask.shape) == (SEQ, 1, 16)
+    assert [tuple(d.mask.shape) for d in model.hidden_dropouts] == [(SEQ, 1, 24)] * 2
+    assert tuple(model.output_dropout.mask.shape) == (SEQ, 1, 16)
+    assert RNNModel.from_config(dict(cfg, locked=False, locked_mask="timestep"), V).output_dropout.kind == "full"
+
+
+@pytest.mark.parametrize("same_mask", ["", "io"])
+def test_timestep_masks_in_fraternal_dropouts_passes(same_mask):
+    """FD's sequential second pass draws new timestep masks (or reuses pass 1's where asked): the loss is
+    the formula on two forwards replayed with the same draws."""
+    model, inp, targets = small(locked_mask="timestep").train(), words(), torch.randint(0, V, (SEQ * BSZ,))
+    hidden, reg = model.init_hidden(BSZ), Regularizer(kappa=0.3, double_target=True, same_mask=same_mask)
+    torch.manual_seed(7)
+    out = fraternal_loss(model, inp, targets, hidden, reg)
+    torch.manual_seed(7)
+    logits1, _ = model(inp, hidden)
+    masks1 = [m.clone() for m in (model.input_dropout.mask, model.output_dropout.mask)]
+    logits2, _ = model(inp, hidden, Masks(reuse=same_mask))
+    masks2 = (model.input_dropout.mask, model.output_dropout.mask)
+    want = fraternal_loss_pair(logits1.view(-1, V), logits2.view(-1, V), targets, reg)
+    assert torch.allclose(out.loss, want.loss, rtol=1e-5) and torch.allclose(out.penalty, want.penalty, rtol=1e-4)
+    assert out.penalty > 0
+    assert [torch.equal(a, b) for a, b in zip(masks1, masks2)] == [bool(same_mask)] * 2
+
+
+@pytest.mark.parametrize("share", ["w", "wio"])
+def test_timestep_masks_with_stacked_copies(share):
+    """The batched passes (--same_mask_w): each copy draws its own timestep mask, shared across its own
+    sequences, unless the site is shared too."""
+    model = small(locked_mask="timestep").train()
+    model(torch.cat([words()] * 2, 1), tile_hidden(random_hidden(model, BSZ), 2), Masks(copies=2, share=share))
+    for d in (model.input_dropout, model.output_dropout):
+        if "i" in share:
+            assert tuple(d.mask.shape) == (SEQ, 1, 16)
+        else:
+            assert tuple(d.mask.shape) == (SEQ, 2 * BSZ, 16)
+            assert torch.equal(d.mask[:, :1].expand(-1, BSZ, -1), d.mask[:, :BSZ])
+            assert not torch.equal(d.mask[:, :BSZ], d.mask[:, BSZ:])
 
 
 def test_dropout_rates_reach_the_modules():

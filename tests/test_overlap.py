@@ -124,7 +124,7 @@ def test_overlapped_path_forks_before_pass_one_joins_before_the_loss_and_keeps_t
     streams = FakeStreams(monkeypatch)
     model, (data, targets) = tiny_model(), batch()
     hidden = model.init_hidden(B)
-    features, loss = model.features, fraternal.decoder_loss
+    features, loss = model.features, model.decoder.fused_loss
 
     def logged_features(*args, **kwargs):
         streams.log.append(("pass", streams.current))
@@ -137,7 +137,7 @@ def test_overlapped_path_forks_before_pass_one_joins_before_the_loss_and_keeps_t
         return loss(*args, **kwargs)
 
     monkeypatch.setattr(model, "features", logged_features)
-    monkeypatch.setattr(fraternal, "decoder_loss", logged_loss)
+    monkeypatch.setattr(model.decoder, "fused_loss", logged_loss)
     torch.manual_seed(5)
     out = fraternal_loss(model, data, targets, hidden, Regularizer(**kw, overlap=True))
     out.loss.backward()
