@@ -43,7 +43,7 @@ from config import with_settings_added_since
 from data import SPLITS, Corpus, batchify, write_corpus_cut
 from mc_dropout import mask_variance
 from results import mean_sd, read_metrics
-from runfiles import UserError, atomic_write_json, code_commit, cpu_model, run_cli, run_paths
+from runfiles import ArgumentParser, UserError, atomic_write_json, code_commit, cpu_model, run_cli, run_paths
 from study_report import (ALL_VARIANTS, DEFAULT_OUT, FULL_SEEDS, KAPPAS, OTHER_SEEDS, SCALES, SITE_NAMES, STUDY_SITES,
                           report, report_path)
 from trainer import run
@@ -230,7 +230,7 @@ def check_out_folder(out, study):
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=STUDIES,
                    help="default: seeds when --model or --seeds is given, kappa with --kappas, else full. "

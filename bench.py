@@ -17,7 +17,6 @@ step's products, not the hardware's peak.  ``--overlap`` steps every two-pass mo
     python bench.py --preset single --model baseline FD RD --overlap --eval
     python bench.py --scale tiny                             # tiny shapes, one timed step: the same code paths
 """
-import argparse
 import difflib
 import math
 import resource
@@ -38,7 +37,7 @@ from schedule import Schedule
 from scoring import evaluate
 from trainer import make_optimizer, train_step
 from utils import get_device, set_seed
-from runfiles import UserError, atomic_write_json, check_output_path, cpu_model, run_cli
+from runfiles import ArgumentParser, UserError, atomic_write_json, check_output_path, cpu_model, run_cli
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
 TINY = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"]  # --scale tiny: flags, vocabulary
@@ -201,7 +200,7 @@ def known(given, names, flag):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", nargs="+", default=list(PRESETS), help=f"presets (default all: {' '.join(PRESETS)})")
     p.add_argument("--model", nargs="+", default=["baseline", "FD"],
                    help=f"of {', '.join(VARIANTS)} (default baseline FD)")

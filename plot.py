@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from results import draw_curve, pyplot, read_metrics, save_figure
-from runfiles import UserError, check_output_path, run_cli
+from runfiles import ArgumentParser, UserError, check_output_path, run_cli
 
 PANELS = (("train_ppl", "train perplexity", True), ("valid_ppl", "validation perplexity", True),
           ("lr", "learning rate", False), ("penalty", "penalty (times kappa)", False))
@@ -80,7 +80,7 @@ def draw(runs, out):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="runs: their checkpoints (runs/NAME.pt), metrics (runs/NAME.metrics.jsonl) "
                                            "or a folder of runs")

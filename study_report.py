@@ -3,7 +3,6 @@ runs' committed summaries, on any checkout, without torch, a checkpoint or a cor
 study_report.py [--out DIR]``, or ``python ablation.py --report``, which trains the runs).  The tables say
 where every number came from; matplotlib is optional and only draws the plots.
 """
-import argparse
 import csv
 import io
 import json
@@ -15,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from results import mean_sd, mean_sd_text as fmt, pyplot, save_figure, draw_curve
-from runfiles import UserError, atomic_write_json, atomic_write_text, run_cli
+from runfiles import ArgumentParser, UserError, atomic_write_json, atomic_write_text, run_cli
 
 DEFAULT_OUT = Path("results/ablation")
 # The study's scales (ablation.py --scale): the committed study's, and a tiny one that runs in minutes.
@@ -383,7 +382,7 @@ def report(out, study, command):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT),
                    help=f"the study's folder, with study.json and runs/*.summary.json (default {DEFAULT_OUT}); "
                         f"the same as python ablation.py --report for that folder")
