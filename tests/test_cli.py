@@ -2,8 +2,6 @@
 equivalence, checkpoints, user errors, and a dry run of every preset on the real corpora."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,61 +15,23 @@ from checkpoint import weights_sha256
 from config import build_config, train_config
 from utils import atomic_torch_save
 from runfiles import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_args(data, save, *extra, epochs=2):
-    return ["--preset", "awd-ptb", "--data", str(data), "--emsize", "16", "--nhid", "24", "--nlayers", "2",
-            "--batch_size", "4", "--bptt", "12", "--eval_batch_size", "4", "--epochs", str(epochs),
-            "--log-interval", "50", "--save", str(save), "--device", "cpu", *extra]
-
-
-def rows(path):
-    keep = ("epoch", "train_loss", "valid_loss", "penalty", "lr", "phase", "best")
-    with open(path) as f:
-        return [{k: json.loads(line)[k] for k in keep} for line in f]
-
-
-def cli(script, *args, **kw):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # the suite checks the CPU path; test_cuda.py the GPU
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], capture_output=True,
-                          text=True, cwd=kw.get("cwd", REPO), stdin=subprocess.DEVNULL, timeout=300, env=env)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_corpus, tmp_path_factory):
-    """A tiny FD model trained 3 epochs with averaged SGD (exercises the optimizer state)."""
-    out = tmp_path_factory.mktemp("trained")
-    result = main_cli.main(tiny_args(tiny_corpus, out / "m.pt", "--optimizer", "asgd", "--nonmono", "50",
-                                     epochs=3))
-    return out / "m.pt", result
-
+from conftest import TRAINED_FLAGS, assert_one_line_error, cli, rows, tiny_args
 
 def test_run_writes_best_resume_metrics_and_final(trained):
     save, result = trained
-    for suffix in ("m.pt", "m.resume.pt", "m.metrics.jsonl", "m.final.json"):
+    for suffix in ("a.pt", "a.resume.pt", "a.metrics.jsonl", "a.final.json"):
         assert (save.parent / suffix).is_file(), suffix
     best = torch.load(save, weights_only=True)
     assert best["kind"] == "best" and best["config"]["model"] == "FD" and best["config"]["kappa"] == 0.1
     assert set(best["model"]) >= {"encoder.weight", "rnns.0.weight_hh_l0", "decoder.bias"}
-    resume = torch.load(save.parent / "m.resume.pt", weights_only=True)
+    resume = torch.load(save.parent / "a.resume.pt", weights_only=True)
     assert {"optimizer", "schedule", "rng"} <= set(resume) and resume["schedule"]["epoch"] == 3
     assert "ax" in next(iter(resume["optimizer"]["state"].values()))
-    metrics = [json.loads(l) for l in open(save.parent / "m.metrics.jsonl")]
+    metrics = [json.loads(l) for l in open(save.parent / "a.metrics.jsonl")]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert {"seconds", "train_ppl", "valid_ppl", "lr", "phase", "tokens_per_s"} <= set(metrics[0])
     assert all(m["phase"] == "asgd" for m in metrics)
-    final = json.load(open(save.parent / "m.final.json"))
+    final = json.load(open(save.parent / "a.final.json"))
     assert final["test_ppl"] == pytest.approx(result["test_ppl"])
     best_epoch = min(metrics, key=lambda m: m["valid_loss"])["epoch"]
     assert final["best_epoch"] == best_epoch == best["epoch"]
@@ -90,12 +50,12 @@ def assert_saved_weights_are_asgd_averages(best_path, resume_path):
 
 def test_resume_reproduces_the_uninterrupted_run_and_seed_is_deterministic(trained, tiny_corpus, tmp_path):
     save, result = trained
-    args = ["--optimizer", "asgd", "--nonmono", "50"]
-    main_cli.main(tiny_args(tiny_corpus, tmp_path / "r.pt", *args, epochs=1))
+    args = TRAINED_FLAGS
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "r.pt", *TRAINED_FLAGS, epochs=1))
     first = rows(tmp_path / "r.metrics.jsonl")
     assert first[0]["best"]
     assert_saved_weights_are_asgd_averages(tmp_path / "r.pt", tmp_path / "r.resume.pt")
-    full = rows(save.parent / "m.metrics.jsonl")
+    full = rows(save.parent / "a.metrics.jsonl")
     assert first == full[:1]  # same seed, same metrics
     resumed = main_cli.main(["--resume", str(tmp_path / "r.resume.pt"), "--epochs", "3", "--device", "cpu"])
     assert rows(tmp_path / "r.metrics.jsonl") == full
@@ -106,7 +66,7 @@ def test_dry_run_of_a_resumed_run_touches_none_of_its_files(trained, capsys):
     save, _ = trained
     files = sorted(save.parent.iterdir())
     before = {f: f.read_bytes() for f in files}
-    main_cli.main(["--resume", str(save.parent / "m.resume.pt"), "--dry_run", "--device", "cpu"])
+    main_cli.main(["--resume", str(save.parent / "a.resume.pt"), "--dry_run", "--device", "cpu"])
     assert "| end of epoch   4 |" in capsys.readouterr().out
     assert sorted(save.parent.iterdir()) == files
     assert all(f.read_bytes() == data for f, data in before.items())
@@ -189,7 +149,7 @@ def test_existing_checkpoint_is_never_overwritten(trained, tiny_corpus):
 
 def test_resume_refuses_to_change_the_configuration(trained):
     save, _ = trained
-    proc = cli("main.py", "--resume", save.parent / "m.resume.pt", "--lr", "1")
+    proc = cli("main.py", "--resume", save.parent / "a.resume.pt", "--lr", "1")
     assert_one_line_error(proc, "--lr")
     assert_one_line_error(cli("main.py", "--resume", save), "'best' checkpoint")
 
@@ -258,7 +218,7 @@ def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained,
 def test_finetune_default_output_and_no_overwrite(trained, tmp_path):
     save, _ = trained
     assert build_config(vars(finetune_cli.build_parser().parse_args(["--save", str(save)])), "finetune",
-                        torch.load(save, weights_only=True)["config"])["save"] == str(save.parent / "m.finetune.pt")
+                        torch.load(save, weights_only=True)["config"])["save"] == str(save.parent / "a.finetune.pt")
     proc = cli("finetune.py", "--save", save, "--out", save)
     assert_one_line_error(proc, "never overwrites its input")
     existing = tmp_path / "exists.pt"

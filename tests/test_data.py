@@ -251,7 +251,7 @@ def test_folder_marked_read_only_gets_no_cache_even_for_root(tmp_path, monkeypat
         folder.chmod(0o755)
 
 
-# ----------------------------------------------------------------------------- a cache proves what it is (issue 18)
+# ----------------------------------------------------------------------------- a cache proves what it is
 
 def _cache_blob(folder):
     (cache,) = folder.glob(CACHE_GLOB)
@@ -260,7 +260,7 @@ def _cache_blob(folder):
 
 @pytest.mark.parametrize("damage", ["flipped-id", "float-ids", "id-out-of-range", "other-corpus"])
 def test_a_cache_that_is_not_its_corpus_is_rebuilt(writable_corpus, tmp_path, damage, capsys):
-    """H-2: a loadable cache is used only if its source hash, dtypes, id range and checksum hold."""
+    """A loadable cache is used only if its source hash, dtypes, id range and checksum hold."""
     reference = Corpus(writable_corpus, use_cache=False)
     Corpus(writable_corpus)
     cache, blob = _cache_blob(writable_corpus)
@@ -281,7 +281,7 @@ def test_a_cache_that_is_not_its_corpus_is_rebuilt(writable_corpus, tmp_path, da
 
 
 def test_a_full_disk_for_the_cache_runs_without_it(writable_corpus, monkeypatch, capsys):
-    """M-1: the cache is optional; no place for it is said once, and the corpus is read all the same."""
+    """The cache is optional; no place for it is said once, and the corpus is read all the same."""
     def full(obj, target):
         raise UserError(f"no space left on the device to write {target}")
     monkeypatch.setattr(data, "atomic_torch_save", full)
@@ -291,7 +291,7 @@ def test_a_full_disk_for_the_cache_runs_without_it(writable_corpus, monkeypatch,
 
 
 def test_a_new_cache_replaces_the_folders_old_ones_and_old_temp_files(writable_corpus):
-    """L-16: caches of earlier contents and temp files of killed cache writes do not pile up."""
+    """Caches of earlier contents and temp files of killed cache writes do not pile up."""
     stale = writable_corpus / ".corpus-cache-0123456789abcdef01234567.pt"
     stale.write_bytes(b"an old cache")
     killed = writable_corpus / "..corpus-cache-v2-x.pt.abcd1234.tmp"
@@ -302,7 +302,7 @@ def test_a_new_cache_replaces_the_folders_old_ones_and_old_temp_files(writable_c
 
 
 def test_a_non_utf8_corpus_names_the_file_and_line(tmp_path):
-    """L-14."""
+    """A corpus file that is not UTF-8 ends in one line naming the file and its first bad line."""
     folder = _write_corpus(tmp_path / "c", train="a b\nc d\n", valid="b\n", test="a\n")
     (folder / "valid.txt").write_bytes(b"fine\nstill fine\nbad \xff byte\n")
     with pytest.raises(UserError, match=r"valid.txt line 3 is not UTF-8"):

@@ -11,17 +11,12 @@ import main as main_cli
 import trainer
 import runfiles
 import utils
-
-
-def tiny_args(data, save, *extra, epochs=1):
-    return ["--preset", "awd-ptb", "--data", str(data), "--emsize", "16", "--nhid", "24", "--nlayers", "2",
-            "--batch_size", "4", "--bptt", "12", "--eval_batch_size", "4", "--epochs", str(epochs),
-            "--log-interval", "1000", "--save", str(save), "--device", "cpu", *extra]
+from conftest import tiny_args
 
 
 def test_plain_progress_lines_when_not_a_terminal(tiny_corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(utils, "PLAIN_EVERY", 0.0)  # a line at every step (stderr is captured: no terminal)
-    main_cli.main(tiny_args(tiny_corpus, tmp_path / "p.pt"))
+    main_cli.main(tiny_args(tiny_corpus, tmp_path / "p.pt", "--log-interval", "1000", epochs=1))
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     assert "\r" not in captured.err  # no bar redrawn in place
@@ -51,7 +46,7 @@ def test_ctrl_c_in_the_first_epoch_writes_a_resume_point_and_says_how_to_continu
     monkeypatch.setattr(trainer, "train_step", ctrl_c_at_batch_5)
     save = tmp_path / "c.pt"
     with pytest.raises(runfiles.Interrupted, match="continue with"):  # exit code 130, before any checkpoint
-        main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0"))
+        main_cli.main(tiny_args(tiny_corpus, save, "--checkpoint_every", "0", epochs=1))
     captured = capsys.readouterr()
     assert len(calls) == 5  # stopped after the batch under way, not before
     assert "Ctrl-C: stopping at the end of this batch" in captured.err

@@ -14,40 +14,26 @@ import main as main_cli
 import trainer
 import runfiles
 import utils
-from test_cli import assert_one_line_error, cli, rows, tiny_args
+from conftest import assert_one_line_error, cli, copy_run, rows, snapshot, tiny_args
 from utils import atomic_torch_save
 from runfiles import RunLock, UserError
 
 
-@pytest.fixture(scope="module")
-def run_a(tiny_corpus, tmp_path_factory):
-    """A finished 1-epoch run started from its own folder with a relative --save."""
-    folder = tmp_path_factory.mktemp("run-a")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        main_cli.main(tiny_args(tiny_corpus, "a.pt", epochs=1))
-    finally:
-        os.chdir(old)
-    return folder / "a.pt"
-
-
-def snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 # --- 1. resume writes where its run was started -----------------------------------------------------
 
-def test_resume_from_another_folder_writes_where_the_run_started(run_a, tiny_corpus, tmp_path, monkeypatch):
+def test_resume_from_another_folder_writes_where_the_run_started(run_a, tmp_path, monkeypatch):
+    """A relative --save is resolved when the run starts, so a resume from any folder writes the run's own files."""
+    assert torch.load(run_a.parent / "a.resume.pt", weights_only=True)["config"]["save"] == str(run_a)
+    save = copy_run(run_a, tmp_path / "run")
     other = tmp_path / "b"
     other.mkdir()
     (other / "a.resume.pt").write_bytes(b"run B's files")  # same names, another run
     (other / "a.metrics.jsonl").write_text("B\n")
     monkeypatch.chdir(other)
-    main_cli.main(["--resume", str(run_a.parent / "a.resume.pt"), "--epochs", "2", "--device", "cpu"])
+    main_cli.main(["--resume", str(save.parent / "a.resume.pt"), "--epochs", "4", "--device", "cpu"])
     assert (other / "a.resume.pt").read_bytes() == b"run B's files"
     assert (other / "a.metrics.jsonl").read_text() == "B\n"
-    assert [r["epoch"] for r in rows(run_a.parent / "a.metrics.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in rows(save.parent / "a.metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_a_resume_file_copied_to_another_run_is_refused(run_a, tmp_path):
@@ -301,22 +287,11 @@ def test_finetune_that_never_improves_says_the_output_holds_the_input(run_a, tmp
                        torch.load(run_a, weights_only=True)["model"]["decoder.bias"])
 
 
-# --- round 3 (issue 18) ------------------------------------------------------------------------------------
-
-def copy_run(run_a, folder, name="a"):
-    """run_a's files under ``folder`` as the run saved at folder/NAME.pt (its resume point re-pointed there)."""
-    folder.mkdir(exist_ok=True)
-    for suffix in (".pt", ".metrics.jsonl", ".final.json"):
-        shutil.copyfile(run_a.parent / f"a{suffix}", folder / f"{name}{suffix}")
-    resume = torch.load(run_a.parent / "a.resume.pt", weights_only=True)
-    resume["config"]["save"] = str(folder / f"{name}.pt")
-    atomic_torch_save(resume, folder / f"{name}.resume.pt")
-    return folder / f"{name}.pt"
-
+# --- runs never mix, damage is found on load ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["typo-data", "eval-batch", "finetune-batch"])
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(run_a, tiny_corpus, tmp_path, case):
-    """H-1: every check before --overwrite removes anything."""
+    """Every check comes before --overwrite removes anything of the old run."""
     save = copy_run(run_a, tmp_path / "ow")
     before = snapshot(save.parent)
     with pytest.raises(UserError):
@@ -331,7 +306,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(run_a, tiny_c
 
 
 def test_every_file_of_a_run_carries_its_id_and_resume_refuses_another_runs_best(run_a, tmp_path):
-    """H-3: a resume point of run X never continues run Y's best model at the same path."""
+    """A resume point of run X never continues run Y's best model at the same path."""
     best = torch.load(run_a, weights_only=True)
     resume = torch.load(run_a.parent / "a.resume.pt", weights_only=True)
     final = json.loads((run_a.parent / "a.final.json").read_text())
@@ -346,7 +321,7 @@ def test_every_file_of_a_run_carries_its_id_and_resume_refuses_another_runs_best
 
 
 def test_resume_refuses_a_changed_corpus_with_the_same_vocabulary(run_a, tiny_corpus, tmp_path):
-    """M-12: the resume point records its corpus's content hash."""
+    """The resume point records its corpus's content hash."""
     changed = tmp_path / "changed"
     shutil.copytree(tiny_corpus, changed)
     with open(changed / "train.txt", "a", encoding="utf-8") as f:
@@ -357,7 +332,7 @@ def test_resume_refuses_a_changed_corpus_with_the_same_vocabulary(run_a, tiny_co
 
 
 def test_a_flipped_bit_in_the_weights_is_found_on_load(run_a, tmp_path):
-    """M-14: the weights checksum; checkpoints written before it still load."""
+    """The weights checksum; checkpoints written before it still load."""
     blob = torch.load(run_a, weights_only=True)
     blob["model"]["decoder.bias"][3] = float("inf")
     atomic_torch_save(blob, tmp_path / "flipped.pt")
@@ -370,14 +345,14 @@ def test_a_flipped_bit_in_the_weights_is_found_on_load(run_a, tmp_path):
 
 @pytest.mark.parametrize("text", [b"hello world\n", b"", b"0123 4567\n" * 50, b"PK\x03\x04 not really a zip"])
 def test_a_text_file_as_checkpoint_is_one_line(tmp_path, text):
-    """M-2: whatever torch.load raises on a file that is not a checkpoint."""
+    """Whatever torch.load raises on a file that is not a checkpoint."""
     (tmp_path / "t.pt").write_bytes(text)
     with pytest.raises(UserError, match="cannot read checkpoint|not a checkpoint"):
         trainer.load_checkpoint(tmp_path / "t.pt")
 
 
 def test_seeds_and_tiny_temperatures_in_the_tools(run_a, tmp_path):
-    """M-3 / M-4: seeds range-checked everywhere; a temperature that underflows still samples."""
+    """Seeds range-checked everywhere; a temperature that underflows still samples."""
     import generate as generate_cli
     with pytest.raises(UserError, match="--seed"):
         generate_cli.main(["--save", str(run_a), "--seed", "99999999999999999999"])
@@ -388,7 +363,7 @@ def test_seeds_and_tiny_temperatures_in_the_tools(run_a, tmp_path):
 
 
 def test_generate_never_writes_text_over_a_run_and_a_full_disk_is_one_line(run_a, tmp_path, monkeypatch):
-    """M-5 / M-6 / M-18."""
+    """Generate.py never writes its text over a file of a run, and a full disk ends in one line."""
     import generate as generate_cli
     before = run_a.read_bytes()
     for outf, needle in ((run_a, "checkpoint or a file of a run"), (run_a.parent / "a.final.json", "file of a run"),
@@ -408,7 +383,7 @@ def test_generate_never_writes_text_over_a_run_and_a_full_disk_is_one_line(run_a
 
 @pytest.mark.parametrize("case", ["long-name", "lock-folder", "final-folder"])
 def test_every_file_name_of_the_run_is_tried_before_training(tiny_corpus, tmp_path, monkeypatch, case):
-    """M-7 / M-11: a name too long for the resume point's temp file, a folder where the lock or final.json goes."""
+    """A name too long for the resume point's temp file, a folder where the lock or final.json goes."""
     save = tmp_path / ("x" * 236 + ".pt" if case == "long-name" else "m.pt")
     if case != "long-name":
         (tmp_path / f"m.{case.split('-')[0]}{'.json' if case == 'final-folder' else ''}").mkdir()
@@ -420,7 +395,7 @@ def test_every_file_name_of_the_run_is_tried_before_training(tiny_corpus, tmp_pa
 
 
 def test_the_annealing_reload_of_a_mismatched_best_is_one_line(run_a, tmp_path):
-    """M-10: the best model reloaded during training goes through the tidy weight check."""
+    """The best model reloaded during training goes through the tidy weight check."""
     import distributed
     from model import RNNModel
     cfg = torch.load(run_a, weights_only=True)["config"]
@@ -431,14 +406,14 @@ def test_the_annealing_reload_of_a_mismatched_best_is_one_line(run_a, tmp_path):
 
 @pytest.mark.parametrize("save", ["c2/a.resume.pt", "c2/a.metrics.jsonl", "c2/a.lock"])
 def test_a_save_named_like_another_runs_file_is_refused(tiny_corpus, tmp_path, save):
-    """M-16: --save c2/a.resume.pt would write over the resume point of the run saved at c2/a.pt."""
+    """--save c2/a.resume.pt would write over the resume point of the run saved at c2/a.pt."""
     with pytest.raises(UserError, match="name of another run's"):
         main_cli.main(tiny_args(tiny_corpus, tmp_path / save, epochs=1))
     assert not (tmp_path / "c2").exists() or not list((tmp_path / "c2").iterdir())
 
 
 def test_temp_file_clean_up_touches_only_the_runs_own(tmp_path):
-    """M-19: the run saved at tmpx/a leaves alone the temp file of the run writing tmpx/a.b.pt."""
+    """The run saved at tmpx/a leaves alone the temp file of the run writing tmpx/a.b.pt."""
     theirs, mine = tmp_path / ".a.b.pt.k3j4h5g6.tmp", tmp_path / ".a.q1w2e3r4.tmp"
     theirs.write_bytes(b"another run's write in progress")
     mine.write_bytes(b"left by a killed write")
@@ -448,7 +423,7 @@ def test_temp_file_clean_up_touches_only_the_runs_own(tmp_path):
 
 @pytest.mark.parametrize("out", ["{stem}.resume.pt", "{stem}"])
 def test_finetune_out_never_reaches_a_file_of_its_inputs_run(run_a, tmp_path, out):
-    """M-17: --out <input>.resume.pt, or the input's stem (whose resume point is the input's), even with --overwrite."""
+    """--out <input>.resume.pt, or the input's stem (whose resume point is the input's), even with --overwrite."""
     save = copy_run(run_a, tmp_path / "ft")
     before = snapshot(save.parent)
     with pytest.raises(UserError, match="another run's|input's own run"):
@@ -458,7 +433,7 @@ def test_finetune_out_never_reaches_a_file_of_its_inputs_run(run_a, tmp_path, ou
 
 
 def test_resume_flags_that_would_do_nothing_are_refused(run_a):
-    """L-3 (--epochs below the epochs done) and L-4 (--overwrite with --resume)."""
+    """--epochs below the epochs done, and --overwrite with --resume, are refused."""
     resume = str(run_a.parent / "a.resume.pt")
     before = snapshot(run_a.parent)
     with pytest.raises(UserError, match="--overwrite has no effect"):
@@ -471,7 +446,7 @@ def test_resume_flags_that_would_do_nothing_are_refused(run_a):
 
 
 def test_words_of_the_messages(tmp_path, monkeypatch):
-    """L-9 (vocabulary), L-10 (finetune's lock names --out), L-13 (sizes under a MiB)."""
+    """The words of the vocabulary mismatch, of finetune's lock (naming --out) and of sizes under a MiB."""
     from checkpoint import check_vocab
     from data import Dictionary
     blob = {"vocab": {"size": 2, "sha256": Dictionary(["a", "b"]).fingerprint()}}
@@ -487,7 +462,7 @@ def test_words_of_the_messages(tmp_path, monkeypatch):
 
 
 def test_resume_without_its_best_model_leaves_no_stale_final_json(run_a, tmp_path):
-    """L-5: final.json described a best model that is gone."""
+    """Final.json described a best model that is gone."""
     save = copy_run(run_a, tmp_path / "l5")
     save.unlink()
     done = str(torch.load(save.parent / "a.resume.pt", weights_only=True)["schedule"]["epoch"])
@@ -496,7 +471,7 @@ def test_resume_without_its_best_model_leaves_no_stale_final_json(run_a, tmp_pat
 
 
 def test_a_dry_run_of_a_resume_reaches_the_test(run_a):
-    """L-6: the resumed dry run's short epoch rarely beats the run's best, and it still evaluates."""
+    """The resumed dry run's short epoch rarely beats the run's best, and it still evaluates."""
     before = snapshot(run_a.parent)
     result = main_cli.main(["--resume", str(run_a.parent / "a.resume.pt"), "--dry_run", "--device", "cpu"])
     assert result is not None and result["test_ppl"] > 0
@@ -504,7 +479,7 @@ def test_a_dry_run_of_a_resume_reaches_the_test(run_a):
 
 
 def test_a_run_folder_moved_as_a_whole_resumes_from_its_new_place(run_a, tmp_path):
-    """L-7: the resume file's own location decides; a renamed resume file is refused, naming the fix."""
+    """The resume file's own location decides; a renamed resume file is refused, naming the fix."""
     moved = tmp_path / "moved"
     shutil.copytree(run_a.parent, moved)  # the run's folder elsewhere (its old place stays, untouched)
     before = snapshot(run_a.parent)
@@ -519,7 +494,7 @@ def test_a_run_folder_moved_as_a_whole_resumes_from_its_new_place(run_a, tmp_pat
 
 
 def test_a_relative_data_folder_still_reads_from_another_folder(tiny_corpus, tmp_path, monkeypatch):
-    """L-8: --data (data/penn by default) resolved when the run starts; an older resume point's relative path
+    """--data (data/penn by default) resolved when the run starts; an older resume point's relative path
     still reads from the folder it was started in."""
     monkeypatch.chdir(tiny_corpus.parent)
     main_cli.main(tiny_args(tiny_corpus.name, tmp_path / "r.pt", epochs=1))
@@ -535,7 +510,7 @@ def test_a_relative_data_folder_still_reads_from_another_folder(tiny_corpus, tmp
 
 def test_a_lock_file_removed_while_the_run_trains_is_put_back_and_a_takeover_stops_the_run(tiny_corpus, tmp_path,
                                                                                           monkeypatch):
-    """L-19: the run verifies its lock before each save: removed, it is locked again (a second --resume is
+    """The run verifies its lock before each save: removed, it is locked again (a second --resume is
     refused); if a second process got in first, this run stops before writing anything more."""
     save, lock = tmp_path / "l.pt", tmp_path / "l.lock"
     real, seen, other = trainer.train_epoch, [], []
@@ -561,7 +536,7 @@ def test_a_lock_file_removed_while_the_run_trains_is_put_back_and_a_takeover_sto
 
 
 def test_ctrl_c_exits_130_with_one_line_saying_how_to_continue(capsys):
-    """L-1: an interrupted run is not a finished one, whatever it saved: never exit 0."""
+    """An interrupted run is not a finished one, whatever it saved: never exit 0."""
     def interrupted():
         raise runfiles.Interrupted("continue with: python main.py --resume runs/x.resume.pt")
     with pytest.raises(SystemExit) as e:
@@ -571,7 +546,7 @@ def test_ctrl_c_exits_130_with_one_line_saying_how_to_continue(capsys):
 
 
 def test_finetune_interrupted_in_its_first_epoch_says_so(run_a, tmp_path, monkeypatch, capsys):
-    """L-2: not "never improved on the input": it was interrupted before it could."""
+    """Not "never improved on the input": it was interrupted before it could."""
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(trainer, "train_epoch", ctrl_c)
@@ -587,7 +562,7 @@ def test_finetune_interrupted_in_its_first_epoch_says_so(run_a, tmp_path, monkey
 
 def test_ctrl_c_under_torchrun_is_one_line_from_one_process_and_no_test_evaluation(tiny_corpus, tmp_path,
                                                                                    monkeypatch, capsys):
-    """M-9: torchrun sends every process the Ctrl-C and kills them 30 s later, so after the resume point no
+    """Torchrun sends every process the Ctrl-C and kills them 30 s later, so after the resume point no
     test evaluation (it can take longer); ranks other than 0 say nothing, rank 0 one line, exit code 130."""
     import signal
 
@@ -634,7 +609,7 @@ def test_a_tiny_train_fraction_says_what_it_trains_on(tiny_corpus, tmp_path, cap
 
 
 def test_ctrl_c_after_the_end_of_training_says_the_run_is_complete(tiny_corpus, tmp_path, monkeypatch, capsys):
-    """final.json written, then Ctrl-C: exit 130 with a sentence saying the run is complete and where its results are."""
+    """Final.json written, then Ctrl-C: exit 130 with a sentence saying the run is complete and where its results are."""
     real = trainer.atomic_write_json
 
     def then_ctrl_c(obj, target):
@@ -686,7 +661,7 @@ def test_argument_errors_are_one_line_without_a_usage_dump():
 
 
 def disk_full_on_save(monkeypatch, module, at):
-    """torch's zip writer after an ENOSPC: RuntimeError "unexpected pos" raised while handling the OSError, on the
+    """Torch's zip writer after an ENOSPC: RuntimeError "unexpected pos" raised while handling the OSError, on the
     ``at``-th checkpoint save."""
     import checkpoint
     real, calls = checkpoint.atomic_torch_save, []
