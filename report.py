@@ -108,7 +108,7 @@ def markdown(report, images):
               "measured minus published (negative is better). Wall time: per seed, the chain's steps up to the row's. "
               "Computed at: the commit, date and device of each number; † marks another commit than this report's.",
               "", "| row | published valid / test | measured valid | measured test | difference valid / test | seeds "
-              "| epochs (train + fine-tune) | wall time | computed at | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| epochs (train + fine-tune) | wall time | computed at | status |", "|---" * 10 + "|"]
     for r in report["rows"]:
         pub = f"{r['published']['valid']} / {r['published']['test']}" if r["published"] else "none published"
         diff = f"{r['difference']['valid']:+.2f} / {r['difference']['test']:+.2f}" if r["difference"] else "-"

@@ -73,7 +73,8 @@ ROWS = [
     Row("awd-ptb-FD", "awd-ptb-FD", "train", "3-layer AWD-LSTM PTB, FD (kappa 0.1)", (59.8, 58.0),
         f"{FD}, PTB table"),
     Row("awd-ptb-FD-ft", "awd-ptb-FD", "finetune", "... then fine-tuned", (58.9, 56.8), f"{FD}, PTB table"),
-    Row("merity-ptb", "merity-ptb", "train", "AWD-LSTM, the paper's PTB recipe (500 epochs: the authors' later note, not the text's 750)", (60.7, 58.8),
+    Row("merity-ptb", "merity-ptb", "train", "AWD-LSTM, the paper's PTB recipe (500 epochs: the authors' later note, "
+        "not the text's 750)", (60.7, 58.8),
         f"{MERITY}, model ablation table (- fine-tuning)"),
     Row("merity-ptb-ft", "merity-ptb", "finetune", "... then fine-tuned", (60.0, 57.3), f"{MERITY}, PTB table"),
     Row("merity-ptb-cache", "merity-ptb", "pointer", "... fine-tuned, with the cache pointer (window 2000)",

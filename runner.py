@@ -186,13 +186,15 @@ class Runner:
             try:
                 result = finite_result(json.loads(last_line(self.file(step, "log"), run.offset)))
                 if result is not None:
-                    atomic_write_json(json.loads(last_line(self.file(step, "log"), run.offset)), self.file(step, "output"))
+                    atomic_write_json(json.loads(last_line(self.file(step, "log"), run.offset)),
+                                      self.file(step, "output"))
             except ValueError:
                 reason = "exit code 0 but no JSON result on its last line"
         if reason is None and result is None:
             reason = f"a result that is not a finite perplexity: {last_line(self.file(step, 'log'), run.offset)[:120]}"
         if reason is None:  # the run's own clock for training (across resumes), else the attempt's
-            rows, output = metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else [], self.file(step, "output")
+            output = self.file(step, "output")
+            rows = metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else []
             record.update(outputs={output.name: file_sha256(output)}, result=result, commit=self.commit, date=now(),
                           machine=platform.node(), device=run.slot["name"], epochs=len(rows) if rows else None,
                           wall_s=rows[-1]["elapsed"] if rows else wall)
@@ -260,7 +262,8 @@ class Runner:
     def progress(self, run):
         """Chain, step, epoch (of its limit, for training), last validation perplexity, an ETA at the limit."""
         step = run.steps[run.current]
-        text, rows = f"{run.label} | {step.stage}", metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else []
+        text = f"{run.label} | {step.stage}"
+        rows = metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else []
         limit = self.keys.get(step, {}).get("config", {}).get("epochs")
         if rows:
             last = rows[-1]
@@ -303,14 +306,16 @@ def make_slots(jobs, device):
     from utils import check_device_name
     check_device_name(device)
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // (jobs or 1)))}
+        threads = str(max(1, (os.cpu_count() or 1) // (jobs or 1)))
+        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": threads}
         return [{"device": "cpu", "env": env, "name": f"cpu ({cpu_model()})"}] * (jobs or 1)
     if not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for, but this PyTorch sees no CUDA device: use --device cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else list(map(str, range(torch.cuda.device_count())))
+    ids = [d.strip() for d in (visible or ",".join(map(str, range(torch.cuda.device_count())))).split(",") if d.strip()]
     index = [int(device.split(":")[1])] if ":" in device else list(range(len(ids)))
     if index[0] >= len(ids):
         raise UserError(f"--device {device}: {len(ids)} CUDA device(s) visible, use cuda:0 .. cuda:{len(ids) - 1}")
-    return [{"device": "cuda", "env": {"CUDA_VISIBLE_DEVICES": ids[i]}, "name": f"cuda:{i} ({torch.cuda.get_device_name(i)})"}
+    return [{"device": "cuda", "env": {"CUDA_VISIBLE_DEVICES": ids[i]},
+             "name": f"cuda:{i} ({torch.cuda.get_device_name(i)})"}
             for i in (index[k % len(index)] for k in range(jobs or len(index)))]
