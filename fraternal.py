@@ -1,30 +1,23 @@
-"""Fraternal dropout and its comparison variants: the per-batch loss of two passes with different masks.
+"""Fraternal dropout and its comparison variants: the loss of two passes with different dropout masks.
 
 One file that imports only torch: copy it into your project.  On an ordinary model with dropout:
 
     from fraternal import Regularizer, fraternal_loss_pair
-    reg = Regularizer.of("FD")             # or "RD", "PM"; Regularizer.of("baseline") is one pass, CE alone
+    reg = Regularizer.of("FD")             # or "RD", "PM"; "baseline": one pass, CE alone
     model.train()                          # each forward draws its own dropout masks
     loss = fraternal_loss_pair(model(x), model(x), y, reg).loss
 
-On a stateful RNN both passes start from the same state, and pass 1's state goes on to the next batch:
+On a stateful RNN both passes start from the same state; pass 1's state goes on to the next batch:
 
     out1, h_next = rnn(x, h)
     out2, _ = rnn(x, h)
     loss = fraternal_loss_pair(head(out1).flatten(0, 1), head(out2).flatten(0, 1), y.flatten(), reg).loss
     h = h_next.detach()
 
-``fraternal_loss`` does the same for a model with ``features`` and ``decoder`` (model.py), with mask
-reuse, a batched path and a fused decoder loss where the decoder offers one (fused_loss.FusedDecoder).
-
-| variant  | pass 2          | target loss              | penalty (times kappa)                      |
-|----------|-----------------|--------------------------|--------------------------------------------|
-| FD       | train, new masks| (CE(logits1)+CE(logits2))/2 | mean((logits1 - logits2)^2), every element |
-| ELD      | eval, no dropout| CE(logits1)              | same                                       |
-| PM       | train, new masks| CE(logits1)              | same                                       |
-| RD       | train, new masks| (CE1 + CE2) / 2          | (KL(p1||p2) + KL(p2||p1)) / 2 per token    |
-| baseline | none            | CE(logits1)              | none                                       |
+``fraternal_loss`` does it for a model with ``features`` and ``decoder`` (model.py): mask reuse, both
+passes as one batch, and the decoder's fused loss where it has one (fused_loss.FusedDecoder).
 """
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -63,20 +56,19 @@ def fraternal_penalty(logits1, logits2, kind="mse"):
 
 @dataclass(frozen=True)
 class Variant:
-    """A regularizer, declared once: what its second pass is, which target losses it averages, its
-    penalty and its default kappa (a preset may use another)."""
+    """A regularizer, declared once (a preset may use another kappa)."""
     second_pass: str  # "train" (new masks), "eval" (no dropout) or "none"
-    double_target: bool  # (CE1 + CE2) / 2 instead of CE1
+    double_target: bool  # target (CE1 + CE2) / 2 instead of CE1
     penalty: str  # a key of PENALTIES
     kappa: float
 
 
 VARIANTS = {
-    "FD": Variant("train", True, "mse", 0.1),
-    "ELD": Variant("eval", False, "mse", 0.25),
-    "PM": Variant("train", False, "mse", 0.15),
-    "RD": Variant("train", True, "kl", 1.0),
-    "baseline": Variant("none", False, "mse", 0.0),
+    "FD": Variant("train", True, "mse", 0.1),  # fraternal dropout
+    "ELD": Variant("eval", False, "mse", 0.25),  # expectation-linear dropout
+    "PM": Variant("train", False, "mse", 0.15),  # Pi-model
+    "RD": Variant("train", True, "kl", 1.0),  # R-Drop
+    "baseline": Variant("none", False, "mse", 0.0),  # one pass, CE1 alone
 }
 
 
@@ -115,8 +107,8 @@ class Regularizer:
     def of(cls, variant, **settings):
         """The regularizer of a variant in VARIANTS, with ``settings`` (kappa, ...) overriding its defaults."""
         v = VARIANTS[variant]
-        return cls(**{"kappa": v.kappa, "double_target": v.double_target, "eval_auxiliary": v.second_pass == "eval",
-                      "penalty": v.penalty, **settings})
+        return cls(**dict(kappa=v.kappa, double_target=v.double_target, eval_auxiliary=v.second_pass == "eval",
+                          penalty=v.penalty) | settings)
 
     @classmethod
     def from_config(cls, cfg):
@@ -146,9 +138,8 @@ def fraternal_loss_pair(logits1, logits2, targets, reg):
 
 
 class Masks(NamedTuple):
-    """How one forward of a model draws its dropout masks.  The batch stacks ``copies`` copies of one
-    batch, each drawing its own masks except at the sites in ``share`` (one mask for all copies); the
-    sites in ``reuse`` apply the previous forward's masks instead of drawing (``same_mask``)."""
+    """How one forward draws its masks: the batch stacks ``copies`` copies of one batch, each with its own
+    masks but at the sites in ``share``; the sites in ``reuse`` apply the previous forward's masks."""
     copies: int = 1
     share: str = ""
     reuse: str = ""
@@ -181,26 +172,17 @@ def overlap_blocker(reg, device):
     return None
 
 
-_SIDE_STREAMS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _side_stream(device):
     """The stream pass 2 runs on: one per device, made once."""
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
+    return torch.cuda.Stream(device)
 
 
 def _overlapped_passes(model, data, hidden):
-    """Pass 1 on the current CUDA stream, pass 2 on a side stream, so that their small, latency-bound
-    recurrent kernels run side by side.
-
-    Same masks as the sequential path: the passes are launched from the host in the same order, and
-    CUDA's Philox generator gives each draw its offset on the host at launch.  The side stream forks
-    before pass 1 is queued (after the batch, the hidden state and the last weight update), the
-    current stream joins it before the loss.  Tensors one stream made and the other reads are
-    recorded with the allocator (``record_stream``); autograd runs each backward op on its forward
-    op's stream and synchronizes every gradient that crosses streams."""
+    """Pass 1 on the current CUDA stream, pass 2 beside it on a side stream (each alone is a chain of small
+    recurrent kernels).  Same masks as the sequential path: launched from the host in the same order,
+    each draw gets its Philox offset at launch.  Tensors read across streams are recorded with the
+    allocator; autograd runs each backward op on its forward op's stream and syncs crossing gradients."""
     main, side = torch.cuda.current_stream(data.device), _side_stream(data.device)
     side.wait_stream(main)  # fork before pass 1 is queued: pass 2 must not wait for it
     first = model.features(data, hidden)
@@ -240,18 +222,18 @@ def _two_passes(model, data, hidden, reg):
     return first, second.outputs[-1]
 
 
-_SAID = set()
+_SAID = set()  # penalties already said to run on the plain path
 
 
 def _fused_loss(model, reg):
     """The decoder's fused loss (fused_loss.FusedDecoder) for ``reg``, or None: the plain path."""
     fused = getattr(model.decoder, "fused_loss", None) if reg.fused else None
-    if fused is not None and reg.penalty not in model.decoder.fused_penalties:
-        if reg.penalty not in _SAID:
-            _SAID.add(reg.penalty)
-            print(f"penalty {reg.penalty!r} has no hand-derived gradient in fused_loss.py: the plain loss computes it")
-        return None
-    return fused
+    if fused is None or reg.penalty in model.decoder.fused_penalties:
+        return fused
+    if reg.penalty not in _SAID:
+        _SAID.add(reg.penalty)
+        print(f"penalty {reg.penalty!r} has no hand-derived gradient in fused_loss.py: the plain loss computes it")
+    return None
 
 
 def fraternal_loss(model, data, targets, hidden, reg):

@@ -1,15 +1,11 @@
-"""The decoder and the whole per-batch loss of fraternal.py (cross-entropies and the penalty between the
-two passes) in one autograd function that works through the rows in cache-sized chunks.
+"""fraternal.fraternal_loss_pair on the decoder's outputs, in one autograd function that works in row chunks.
 
-Why: a batch's logits are large (single-layer PTB: 2240 x 10000 floats = 90 MB per pass); as separate
-full-size tensors (logits, log-softmax, penalty, every gradient) the step is memory-bound, 25% of a
-CPU baseline step.  Here each chunk is decoded, scored and differentiated while in cache, and the
-gradients are formed in the forward (the loss is the graph's last node: backward only scales them).
-Same values as fraternal.fraternal_loss_pair (a test checks the loss and every gradient).
-
-    loss = w1 * CE(logits1) + w2 * CE(logits2) + kappa * penalty(logits1, logits2)
-    penalty "mse": mean over every element of (logits1 - logits2)^2
-    penalty "kl":  mean over tokens of (KL(p1||p2) + KL(p2||p1)) / 2
+Why: a batch's logits are large (single-layer PTB: 2240 x 10000 floats, 90 MB per pass); as separate
+full-size tensors (logits, log-softmax, penalty, every gradient) the step is memory-bound, 25% of a CPU
+baseline step.  Here each chunk is decoded, scored and differentiated while in cache, the gradients
+formed in the forward (the loss is the graph's last node: backward only scales them).  Same values
+as the plain formulas, by a test of the loss and every gradient: loss = w1 * CE(logits1) + w2 *
+CE(logits2) + kappa * penalty, "mse" the mean of (logits1 - logits2)^2, "kl" (KL12 + KL21) / 2 per token.
 """
 import torch
 import torch.nn as nn
@@ -106,13 +102,13 @@ def decoder_loss(x1, x2, weight, bias, targets, w1=1.0, w2=0.0, kappa=0.0, penal
     if x2 is None and (w2 != 0 or kappa != 0):
         raise ValueError("a second pass is needed for w2 or kappa")
     if penalty not in FUSED_PENALTIES:
-        raise ValueError(f"the fused loss has no gradient for penalty {penalty!r}: use the plain loss (--no-fused_loss)")
+        raise ValueError(f"the fused loss has no gradient for penalty {penalty!r}: use the plain loss")
     rows = rows or chunk_rows(weight.size(0), x1.device)
     return _DecoderLoss.apply(x1, x2, weight, bias, targets, float(w1), float(w2), float(kappa), penalty, rows)
 
 
 class FusedDecoder(nn.Linear):
-    """The model's decoder: an ``nn.Linear`` that also offers fraternal.fraternal_loss its fused loss."""
+    """A model's decoder: an ``nn.Linear`` that offers fraternal.fraternal_loss the loss above."""
     fused_penalties = FUSED_PENALTIES
 
     def fused_loss(self, x1, x2, targets, w1, w2, kappa, penalty):

@@ -1,12 +1,9 @@
-"""Locked (variational) dropout: masks shared along the time or the batch axis of (seq_len, batch, features).
+"""Locked (variational) dropout on (seq_len, batch, features): masks shared over time or over the batch.
 
-``kind`` picks the mask's shape:
-- "sequence" (1, batch, features): one mask per sequence reused at every time step, the 3-layer AWD-LSTM
-  as awd-lstm-lm draws it since 2017-09-01;
-- "timestep" (seq_len, 1, features): a new mask at every time step shared across the batch, as
-  awd-lstm-lm's tag PyTorch==0.1.12 (the AWD-LSTM paper's code) drew it;
-- "full" (seq_len, batch, features): the single-layer fraternal-dropout setup.
-The last mask is kept so a second pass can reuse it (fraternal dropout's ``same_mask_i/h/o``).
+``kind``: "sequence", (1, batch, features), one mask per sequence at every time step (3-layer AWD-LSTM,
+awd-lstm-lm since 2017-09-01); "timestep", (seq_len, 1, features), a new mask at every time step shared
+across the batch (awd-lstm-lm's tag PyTorch==0.1.12, the AWD-LSTM paper's code); "full", every entry its
+own (the single-layer fraternal-dropout setup).  The last mask is kept for reuse (``same_mask_i/h/o``).
 """
 import torch.nn as nn
 
@@ -25,8 +22,7 @@ class LockedDropout(nn.Module):
         self.mask = None  # plain attribute, not a buffer: never part of the state_dict
 
     def forward(self, x, copies=1, share=False, reuse=False):
-        """x: (seq_len, batch, features).  ``copies`` > 1 means the batch stacks that many copies of
-        one batch; ``share`` gives all copies one mask, otherwise each copy draws its own."""
+        """``copies`` > 1: the batch stacks copies of one batch, each with its own mask unless ``share``."""
         if not self.training or self.p == 0:
             return x
         T, N, F = x.shape

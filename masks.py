@@ -1,15 +1,11 @@
-"""Dropout masks as the three dropout modules draw them, and the five sites named once.
-
-Every site keeps the mask of its last training forward, so fraternal dropout's second pass can reuse
-it (``--same_mask_*``); a mask is drawn on the input's device and dtype, never through the host.
-"""
+"""Dropout masks as the three dropout modules draw them (on the input's device and dtype, never through
+the host), kept for a second pass to reuse (``--same_mask_*``); and the five sites named once."""
 import torch
 
-# The dropout sites of the model, each with the setting of its rate.
+# The dropout sites of the model, each with the setting of its rate and what it drops.
 SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
-SITES = {"e": f"embedding rows ({SITE_RATE['e']})", "i": f"embedding output ({SITE_RATE['i']})",
-         "h": f"between layers ({SITE_RATE['h']})", "w": f"W_hh DropConnect ({SITE_RATE['w']})",
-         "o": f"last layer output ({SITE_RATE['o']})"}
+SITES = {s: f"{what} ({SITE_RATE[s]})" for s, what in zip(SITE_RATE, (
+    "embedding rows", "embedding output", "between layers", "W_hh DropConnect", "last layer output"))}
 
 
 def dropout_mask(like, shape, p):

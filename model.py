@@ -1,21 +1,17 @@
 """The word-level LSTM language model of AWD-LSTM and of the fraternal dropout experiments.
 
-One ``RNNModel`` builds both setups of the paper:
-- single-layer ablation: embedding = hidden = 655, full-shape dropout masks (``locked=False``);
-- 3-layer AWD-LSTM: 400 / 1150 / 3 layers, the last layer sized to the embedding for weight tying,
-  locked dropout between layers (``locked_mask``: locked_dropout.py), DropConnect on every W_hh.
-
-Every dropout site keeps its last mask, so a second pass can reuse it, and a batch can stack several
-copies of itself with independent or shared masks (``fraternal.Masks``): that is how fraternal
-dropout's two passes, MC dropout and the mask-variance measure run batched.
-Sites: ``e`` embedding rows, ``i`` embedding output, ``h`` between layers, ``w`` W_hh, ``o`` output.
+One ``RNNModel`` builds both setups of the paper: the single-layer ablation (embedding = hidden = 655,
+full-shape dropout masks: ``locked=False``) and the 3-layer AWD-LSTM (400 / 1150, the last layer sized to
+the embedding for weight tying, locked dropout between layers, DropConnect on every W_hh).  Each dropout
+site (masks.SITES) keeps its last mask for a second pass to reuse, and a batch can stack copies of itself
+with independent or shared masks (``fraternal.Masks``): fraternal dropout's passes, MC dropout.
 """
 from typing import NamedTuple
 
 import torch.nn as nn
 
 from embed_regularize import EmbeddingDropout
-from fraternal import Masks, first_copy, tile_hidden  # noqa: F401 (the batch-copy helpers, used with the model)
+from fraternal import Masks, first_copy, tile_hidden  # noqa: F401 (used with the model's stacked batches)
 from fused_loss import FusedDecoder
 from locked_dropout import LockedDropout
 from masks import SITES as SITE_NAMES
@@ -33,7 +29,7 @@ class Features(NamedTuple):
 class RNNModel(nn.Module):
     @classmethod
     def from_config(cls, cfg, ntoken):
-        """The model a run's configuration describes: the one way the code builds it from settings."""
+        """The model a run's configuration describes (before locked_mask existed: "sequence")."""
         return cls(ntoken, ninp=cfg["emsize"], nhid=cfg["nhid"], nlayers=cfg["nlayers"], dropout=cfg["dropout"],
                    dropouth=cfg["dropouth"], dropouti=cfg["dropouti"], dropoute=cfg["dropoute"], wdrop=cfg["wdrop"],
                    tie_weights=cfg["tied"], locked=cfg["locked"], locked_mask=cfg.get("locked_mask", "sequence"))
@@ -57,19 +53,17 @@ class RNNModel(nn.Module):
         self.input_dropout = LockedDropout(dropouti, kind)
         self.hidden_dropouts = nn.ModuleList(LockedDropout(dropouth, kind) for _ in range(nlayers - 1))
         self.output_dropout = LockedDropout(dropout, kind)
-        self.init_weights()
-
-    def init_weights(self):
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
-        if not self.tie_weights:
+        if not tie_weights:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def set_dropout(self, dropout=None, dropouth=None, dropouti=None, dropoute=None, wdrop=None):
         """Change dropout rates in place (rates are hyper-parameters, not part of the state_dict)."""
-        for rate, modules, attribute in ((dropout, [self.output_dropout], "p"), (dropouth, self.hidden_dropouts, "p"),
-                                         (dropouti, [self.input_dropout], "p"), (dropoute, [self.embedding_dropout], "p"),
-                                         (wdrop, self.rnns, "weight_dropout")):
+        for rate, modules, attribute in (
+                (dropout, [self.output_dropout], "p"), (dropouth, self.hidden_dropouts, "p"),
+                (dropouti, [self.input_dropout], "p"), (dropoute, [self.embedding_dropout], "p"),
+                (wdrop, self.rnns, "weight_dropout")):
             for m in modules if rate is not None else ():
                 setattr(m, attribute, rate)
 

@@ -1,14 +1,11 @@
 """DropConnect on the hidden-to-hidden weights of an LSTM (AWD-LSTM's WeightDrop), on current PyTorch.
 
-Earlier ports swapped ``weight_hh_l0`` for a dropped copy on the module itself; that left stale
-tensors in the state_dict, broke deepcopy and failed with "cannot assign ... as parameter" after
-``eval()``.  Here the module's parameters are never touched: each training forward hands the fused
-LSTM kernel (cuDNN on GPU) a weight list in which W_hh is replaced by ``W_hh * mask``.  Gradients
-flow to the raw weight through that product, two forwards before one backward use two masks, and
-the state_dict has exactly the keys of a plain ``nn.LSTM``.
-
-The one private entry point used, ``torch._VF.lstm`` (the call ``nn.LSTM.forward`` makes itself),
-is pinned in ``fused_lstm`` below and tested against ``nn.LSTM``.
+Earlier ports swapped ``weight_hh_l0`` for a dropped copy on the module itself: stale state_dict tensors,
+a broken deepcopy, "cannot assign ... as parameter" after ``eval()``.  Here the parameters are never
+touched: each training forward hands the fused LSTM kernel (cuDNN on GPU) the weights with W_hh replaced
+by ``W_hh * mask``, so gradients reach the raw weight and the state_dict is a plain ``nn.LSTM``'s.  The one
+private entry point, ``torch._VF.lstm`` (what ``nn.LSTM.forward`` calls), is pinned in ``fused_lstm``
+and tested against ``nn.LSTM``.
 """
 import warnings
 
@@ -24,11 +21,9 @@ warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
 
 
 def fused_lstm(lstm, input, hx, weights, train=None):
-    """Run ``lstm``'s fused kernel with ``weights`` in place of its own parameters (same order).
-
-    ``train`` (default ``lstm.training``) selects cuDNN's training kernel, the only one it can
-    back-propagate through.  The compaction warning is silenced here as well as globally, since
-    test runners and notebooks reset the global filters."""
+    """Run ``lstm``'s fused kernel with ``weights`` in place of its own parameters (same order).  ``train``
+    (default ``lstm.training``) selects cuDNN's training kernel, the only one it can back-propagate
+    through.  The warning is silenced here too: test runners and notebooks reset the global filters."""
     train = lstm.training if train is None else train
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
@@ -38,11 +33,8 @@ def fused_lstm(lstm, input, hx, weights, train=None):
 
 
 class WeightDropLSTM(nn.LSTM):
-    """``nn.LSTM`` with DropConnect of probability ``weight_dropout`` on every ``weight_hh_l{k}``.
-
-    One mask per forward pass, scaled by 1/(1-p), nothing dropped in eval mode.  The last mask is
-    kept so a second pass can reuse it (fraternal dropout's ``same_mask_w``).
-    """
+    """``nn.LSTM`` with DropConnect of probability ``weight_dropout`` on every ``weight_hh_l{k}``: one mask
+    per forward, scaled by 1/(1-p), none in eval mode; the last is kept for reuse (``same_mask_w``)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, weight_dropout=0.0, **kwargs):
         if kwargs.get("bidirectional") or kwargs.get("proj_size") or kwargs.get("batch_first"):
@@ -53,9 +45,8 @@ class WeightDropLSTM(nn.LSTM):
         self.mask = None  # (copies, layers, 4H, H) mask of the last training forward; not in state_dict
 
     def forward(self, input, hx=None, copies=1, share=False, reuse=False):
-        """input: (seq_len, batch, features).  With ``copies`` > 1 the batch stacks that many copies
-        of one batch; ``share`` runs them all with one mask in one kernel call, otherwise each copy
-        gets its own mask and kernel call."""
+        """input: (seq_len, batch, features).  With ``copies`` > 1 the batch stacks that many copies of one
+        batch: ``share`` runs them with one mask in one kernel call, else each copy with its own."""
         N = input.size(1)
         if hx is None:
             zeros = input.new_zeros(self.num_layers, N, self.hidden_size)
@@ -64,22 +55,16 @@ class WeightDropLSTM(nn.LSTM):
             # An eval-mode pass that is back-propagated (ELD's second pass) needs the training kernel.
             return fused_lstm(self, input, hx, self._flat_weights, train=self.training or torch.is_grad_enabled())
         groups = 1 if (copies == 1 or share) else copies
-        w_hh = [self._flat_weights[i] for i in self._hh_index]
-        shape = (groups, self.num_layers) + tuple(w_hh[0].shape)
-        mask = stored_mask(self, shape) if reuse else dropout_mask(w_hh[0], shape, self.weight_dropout)
+        w_hh = self._flat_weights[self._hh_index[0]]
+        shape = (groups, self.num_layers) + tuple(w_hh.shape)
+        mask = stored_mask(self, shape) if reuse else dropout_mask(w_hh, shape, self.weight_dropout)
         self.mask = mask
         if groups == 1:
             return fused_lstm(self, input, hx, self._dropped_weights(mask[0]))
-        B = N // groups
-        outs, hs, cs = [], [], []
-        for g in range(groups):
-            cols = slice(g * B, (g + 1) * B)
-            out, (h, c) = fused_lstm(self, input[:, cols], (hx[0][:, cols], hx[1][:, cols]),
-                                     self._dropped_weights(mask[g]))
-            outs.append(out)
-            hs.append(h)
-            cs.append(c)
-        return torch.cat(outs, 1), (torch.cat(hs, 1), torch.cat(cs, 1))
+        cols = [slice(g * (N // groups), (g + 1) * (N // groups)) for g in range(groups)]
+        runs = [fused_lstm(self, input[:, c], (hx[0][:, c], hx[1][:, c]), self._dropped_weights(m))
+                for c, m in zip(cols, mask)]
+        return torch.cat([out for out, _ in runs], 1), tuple(torch.cat([hc[k] for _, hc in runs], 1) for k in (0, 1))
 
     def _dropped_weights(self, layer_masks):
         weights = list(self._flat_weights)
