@@ -283,3 +283,11 @@ def test_sigterm_stops_steps_that_inherited_an_ignored_sigint(mirror, tmp_path):
     if any("rc" not in a for a in attempts) or not all(a.get("rc") == 0 for a in attempts):
         assert proc.returncode == 130 and b"interrupted" in err
         assert attempts[-1]["rc"] == 130 and any(folder.glob("*.resume.pt"))
+
+
+def test_expected_gpu_hours_from_a_measured_report(tmp_path):
+    plan = reproduce.planning.plan_chains(rows.select(["merity-ptb-ft"])[0], None, "full", lambda chain: 141)
+    assert report.expected_hours(plan, tmp_path) == (None, ["merity-ptb:finetune", "merity-ptb:train"])
+    run = {"device": "cuda:0 (NVIDIA H100)", "steps_wall_s": {"train": 5400.0, "finetune": 1800.0}}
+    (tmp_path / "ptb.json").write_text(json.dumps({"rows": [{"id": "merity-ptb-ft", "runs": [run]}]}))
+    assert report.expected_hours(plan, tmp_path) == (2.0, [])
