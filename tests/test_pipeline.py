@@ -46,8 +46,8 @@ def test_readme_small_pipeline_runs_end_to_end(tiny_corpus, tmp_path, capsys):
     text = results["generate.py"]  # 30 tokens: words, and '<eos>' as line ends
     assert len(text.split()) + text.count("\n") in (30, 31) and out.rstrip().endswith(text.rstrip())  # printed, last
     # The cut: the first 5% of the training lines, recorded for resume and fine-tuning, nothing written to --data.
-    assert "Training on the first 0.05 of the training text's lines" in out
     lines = (tiny_corpus / "train.txt").read_text().splitlines()
+    assert f"Training on the first {round(len(lines) * 0.05)} of the training text's {len(lines)} lines" in out
     assert f"tokens: train {sum(len(l.split()) + 1 for l in lines[:round(len(lines) * 0.05)])}," in out
     assert {p: p.read_bytes() for p in tiny_corpus.glob("*.txt")} == texts
 
