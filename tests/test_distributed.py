@@ -48,6 +48,7 @@ def final(save):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_without_dropout(tiny_corpus, tmp_path):
     """ELD (two forwards per backward: pass 2 in eval mode), AR / TAR, hidden resets and averaged SGD,
     every dropout at 0 (FD with no dropout is refused: its passes would be identical).  The
@@ -68,6 +69,7 @@ def test_two_processes_equal_one_without_dropout(tiny_corpus, tmp_path):
     assert "One run in 2 processes (torchrun, gloo)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_fd_with_dropout_trains_checkpoints_and_resumes_exactly(tiny_corpus, tmp_path):
     """2 epochs straight, against 1 epoch then --resume: the same losses (each rank's own dropout
     RNG is saved in the resume checkpoint and restored)."""
@@ -123,6 +125,7 @@ def _position_roundtrip(rank, port, full):
         assert distributed.own_position(merged)["total_ce"].item() == full["total_ce"].item() + rank
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_point_splits_and_joins_across_ranks():
     """A resume point saved inside an epoch holds the whole batch's hidden state, so runs of any
     number of processes continue it: each rank takes its columns, and saving joins them again."""
@@ -144,6 +147,7 @@ def _leave(rank, port, folder):
         f.write(repr(time.time()))
 
 
+@pytest.mark.slow
 def test_ranks_leave_the_process_group_together(tmp_path):
     """Rank 1 waits for rank 0's work at the end of a run before tearing its connections down: a rank
     that left early was once aborted at exit (and torchrun reported a finished run as failed)."""
