@@ -28,15 +28,9 @@ class EmbeddingDropout(nn.Module):
             return emb
         groups = 1 if (copies == 1 or share) else copies
         shape = (groups, weight.size(0))
-        mask = stored_mask(self, shape) if reuse else dropout_mask(weight, shape, self.p)
-        self.mask = mask
-        if groups == 1:
-            scale = mask[0][words]
-        else:
-            B = words.size(1) // groups
-            group = torch.arange(words.size(1), device=words.device) // B
-            scale = mask.view(-1)[group * weight.size(0) + words]
-        return emb * scale.unsqueeze(-1)
+        self.mask = mask = stored_mask(self, shape) if reuse else dropout_mask(weight, shape, self.p)
+        group = torch.arange(words.size(1), device=words.device) // (words.size(1) // groups)  # each column's copy
+        return emb * mask.view(-1)[group * weight.size(0) + words].unsqueeze(-1)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -32,8 +32,7 @@ def mse_penalty(logits1, logits2):
 
 def symmetric_kl_penalty(logits1, logits2):
     """R-Drop's penalty: (KL(p1||p2) + KL(p2||p1)) / 2 of the softmax distributions, mean per token."""
-    logp1 = F.log_softmax(logits1, dim=-1)
-    logp2 = F.log_softmax(logits2, dim=-1)
+    logp1, logp2 = F.log_softmax(logits1, dim=-1), F.log_softmax(logits2, dim=-1)
     # KL(p1||p2) + KL(p2||p1) = sum_v (p1 - p2)(log p1 - log p2)
     return ((logp1.exp() - logp2.exp()) * (logp1 - logp2)).sum(-1).mean() / 2
 
@@ -112,9 +111,8 @@ class Regularizer:
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(kappa=cfg["kappa"], double_target=cfg["double_target"],
-                   eval_auxiliary=cfg["eval_auxiliary"], penalty=cfg["penalty"],
-                   same_mask=cfg["same_mask"], alpha=cfg["alpha"], beta=cfg["beta"],
+        return cls(kappa=cfg["kappa"], double_target=cfg["double_target"], eval_auxiliary=cfg["eval_auxiliary"],
+                   penalty=cfg["penalty"], same_mask=cfg["same_mask"], alpha=cfg["alpha"], beta=cfg["beta"],
                    batch_passes=cfg.get("batch_passes", True), fused=cfg.get("fused_loss", True),
                    overlap=cfg.get("overlap_passes", False))
 
@@ -158,18 +156,13 @@ def first_copy(hidden, copies):
 def overlap_blocker(reg, device):
     """Why ``reg``'s two passes cannot run on two CUDA streams on ``device``; None when they can.
     The overlap needs a pass 2 that depends on nothing of pass 1 and draws every mask of its own."""
-    if not reg.second_pass:
-        return "there is no second pass"
-    if device.type != "cuda":
-        return f"CUDA streams exist only on a CUDA device, not on {device.type}"
-    if reg.batched:
-        return "with --same_mask_w the two passes already run as one forward of twice the batch"
-    if reg.same_mask:
-        return "pass 2 reuses pass 1's masks (--same_mask_*), so it depends on pass 1"
-    if reg.eval_auxiliary:
-        return "the eval-mode second pass (ELD) is not part of the overlapped path, which is built and tested " \
-               "for train-mode passes"
-    return None
+    reasons = ((not reg.second_pass, "there is no second pass"),
+               (device.type != "cuda", f"CUDA streams exist only on a CUDA device, not on {device.type}"),
+               (reg.batched, "with --same_mask_w the two passes already run as one forward of twice the batch"),
+               (reg.same_mask, "pass 2 reuses pass 1's masks (--same_mask_*), so it depends on pass 1"),
+               (reg.eval_auxiliary, "the eval-mode second pass (ELD) is not part of the overlapped path, which is "
+                                    "built and tested for train-mode passes"))
+    return next((why for blocked, why in reasons if blocked), None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -179,10 +172,10 @@ def _side_stream(device):
 
 
 def _overlapped_passes(model, data, hidden):
-    """Pass 1 on the current CUDA stream, pass 2 beside it on a side stream (each alone is a chain of small
-    recurrent kernels).  Same masks as the sequential path: launched from the host in the same order,
-    each draw gets its Philox offset at launch.  Tensors read across streams are recorded with the
-    allocator; autograd runs each backward op on its forward op's stream and syncs crossing gradients."""
+    """Pass 1 on the current CUDA stream, pass 2 beside it on a side stream (each is a chain of small kernels).
+    The sequential path's masks: launched from the host in the same order, each draw gets its Philox offset
+    at launch.  Tensors read across streams are recorded with the allocator; autograd runs each backward
+    op on its forward op's stream and syncs the gradients that cross."""
     main, side = torch.cuda.current_stream(data.device), _side_stream(data.device)
     side.wait_stream(main)  # fork before pass 1 is queued: pass 2 must not wait for it
     first = model.features(data, hidden)
@@ -211,44 +204,26 @@ def _two_passes(model, data, hidden, reg):
                            outputs=[o[:, :B] for o in f.outputs])
         return first, f.outputs[-1][:, B:]
     first = model.features(data, hidden)
-    if reg.eval_auxiliary:
-        model.eval()
-        try:
-            second = model.features(data, hidden)
-        finally:
-            model.train()
-    else:
-        second = model.features(data, hidden, Masks(reuse=reg.same_mask))
-    return first, second.outputs[-1]
-
-
-_SAID = set()  # penalties already said to run on the plain path
-
-
-def _fused_loss(model, reg):
-    """The decoder's fused loss (fused_loss.FusedDecoder) for ``reg``, or None: the plain path."""
-    fused = getattr(model.decoder, "fused_loss", None) if reg.fused else None
-    if fused is None or reg.penalty in model.decoder.fused_penalties:
-        return fused
-    if reg.penalty not in _SAID:
-        _SAID.add(reg.penalty)
-        print(f"penalty {reg.penalty!r} has no hand-derived gradient in fused_loss.py: the plain loss computes it")
-    return None
+    if not reg.eval_auxiliary:
+        return first, model.features(data, hidden, Masks(reuse=reg.same_mask)).outputs[-1]
+    model.eval()
+    try:
+        return first, model.features(data, hidden).outputs[-1]
+    finally:
+        model.train()
 
 
 def fraternal_loss(model, data, targets, hidden, reg):
     """Loss of one batch under ``reg`` (``fraternal_loss_pair`` on the decoded passes, plus AR and TAR).
-    ``hidden`` must already be detached.  Where the model's decoder has a fused loss for the penalty,
-    it computes the same values in cache-sized chunks (a test holds the two equal)."""
+    ``hidden`` must already be detached.  A decoder with a ``fused_loss`` (fused_loss.FusedDecoder) computes
+    the same values in cache-sized chunks, or returns None for a penalty it has no gradient for."""
     first, out2 = _two_passes(model, data, hidden, reg)
-    flat = lambda t: t if t is None else t.reshape(-1, t.size(-1))  # noqa: E731
-    fused = _fused_loss(model, reg)
-    if fused is not None:
-        loss, ce1, penalty = fused(flat(first.outputs[-1]), flat(out2), targets, *reg.weights(out2 is not None),
-                                   reg.penalty)
-    else:
-        decode = lambda t: t if t is None else model.decoder(flat(t))  # noqa: E731
-        loss, ce1, penalty, _ = fraternal_loss_pair(decode(first.outputs[-1]), decode(out2), targets, reg)
+    x1, x2 = (t if t is None else t.reshape(-1, t.size(-1)) for t in (first.outputs[-1], out2))
+    fused = getattr(model.decoder, "fused_loss", None) if reg.fused else None
+    out = fused(x1, x2, targets, *reg.weights(x2 is not None), reg.penalty) if fused else None
+    if out is None:
+        out = fraternal_loss_pair(model.decoder(x1), x2 if x2 is None else model.decoder(x2), targets, reg)
+    loss, ce1, penalty = out[:3]
     if reg.alpha:
         loss = loss + reg.alpha * first.outputs[-1].pow(2).mean()
     if reg.beta:

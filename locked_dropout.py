@@ -1,9 +1,8 @@
-"""Locked (variational) dropout on (seq_len, batch, features): masks shared over time or over the batch.
-
-``kind``: "sequence", (1, batch, features), one mask per sequence at every time step (3-layer AWD-LSTM,
-awd-lstm-lm since 2017-09-01); "timestep", (seq_len, 1, features), a new mask at every time step shared
-across the batch (awd-lstm-lm's tag PyTorch==0.1.12, the AWD-LSTM paper's code); "full", every entry its
-own (the single-layer fraternal-dropout setup).  The last mask is kept for reuse (``same_mask_i/h/o``).
+"""Locked (variational) dropout on (seq_len, batch, features), one ``kind`` of mask per setup:
+"sequence" (1, batch, features), one mask per sequence for every time step (awd-lstm-lm since 2017-09-01);
+"timestep" (seq_len, 1, features), a new mask at every time step shared across the batch (awd-lstm-lm's
+tag PyTorch==0.1.12, the AWD-LSTM paper's code); "full", every entry its own (single-layer FD setup).
+The last mask is kept for a second pass to reuse (``same_mask_i/h/o``).
 """
 import torch.nn as nn
 

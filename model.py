@@ -68,17 +68,13 @@ class RNNModel(nn.Module):
                 setattr(m, attribute, rate)
 
     def init_hidden(self, bsz):
-        w = self.decoder.bias
-        return [(w.new_zeros(1, bsz, rnn.hidden_size), w.new_zeros(1, bsz, rnn.hidden_size))
-                for rnn in self.rnns]
+        return [tuple(self.decoder.bias.new_zeros(1, bsz, rnn.hidden_size) for _ in "hc") for rnn in self.rnns]
 
     def features(self, input, hidden, masks=None):
         """input (seq_len, batch) -> each layer's outputs before and after dropout, new hidden state.
         ``outputs[-1]`` is what the decoder reads (and AR penalizes); ``raw_outputs[-1]`` what TAR does."""
         masks = masks or Masks()
-
-        def kw(site):
-            return dict(copies=masks.copies, share=site in masks.share, reuse=site in masks.reuse)
+        kw = lambda site: dict(copies=masks.copies, share=site in masks.share, reuse=site in masks.reuse)  # noqa: E731
 
         emb = self.embedding_dropout(self.encoder.weight, input, **kw("e"))
         output = self.input_dropout(emb, **kw("i"))

@@ -1,11 +1,9 @@
-"""DropConnect on the hidden-to-hidden weights of an LSTM (AWD-LSTM's WeightDrop), on current PyTorch.
+"""DropConnect on an LSTM's hidden-to-hidden weights (AWD-LSTM's WeightDrop) on current PyTorch.
 
-Earlier ports swapped ``weight_hh_l0`` for a dropped copy on the module itself: stale state_dict tensors,
-a broken deepcopy, "cannot assign ... as parameter" after ``eval()``.  Here the parameters are never
-touched: each training forward hands the fused LSTM kernel (cuDNN on GPU) the weights with W_hh replaced
-by ``W_hh * mask``, so gradients reach the raw weight and the state_dict is a plain ``nn.LSTM``'s.  The one
-private entry point, ``torch._VF.lstm`` (what ``nn.LSTM.forward`` calls), is pinned in ``fused_lstm``
-and tested against ``nn.LSTM``.
+The parameters are never touched (earlier ports swapped ``weight_hh_l0`` on the module: stale state_dict
+tensors, a broken deepcopy and ``eval()``): each training forward hands the fused LSTM kernel the weights
+with W_hh replaced by ``W_hh * mask``.  The one private entry point, ``torch._VF.lstm`` (what
+``nn.LSTM.forward`` calls), is pinned in ``fused_lstm`` and tested against ``nn.LSTM``.
 """
 import warnings
 
@@ -48,17 +46,14 @@ class WeightDropLSTM(nn.LSTM):
         """input: (seq_len, batch, features).  With ``copies`` > 1 the batch stacks that many copies of one
         batch: ``share`` runs them with one mask in one kernel call, else each copy with its own."""
         N = input.size(1)
-        if hx is None:
-            zeros = input.new_zeros(self.num_layers, N, self.hidden_size)
-            hx = (zeros, zeros)
+        hx = hx if hx is not None else (input.new_zeros(self.num_layers, N, self.hidden_size),) * 2
         if not self.training or self.weight_dropout == 0:
             # An eval-mode pass that is back-propagated (ELD's second pass) needs the training kernel.
             return fused_lstm(self, input, hx, self._flat_weights, train=self.training or torch.is_grad_enabled())
         groups = 1 if (copies == 1 or share) else copies
         w_hh = self._flat_weights[self._hh_index[0]]
         shape = (groups, self.num_layers) + tuple(w_hh.shape)
-        mask = stored_mask(self, shape) if reuse else dropout_mask(w_hh, shape, self.weight_dropout)
-        self.mask = mask
+        self.mask = mask = stored_mask(self, shape) if reuse else dropout_mask(w_hh, shape, self.weight_dropout)
         if groups == 1:
             return fused_lstm(self, input, hx, self._dropped_weights(mask[0]))
         cols = [slice(g * (N // groups), (g + 1) * (N // groups)) for g in range(groups)]

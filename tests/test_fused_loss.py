@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import fraternal
 from fraternal import Regularizer, fraternal_loss, fraternal_penalty
-from fused_loss import FUSED_PENALTIES, chunk_rows, decoder_loss
+from fused_loss import FUSED_PENALTIES, FusedDecoder, chunk_rows, decoder_loss
 from model import RNNModel
 
 N, E, V = 23, 6, 17
@@ -71,7 +71,7 @@ def test_a_penalty_without_a_fused_gradient_trains_on_the_plain_path(monkeypatch
     """A new penalty is one entry in fraternal.PENALTIES: with the fused loss on (the default) it runs on
     the plain path, with the plain path's values, says so once, and trains."""
     monkeypatch.setitem(fraternal.PENALTIES, "l1", lambda a, b: (a - b).abs().mean())
-    monkeypatch.setattr(fraternal, "_SAID", set())
+    monkeypatch.setattr(FusedDecoder, "said", set())
     reg = Regularizer(kappa=0.5, double_target=True, penalty="l1")
     assert reg.fused and "l1" not in FUSED_PENALTIES
     torch.manual_seed(0)
