@@ -1,8 +1,5 @@
-"""Checkpoints: a state_dict plus a plain config dict (nanoGPT style), written atomically.
-
-Everything in them loads with ``torch.load(..., weights_only=True)``: no pickled classes, so they
-survive PyTorch upgrades and are safe to open from strangers.  Two kinds share one format:
-``best`` (the model to evaluate or fine-tune) and ``resume`` (adds optimizer, schedule, RNG states).
+"""Checkpoints: a state_dict plus a plain config dict, loadable with ``weights_only=True`` so they survive
+PyTorch upgrades and are safe to open.  Kinds: ``best`` and ``resume`` (adds optimizer, schedule, RNG states).
 """
 import argparse
 import hashlib
@@ -20,8 +17,7 @@ from runfiles import UserError, sidecar
 from utils import atomic_torch_save, get_device
 
 FORMAT = "fraternal-dropout-checkpoint-v1"
-# The vocabulary fingerprints (``vocab_info``) of the corpora getdata.sh fetches: a checkpoint's corpus is
-# read from its vocabulary, never from a folder or preset name.
+# Vocabulary fingerprints of getdata.sh's corpora: a checkpoint's corpus is its vocabulary's, never a folder's.
 CORPORA = {"6f75f9b77981aa692ec71340f6152e1d94d98bc927ade6da20da7da68e3e55d1": "ptb",
            "45f2cb999804e259059676fa2bf5b12999229a0c33dae878ae690fd8c84427eb": "wt2"}
 
@@ -32,8 +28,7 @@ def corpus_of(blob):
 
 
 def schedule_finished(resume, epochs):
-    """A training or fine-tuning ran to its end: its resume point's schedule stopped or reached ``epochs``
-    (Ctrl-C also writes final.json, so that file alone is not enough)."""
+    """A run ended by its schedule (Ctrl-C also writes final.json, so that file alone is not enough)."""
     try:
         schedule = load_checkpoint(resume, "resume")["schedule"]
     except UserError:
@@ -46,8 +41,7 @@ def vocab_info(dictionary):
 
 
 def weights_sha256(state):
-    """SHA-256 of a state_dict's names, dtypes, shapes and bytes: stored in every checkpoint, so a flipped
-    bit in the weights is found on load instead of giving a perplexity of inf."""
+    """Stored in every checkpoint, so a flipped bit is found on load instead of giving a perplexity of inf."""
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
@@ -70,14 +64,10 @@ def load_checkpoint(path, kind=None):
         raise UserError(f"no checkpoint at {path}: check the path (train one with main.py --save {path})")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # anything else: not a pickle of ours at all
-            raise UserError(f"cannot read checkpoint {path} (not a PyTorch file: {_first_sentence(e)}): "
-                            f"use an intact checkpoint written by main.py") from None
-        raise UserError(f"{path} is not a checkpoint of this project (it holds pickled Python objects, "
-                        f"e.g. a whole model saved by the old PyTorch 0.2 code): use a checkpoint written "
-                        f"by this project's main.py or finetune.py") from None
     except Exception as e:  # noqa: BLE001 -- a text file, a truncated zip, ...: one line whatever torch raises
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            raise UserError(f"{path} is not a checkpoint of this project (it holds pickled Python objects, e.g. "
+                            f"a model saved by PyTorch 0.2 code): use one written by main.py or finetune.py") from None
         raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch file: "
                         f"{_first_sentence(e)}): use an intact checkpoint written by main.py") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -102,8 +92,7 @@ def load_checkpoint(path, kind=None):
 
 
 def model_keys(settings=SETTINGS):
-    """The config keys that rebuild a checkpoint's model: every model setting (but those added since, which
-    ``with_settings_added_since`` fills in for older checkpoints), its sequence length, corpus and preset."""
+    """Settings added since are left out: ``with_settings_added_since`` fills them in for older checkpoints."""
     return tuple(s.name for s in settings if s.group == "model" and s.before is None) + ("bptt", "data", "preset")
 
 
@@ -166,10 +155,8 @@ def model_from_checkpoint(blob, device):
 def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)", json=True):
     """The command line every tool that reads a checkpoint starts from."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--save", required=True, help="the checkpoint to read (never modified): a run's best model, as "
-                                                 "main.py --save or finetune.py --out wrote it")
-    p.add_argument("--allow_resume_point", action="store_true", help="read a resume point (.resume.pt) too: the "
-                   "last epoch's raw weights, not the run's best model")
+    p.add_argument("--save", required=True, help="the checkpoint to read (never changed): a run's best model")
+    p.add_argument("--allow_resume_point", action="store_true", help="also read a resume point (last epoch's weights)")
     p.add_argument("--data", help=data_help)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     if json:
@@ -178,16 +165,14 @@ def tool_parser(doc, data_help="corpus folder (default: the one recorded in the 
 
 
 def tool_args(parser, argv, rules):
-    """The parsed command line, its numeric flags checked by ``config.RULES`` before any work."""
+    """Numeric flags are checked by ``config.RULES`` before any work."""
     args = parser.parse_args(argv)
     check_flags(vars(args), {"device": "device", **rules})
     return args
 
 
 def open_checkpoint(args):
-    """What every evaluation tool starts from: the checkpoint --save (a best model unless
-    --allow_resume_point), the corpus it was trained on (--data overrides the recorded folder, whose
-    vocabulary must then be the same) and its model on --device."""
+    """The checkpoint (a best model unless --allow_resume_point), its corpus and its model on --device."""
     blob = load_checkpoint(args.save)
     if blob["kind"] == "resume" and not args.allow_resume_point:
         best = str(args.save)[:-9] + "pt" if str(args.save).endswith(".resume.pt") else blob["config"].get("save")
