@@ -1,7 +1,5 @@
-"""The CPU-scale ablation study, declared once, and its report: every table, plot and STUDY.md from the
-runs' committed summaries, on any checkout, without torch, a checkpoint or a corpus (``python
-study_report.py [--out DIR]``, or ``python ablation.py --report``, which trains the runs).  The tables say
-where every number came from; matplotlib is optional and only draws the plots.
+"""The CPU-scale ablation study, declared once, and its report: tables, plots and STUDY.md from the committed run
+summaries, without torch, a checkpoint or a corpus, so any checkout can regenerate it (matplotlib only draws plots).
 """
 import csv
 import io
@@ -24,8 +22,7 @@ ALL_VARIANTS = ["baseline", "FD", "ELD", "PM", "RD"]
 KAPPAS = [0.0, 0.05, 0.15, 0.5, 1.5]
 FULL_SEEDS = [321, 322, 323, 324]
 OTHER_SEEDS = [321, 322, 323]
-# The single-layer model's mask sites (it has no between-layer site h), as main.py names them: written out
-# here because config, which declares them, needs torch (test_ablation holds the two equal).
+# The single-layer model's mask sites, copied from config (which needs torch); test_ablation holds the two equal.
 SITE_NAMES = {"e": "embedding rows (dropoute)", "i": "embedding output (dropouti)",
               "w": "W_hh DropConnect (wdrop)", "o": "last layer output (dropout)"}
 STUDY_SITES = "".join(SITE_NAMES)
@@ -37,8 +34,7 @@ PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same
 
 
 def is_default(s):
-    """A run at its variant's own kappa, masks independent: ablation.py names a run's kappa only when it is not
-    the variant's default (FD_seed321, FD_kappa0.5_seed321)."""
+    """A run at its variant's own kappa with independent masks (ablation.py names a kappa only off the default)."""
     return "_kappa" not in s["name"] and not s["same_mask"]
 
 
@@ -67,8 +63,7 @@ def scale_text(study, ntrain):
 
 
 def scale_args(study):
-    """The flags that give ``study``'s scale: the nearer of the two scales (none for the committed study's),
-    plus every value that differs from it."""
+    """The flags of ``study``'s scale: the nearer named scale (none for full) plus every value that differs."""
     name = min(SCALES, key=lambda n: sum(study.get(k) != v for k, v in SCALES[n].items()))
     base = SCALES[name]
     args = [f"--scale {name}"] * (name != "full") + [f"--{k} {study[k]:g}" for k in base
@@ -105,7 +100,6 @@ def variants_table(summaries, study, ntrain):
 
 
 def result_cells(runs, train=True):
-    """Best valid ppl | test ppl | mask variance | best epoch [| last train ppl], as mean ± sd over ``runs``."""
     keys = [("best_valid_ppl", 2), ("test_ppl", 2), ("mask_variance", 4), ("best_epoch", 1)]
     return " | ".join(fmt([x[k] for x in runs], d) for k, d in keys + [("final_train_ppl", 2)] * train)
 
@@ -134,8 +128,7 @@ def fd_by_seed(summaries):
 
 
 def versus_fd(group, fd, key):
-    """Paired by seed: the group's ``key`` minus plain FD's (its default kappa, no shared mask) on the same
-    seed, mean ± sd, and on how many seeds the group is lower."""
+    """The group's ``key`` minus plain FD's on the same seed (mean ± sd), and on how many seeds it is lower."""
     diffs = [s[key] - fd[s["seed"]][key] for s in group if s["seed"] in fd and not is_default(s)]
     return signed(diffs, 2, f" (lower on {sum(d < 0 for d in diffs)} of {len(diffs)})") if diffs else "–"
 
@@ -195,7 +188,7 @@ def masks_table(summaries, study, ntrain):
 
 
 def cpus(runs):
-    """Short CPU names of some runs: the sweeps' rows may come from machines whose kernels round differently."""
+    """Short CPU names: the sweeps' rows may come from machines whose kernels round differently."""
     return ", ".join(sorted({" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in runs}))
 
 
@@ -213,8 +206,7 @@ def runs_table(summaries):
 def plot_seeds(summaries, path, title):
     """Validation perplexity per epoch: each seed faint, the mean over seeds bold; best per seed beside it."""
     runs = [s for s in summaries if is_default(s)]
-    plt = pyplot() if runs else None
-    if plt is None:
+    if not runs or (plt := pyplot()) is None:
         return False
     variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
     colors = dict(zip(ALL_VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -239,8 +231,7 @@ def plot_seeds(summaries, path, title):
 
 def plot_kappa(summaries, path, title):
     groups = kappa_rows(summaries)
-    plt = pyplot() if len(groups) > 1 else None
-    if plt is None:
+    if len(groups) < 2 or (plt := pyplot()) is None:
         return False
     ks = list(groups)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -259,10 +250,9 @@ def plot_kappa(summaries, path, title):
 
 
 def plot_masks(summaries, path, title):
-    """Each same-mask point against the spread of plain FD over all its seeds (the yardstick a one-seed point needs)."""
+    """Each same-mask point against plain FD's spread over all its seeds (the yardstick a one-seed point needs)."""
     runs, _ = mask_runs(summaries)
-    plt = pyplot() if runs else None
-    if plt is None:
+    if not runs or (plt := pyplot()) is None:
         return False
     sites = [site for site in ["", *STUDY_SITES] if any(x["same_mask"] == site for x in runs)]
     fd = [s["best_valid_ppl"] for s in summaries if s["variant"] == "FD" and is_default(s)]
@@ -280,7 +270,6 @@ def plot_masks(summaries, path, title):
 
 
 def finish(fig, axes, path, title):
-    """Grid, legend where a curve is labelled, the scale as title; written atomically."""
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[1]:
@@ -311,8 +300,8 @@ def load_summaries(out, folder="runs"):
 
 
 def archived(out, study, rel="."):
-    """Runs kept in ``runs-*/`` beside ``runs/`` (e.g. runs-xeon: another CPU kind, older code): listed, never
-    in the tables, whose comparisons stay within one CPU kind and one version of the code."""
+    """Runs kept in ``runs-*/`` (another CPU kind, older code): listed, never in the tables, which compare within
+    one CPU kind and one version of the code."""
     lines = []
     for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
         runs = sorted((s for s in load_summaries(out, folder) if s["study"] == study), key=sort_key)
@@ -386,13 +375,11 @@ def main(argv=None):
     p.add_argument("--out", default=str(DEFAULT_OUT),
                    help=f"the study's folder, with study.json and runs/*.summary.json (default {DEFAULT_OUT}); "
                         f"the same as python ablation.py --report for that folder")
-    args = p.parse_args(argv)
-    out = Path(args.out)
+    out = Path(p.parse_args(argv).out)
     if not (out / "study.json").is_file():
         raise UserError(f"no study at {out} (study.json missing): pass the --out folder of an ablation.py study")
     study = json.loads((out / "study.json").read_text(encoding="utf-8"))["study"]
-    command = "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["study_report.py", *argv]))
-    return report(out, study, command)
+    return report(out, study, shlex.join(["python", *(sys.argv if argv is None else ["study_report.py", *argv])]))
 
 
 if __name__ == "__main__":
