@@ -1,18 +1,13 @@
-"""Dynamic evaluation (Krause, Kahembwe, Murray, Renals, ICML 2018): the model keeps learning from
-the text it scores, as AWD-LSTM + dynamic eval did for its published PTB / WikiText-2 results.
+"""Dynamic evaluation (Krause, Kahembwe, Murray, Renals, ICML 2018): the model keeps learning from the text it scores.
 
-Each split is read at batch 1 in segments of --bptt tokens, the hidden state carried; every segment is
-scored first and then learned from, so no token is predicted by weights that have seen it.  The update is
-the paper's RMS-normalized step with a decay toward the trained weights theta_g, per parameter element:
+Each split is read at batch 1 in --bptt segments, hidden state carried, each scored before it is learned from
+(dropout off, validation and test each from the checkpoint's weights), per parameter element:
 
     theta <- theta - lr * grad / (rms + epsilon) + min(lamb * rms / avg, 1) * (theta_g - theta)
 
-grad: the gradient of the segment's mean token loss; rms: the root mean square of the gradients of
---max_batches training batches of --batch_size x --bptt tokens (the mean over batches, as in the paper's
-equations and the authors' code since its commit 81e7b35); avg: the mean over parameter tensors of each
-one's mean rms.  The first version of that code summed squared gradients and tensor means instead, which
-scales lr and epsilon by 1 / sqrt(batches) and lamb by 1 / tensors (``from_first_version``).  Dropout is
-off; validation and test each start from the checkpoint's weights, and the checkpoint is only read.
+grad: of the segment's mean token loss; rms: the root mean square of --max_batches training batches' gradients
+(the mean, as in the paper and the authors' code since 81e7b35; ``from_first_version`` converts their first
+version's sums); avg: the mean over parameter tensors of each one's mean rms; theta_g: the trained weights.
 
     python dynamiceval.py --save runs/awd-ptb_FD.finetune.pt          # PTB defaults (the paper's)
     python dynamiceval.py --save runs/awd-wt2_FD.finetune.pt          # WikiText-2 defaults
@@ -30,15 +25,12 @@ from runfiles import UserError, run_cli
 from scoring import check_finite, ppl, report, stream
 from utils import repackage_hidden, set_seed
 
-# The paper's AWD-LSTM settings (its README's commands: lr 0.002, lamb 0.02, epsilon 0.001, segments of 5,
-# statistics over the whole training set at batch 100) in the first version's parametrization, both corpora.
+# The paper's AWD-LSTM settings (its README: segments of 5, statistics at batch 100) in the first version's terms.
 FIRST_VERSION, SEGMENT, STATS_BATCH = dict(lr=0.002, lamb=0.02, epsilon=0.001), 5, 100
-# What converts them: that pass's training batches (PTB 929,589 tokens -> 9,295 rows of 100 -> 1,859 segments
-# of 5; WikiText-2 2,088,628 -> 20,886 -> 4,177) and AWD-LSTM's 14 parameter tensors (tied embedding, 4 per
-# LSTM layer, decoder bias).
+# What converts them: that pass's training batches (PTB 929,589 tokens / 100 / 5 = 1,859; WikiText-2 4,177) and
+# AWD-LSTM's 14 parameter tensors (tied embedding, 4 per LSTM layer, decoder bias).
 TRAIN_BATCHES, AWD_LSTM_TENSORS = {"ptb": 1859, "wt2": 4177}, 14
-# The authors' search (its code's lrlist / lamblist in this parametrization) for segments of 5, scaled by
-# bptt / 5 for other lengths as that code does.
+# The authors' lrlist / lamblist in our terms, for segments of 5; scaled by bptt / 5 as their code does.
 GRID_LR, GRID_LAMB = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4), (0.001, 0.002, 0.003, 0.005)
 HYPER = ("lr", "lamb", "epsilon")
 RULES = {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "positive_int", "seed": "seed",
@@ -47,7 +39,7 @@ RULES = {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "p
 
 
 def from_first_version(lr, lamb, epsilon, batches, tensors):
-    """The first version's hyper-parameters in the paper's parametrization (ours)."""
+    """Their first version summed squared gradients and tensor means: its settings in the paper's terms."""
     return dict(lr=lr / math.sqrt(batches), lamb=lamb / tensors, epsilon=epsilon / math.sqrt(batches))
 
 
@@ -61,14 +53,11 @@ def build_parser():
     p.add_argument("--lr", type=float, help=f"learning rate eta of the adaptation step ({d['lr']})")
     p.add_argument("--lamb", type=float, help=f"decay rate lambda toward the trained weights, 0 = none ({d['lamb']})")
     p.add_argument("--epsilon", type=float, help=f"stabilizer added to the gradients' rms ({d['epsilon']})")
-    p.add_argument("--bptt", type=int, default=SEGMENT, help="segment length: tokens scored between two updates, "
-                   f"also of the training statistics' batches (default {SEGMENT})")
-    p.add_argument("--batch_size", type=int, default=STATS_BATCH,
-                   help=f"batch size of the training statistics (default {STATS_BATCH})")
+    p.add_argument("--bptt", type=int, default=SEGMENT, help=f"tokens per update and per statistics batch ({SEGMENT})")
+    p.add_argument("--batch_size", type=int, default=STATS_BATCH, help=f"batch size of the statistics ({STATS_BATCH})")
     p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: all)")
     p.add_argument("--grid", action="store_true", help="search lr x lamb on validation, then test at the best pair")
-    p.add_argument("--grid_lr", type=float, nargs="+", help="lr searched (default: the authors' 3e-5 .. 1e-4 "
-                                                            "x bptt / 5)")
+    p.add_argument("--grid_lr", type=float, nargs="+", help="lr searched (default: 3e-5 .. 1e-4 x bptt / 5)")
     p.add_argument("--grid_lamb", type=float, nargs="+", help="lamb searched (default: 0.001 .. 0.005 x bptt / 5)")
     p.add_argument("--seed", type=int, default=1111, help="random seed (nothing is drawn; as evaluate.py's)")
     return p
@@ -82,8 +71,7 @@ def check_args(args):
 
 
 def hyper_parameters(args, blob):
-    """lr, lamb, epsilon: the flags given, the rest from the corpus the checkpoint was trained on (read
-    from its vocabulary, never from folder names)."""
+    """Flags win; the rest are the defaults of the checkpoint's corpus, read from its vocabulary."""
     which = corpus_of(blob)
     given = {k: getattr(args, k) for k in HYPER}
     needed = [k for k in HYPER if given[k] is None and not (args.grid and k in ("lr", "lamb"))]
@@ -95,8 +83,7 @@ def hyper_parameters(args, blob):
 
 
 def gradient_rms(model, source, bptt, max_batches=None):
-    """Per parameter, the root mean square over training batches of the gradient of the batch's mean
-    token loss, hidden state carried, dropout off.  Returns the rms tensors and the batch count."""
+    """Per parameter, the rms over training batches of the gradient of the batch's mean token loss; and the count."""
     model.eval()
     params, n = list(model.parameters()), count_windows(source, bptt, max_batches)
     sums, hidden = [torch.zeros_like(p) for p in params], model.init_hidden(source.size(1))
@@ -112,8 +99,7 @@ def gradient_rms(model, source, bptt, max_batches=None):
 
 
 class DynamicUpdate:
-    """The adaptation step of one run: theta_g, the per-element decay rates and step scales, fixed
-    from the training statistics; ``step()`` applies it to the model's current gradients."""
+    """The adaptation step of one run, its scales fixed from the training statistics."""
 
     def __init__(self, model, rms, lr, lamb, epsilon, trained=None):
         """``trained``: theta_g, one tensor per parameter (default: the model's weights now)."""
@@ -143,13 +129,10 @@ class DynamicUpdate:
 
 
 def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", token_losses=False):
-    """Mean token loss of a 1-D token stream at batch 1, each --bptt segment scored before ``update``
-    learns from it.  With ``token_losses`` also every token's loss, in order (CPU tensor)."""
+    """Mean token loss at batch 1, each segment scored before ``update`` learns from it (and each token's)."""
     model.eval()
     source = batchify(tokens, 1, next(model.parameters()).device)
-    hidden = model.init_hidden(1)
-    total = torch.zeros((), device=source.device)
-    count, losses = 0, []
+    hidden, total, count, losses = model.init_hidden(1), torch.zeros((), device=source.device), 0, []
     for data, targets in stream(source, bptt, desc, unit="segment"):
         model.zero_grad(set_to_none=True)
         logits, hidden = model(data, repackage_hidden(hidden))
@@ -168,8 +151,7 @@ def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", tok
 
 def grid_search(args, run):
     """The authors' search on validation: every lr x lamb, each run from the trained weights."""
-    scale = args.bptt / SEGMENT
-    table = []
+    scale, table = args.bptt / SEGMENT, []
     for lamb in args.grid_lamb or [v * scale for v in GRID_LAMB]:
         for lr in args.grid_lr or [v * scale for v in GRID_LR]:
             loss, secs = run("valid", lr, lamb)
@@ -198,8 +180,7 @@ def main(argv=None):
     trained = [p.detach().clone() for p in model.parameters()]  # theta_g, for every run
 
     def run(split, lr, lamb):
-        """Loss and seconds from the trained weights; an lr beyond the weights' range (which ``addcdiv_``
-        cannot even take) diverges, as every step that overflows them does."""
+        """An lr beyond the weights' range (which ``addcdiv_`` cannot take) diverges, as overflowing steps do."""
         if lr > torch.finfo(trained[0].dtype).max:
             return math.inf, 0.0
         update, start = DynamicUpdate(model, rms, lr, lamb, hyper["epsilon"], trained), time.perf_counter()
