@@ -1,14 +1,9 @@
 """Evaluate a checkpoint with the continuous cache pointer (Grave, Joulin, Usunier 2017), as AWD-LSTM did.
 
-No training: the model's last-layer output h_t is compared with those of the previous --window positions;
-softmax(theta * h_t . h_i) puts mass on the word that followed each h_i, and that cache distribution is
-mixed into the model's: p(w) = (1 - lambdasm) p_vocab(w) + lambdasm p_cache(w).  Both splits run at batch 1
-as one stream, hidden state and cache carried across --bptt chunks (the chunk length trades memory for
-speed only).  The first token gets p_vocab alone, and the loss is the mean over the N - 1 predictions.
-``--awd_scoring`` scores as awd-lstm-lm's script did: no cache until more than --window positions were seen
-nor at a chunk's first position (so the result depends on --bptt), the summed loss divided by N.
-The corpus is read from the checkpoint's vocabulary, the settings from its preset's source
-(``config.PRESET[preset].pointer``), unless --settings or the flags say otherwise.
+p(w) = (1 - lambdasm) p_vocab(w) + lambdasm p_cache(w), p_cache putting softmax(theta * h_t . h_i) on the word
+that followed each of the previous --window last-layer outputs h_i.  Each split runs at batch 1 as one stream in
+--bptt chunks (memory only); the first token gets p_vocab alone, the loss is the mean over the N - 1 predictions.
+The settings are the preset's source's (``config.PRESET[preset].pointer``) unless --settings or flags say otherwise.
 
     python pointer.py --save runs/merity-ptb_baseline.finetune.pt   # paper: window 2000, theta 1.0, lambdasm 0.1
     python pointer.py --save runs/awd-ptb_FD.finetune.pt            # README: window 500, theta 1.0, lambdasm 0.1
@@ -24,12 +19,11 @@ from data import batchify
 from runfiles import UserError, run_cli
 from scoring import ppl, report, stream
 
-# Per corpus and source.  readme: awd-lstm-lm's README at bf0742c ("Finally, run the pointer"; PTB 53.2 / 52.5,
-# WT2 52.2 / 50.6).  paper: AWD-LSTM's paper (PTB 53.9 / 52.8, WT2 53.8 / 52.0), its PTB window 2000 (README
-# note, commit 19470c8), the rest unknown so the README's.  tag: the README of awd-lstm-lm's tag PyTorch==0.1.12.
-# bptt: the README's (memory only, but with --awd_scoring it changes the result, as in the reference).
-_PTB, _WT2 = dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000), dict(window=3785, theta=0.662, lambdasm=0.1279,
-                                                                        bptt=2000)
+# readme: awd-lstm-lm's README at bf0742c (PTB 53.2 / 52.5, WT2 52.2 / 50.6); paper: AWD-LSTM's (PTB 53.9 / 52.8,
+# WT2 53.8 / 52.0), its PTB window 2000 (README note, commit 19470c8), the rest the README's; tag: PyTorch==0.1.12's
+# README.  bptt: the README's (memory only, but with --awd_scoring it changes the result, as in the reference).
+_PTB = dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000)
+_WT2 = dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
 SETTINGS = {("ptb", "readme"): _PTB, ("ptb", "paper"): dict(_PTB, window=2000), ("ptb", "tag"): _PTB,
             ("wt2", "readme"): _WT2, ("wt2", "paper"): _WT2, ("wt2", "tag"): _WT2}
 OPTS = ("window", "theta", "lambdasm", "bptt")
@@ -43,19 +37,16 @@ def build_parser():
                    "awd-lstm-lm README's or its tag PyTorch==0.1.12's (default: the preset's); flags below win")
     p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, paper 2000; WT2 3785)")
     p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
-    p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture, 0 = model alone "
-                                                  "(PTB 0.1, WT2 0.1279)")
+    p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture (PTB 0.1, WT2 0.1279)")
     p.add_argument("--bptt", type=int, help="tokens per forward; memory only, same result (PTB 5000, WT2 2000)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many --bptt chunks of each split (quick checks)")
-    p.add_argument("--awd_scoring", action="store_true",
-                   help="score as awd-lstm-lm's pointer.py: no cache before --window positions were seen nor at "
-                        "the first position of each --bptt chunk; loss divided by N tokens, not N - 1 predictions")
+    p.add_argument("--awd_scoring", action="store_true", help="score as awd-lstm-lm's pointer.py: no cache before "
+                   "--window positions nor at a --bptt chunk's first; loss divided by N tokens, not N - 1 predictions")
     return p
 
 
 def settings_for(blob, args):
-    """The cache settings and where they come from: explicit flags > --settings > the checkpoint's preset
-    (an unknown preset gets the README's, and the source says so)."""
+    """The cache settings and their source: flags > --settings > the preset's (unknown: the README's, said so)."""
     given = {k: getattr(args, k) for k in OPTS if getattr(args, k) is not None}
     corpus = corpus_of(blob)
     if corpus is None:
@@ -71,13 +62,9 @@ def settings_for(blob, args):
 
 
 def cache_logprob(h, targets, mem_h, mem_w, window, theta):
-    """log p_cache(target) for each of the L positions of a chunk, vectorized over the chunk.
-
-    h (L, d) are the chunk's last-layer outputs, targets (L,) the words that follow them; mem_h (M, d)
-    and mem_w (M,) the last M <= window outputs before the chunk and their next words.  Position t sees
-    the entries j of [mem; chunk] with M + t - window <= j < M + t: the past only, never itself.
-    Returns (L,) log-probabilities, -inf where no cached entry has the target, NaN where the cache is empty.
-    """
+    """log p_cache(targets) (L,) of a chunk's outputs h (L, d), after the last M <= window outputs mem_h (M, d)
+    and their next words mem_w (M,): position t sees [mem; chunk][M + t - window : M + t], the past only.
+    -inf where no cached entry has the target, NaN where the cache is empty."""
     words, m, length = torch.cat([mem_w, targets]), mem_h.size(0), h.size(0)   # words: (M + L,)
     scores = theta * (h @ torch.cat([mem_h, h]).t())                             # (L, M + L)
     t = torch.arange(length, device=h.device).unsqueeze(1) + m
@@ -90,8 +77,7 @@ def cache_logprob(h, targets, mem_h, mem_w, window, theta):
 
 @torch.no_grad()
 def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=None, awd_scoring=False):
-    """Per-token log-probabilities of a 1-D token stream at batch 1, with and without the cache.
-    ``awd_scoring``: the cache only where the reference used it (full window, not a chunk's first position)."""
+    """Per-token log-probabilities at batch 1, without and with the cache (``awd_scoring``: as the reference)."""
     model.eval()
     source = batchify(tokens, 1, next(model.parameters()).device)
     hidden = model.init_hidden(1)
