@@ -1,19 +1,13 @@
-"""A CPU-scale ablation study: baseline vs FD vs ELD vs PM vs RD on the single-layer PTB setup, over
-several seeds, with a kappa sweep and a same-mask sweep of FD.
+"""A CPU-scale ablation study on the single-layer PTB setup: baseline, FD, ELD, PM and RD over several seeds,
+and FD's kappa and same-mask sweeps, trained by main.py's own code and parser at a scale a 2-core CPU affords.
 
-The published numbers need a GPU for a day; this gives evidence, from main.py's own training code and
-parser, of how the implementation behaves at a scale a 2-core CPU affords (the single-layer preset
-narrower, fewer epochs, a share of the training text; PTB's full validation and test sets).  Runs differ
-only in what their name says: ``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa other than the variant's
-default), ``FD_samew_seed321`` (``--same_mask_w``).  Each trains, scores its best model on validation and
-test, and measures its mask variance on validation (mc_dropout.mask_variance).
-
-Each finished run leaves ``runs/NAME.summary.json`` in --out (configuration, machine, results, every
-epoch), which is committed; checkpoints are not.  A run whose summary matches its configuration is reused,
-so the study finishes over several sittings; an interrupted run continues from its resume checkpoint.
-Committed results never change by accident: a summary that no longer matches stops the study (--retrain
-replaces it), a folder holds one scale (study.json), and --scale tiny writes to a new temporary folder
-unless --out says otherwise.  study_report.py writes the tables, plots and STUDY.md.
+Runs differ only in what their name says: ``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa off the variant's
+default), ``FD_samew_seed321`` (``--same_mask_w``).  Each scores its best model on validation and test, measures its
+mask variance on validation and leaves ``runs/NAME.summary.json`` in --out (committed; checkpoints are not).  A run
+whose summary matches its configuration is reused and an interrupted one resumes, so the study spans sittings.
+Committed results never change by accident: a summary that no longer matches stops the study (--retrain replaces
+it), a folder holds one scale (study.json), and --scale tiny writes to a new temporary folder unless --out is given.
+study_report.py writes the tables, plots and STUDY.md.
 
     python ablation.py --threads 1                  # the whole committed study (--study full), in priority order
     python ablation.py --study seeds --model baseline FD --seeds 321 322
@@ -53,8 +47,6 @@ STUDIES = ("full", "seeds", "kappa", "masks")
 COMMIT = "unknown"
 
 
-# ---------------------------------------------------------------- run specs and plans
-
 def make_spec(variant, seed, kappa=None, same=""):
     """A run: variant, seed, kappa (None: the variant's default) and shared mask sites."""
     if variant not in VARIANTS:
@@ -90,8 +82,7 @@ def parse_run(name):
 
 
 def plan_of(study, variants=(), kappas=(), seeds=()):
-    """The runs of one study; the full one with its most wanted runs first, so a sitting that stops early
-    has the useful ones."""
+    """The runs of one study; the full one most wanted first, so a sitting that stops early has the useful ones."""
     if study == "full":
         return (plan_of("seeds", ["baseline", "FD"], seeds=FULL_SEEDS) + plan_of("kappa", kappas=KAPPAS, seeds=[321])
                 + plan_of("masks", seeds=[321]) + plan_of("seeds", ["ELD", "PM", "RD"], seeds=OTHER_SEEDS))
@@ -116,19 +107,15 @@ def run_config(spec, study, corpus_dir, save, device):
     """The run's configuration from main.py's own parser, exactly as ``python main.py ...`` builds it."""
     argv = ["--preset", "single", "--model", spec["variant"], "--data", str(corpus_dir), "--save", str(save),
             "--seed", str(spec["seed"]), "--device", device]
-    for key in ("emsize", "nhid", "epochs", "batch_size", "bptt"):
-        argv += [f"--{key}", str(study[key])]
+    argv += [arg for key in ("emsize", "nhid", "epochs", "batch_size", "bptt") for arg in (f"--{key}", str(study[key]))]
     if spec["kappa"] is not None:
         argv += ["--kappa", repr(spec["kappa"])]
     argv += [f"--same_mask_{s}" for s in spec["same"]]
     return train_config(argv)
 
 
-# ---------------------------------------------------------------- running
-
 def cut_corpus(data, fraction, dest):
-    """The first ``fraction`` of the training text's lines, validation and test whole; returns the
-    training text's SHA-256, which a reused run must share."""
+    """Cut the training text to its first ``fraction`` of lines; its SHA-256 is what a reused run must share."""
     src = Path(data)
     for split in SPLITS:
         if not (src / f"{split}.txt").is_file():
@@ -144,8 +131,8 @@ def finished(cfg, paths):
 
 
 def train(cfg):
-    """Train one run; continue this checkout's unfinished run of the same configuration, reuse a finished one.
-    The corpus folder compares absolute, as trainer.run stores it (a run started before kept it as given)."""
+    """Train one run, continuing or reusing this checkout's run of the same configuration (corpus path absolute,
+    as trainer.run stores it)."""
     paths, resolved = run_paths(cfg["save"]), lambda c: dict(c, data=os.path.abspath(c["data"]))
     blob = load_checkpoint(paths["resume"], "resume") if os.path.exists(paths["resume"]) else None
     if blob is None or resolved(with_settings_added_since(blob["config"])) != resolved(cfg):
@@ -159,9 +146,8 @@ def train(cfg):
 def measure_mask_variance(save, data, device):
     blob = load_checkpoint(save, "best")
     model = model_from_checkpoint(blob, device)
-    corpus = Corpus(data)
     set_seed(1234)  # the same masks' law for every model; the seed only fixes the draw
-    return mask_variance(model, batchify(corpus.valid, 10, device), blob["config"]["bptt"], 10)
+    return mask_variance(model, batchify(Corpus(data).valid, 10, device), blob["config"]["bptt"], 10)
 
 
 def summary_mismatch(summary, cfg, study, train_sha):
@@ -175,22 +161,9 @@ def summary_mismatch(summary, cfg, study, train_sha):
     return f"its configuration differs in {', '.join(keys)}" if keys else ""
 
 
-def summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env):
-    rows = read_metrics(run_paths(cfg["save"])["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed",
-                                                             "tokens_per_s"))
-    best = min(rows, key=lambda r: r["valid_loss"])
-    return {"name": run_name(spec), "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
-            "same_mask": cfg["same_mask"], "best_valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"],
-            "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"], "epochs": len(rows),
-            "wall_s": rows[-1]["elapsed"], "tokens_per_s": mean_sd(r["tokens_per_s"] for r in rows)[0],
-            "final_train_ppl": rows[-1]["train_ppl"], "mask_variance": mvar, "study": study,
-            "train_sha256": train_sha, "train_tokens": ntrain, "environment": env, "config": cfg,
-            "epoch_rows": rows}
-
-
 def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, retrain=False):
-    """Reuse the run's committed summary when it matches; otherwise train (or resume) and write it.
-    A summary that no longer matches is replaced only with ``retrain``: committed results never change silently."""
+    """Reuse the run's committed summary when it matches, else train and write it; replacing a stale one takes
+    ``retrain``, so committed results never change silently."""
     name = run_name(spec)
     cfg = run_config(spec, study, corpus_dir, out / "runs" / f"{name}.pt", device)
     path = out / "runs" / f"{name}.summary.json"
@@ -209,10 +182,18 @@ def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, re
     final = train(cfg)
     if final is None or not finished(cfg, run_paths(cfg["save"])):
         raise UserError(f"the run {name} did not finish (interrupted): rerun the same command to continue it")
-    mvar = measure_mask_variance(cfg["save"], corpus_dir, torch.device(device))
+    rows = read_metrics(run_paths(cfg["save"])["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed",
+                                                             "tokens_per_s"))
+    best = min(rows, key=lambda r: r["valid_loss"])
     env = {"command": command, "torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
            "started": started, "date": time.strftime("%Y-%m-%d"), "commit": COMMIT}
-    summary = summarize(spec, cfg, study, train_sha, ntrain, final, mvar, env)
+    summary = {"name": name, "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
+               "same_mask": cfg["same_mask"], "best_valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"],
+               "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"], "epochs": len(rows),
+               "wall_s": rows[-1]["elapsed"], "tokens_per_s": mean_sd(r["tokens_per_s"] for r in rows)[0],
+               "final_train_ppl": rows[-1]["train_ppl"],
+               "mask_variance": measure_mask_variance(cfg["save"], corpus_dir, torch.device(device)), "study": study,
+               "train_sha256": train_sha, "train_tokens": ntrain, "environment": env, "config": cfg, "epoch_rows": rows}
     atomic_write_json(summary, path)
     print(f"Wrote {path}")
     return summary
@@ -227,16 +208,13 @@ def check_out_folder(out, study):
                         f"choose another --out (one folder holds one configuration)")
 
 
-# ---------------------------------------------------------------- command line
-
 def build_parser():
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=STUDIES,
-                   help="default: seeds when --model or --seeds is given, kappa with --kappas, else full. "
-                        "full: the committed study (baseline and FD on seeds 321-324, FD's kappa and same-mask "
-                        "sweeps on seed 321, ELD / PM / RD on seeds 321-323), in that order; seeds: --model x "
-                        "--seeds; kappa: FD at each of --kappas; masks: FD sharing one mask site at a time")
+                   help="full (default without --model, --seeds, --kappas): baseline and FD on seeds 321-324, FD's "
+                        "kappa and same-mask sweeps on seed 321, ELD / PM / RD on 321-323, in that order; seeds "
+                        "(default with --model or --seeds): --model x --seeds; kappa (default with --kappas): FD at "
+                        "each of --kappas; masks: FD sharing one mask site at a time")
     p.add_argument("--runs", nargs="+", metavar="NAME",
                    help="run exactly these, e.g. FD_seed322 FD_kappa0.5_seed321 FD_samew_seed321 (instead of --study)")
     p.add_argument("--model", nargs="+", choices=list(VARIANTS), help="--study seeds: regularizers (default all)")
@@ -244,18 +222,15 @@ def build_parser():
     p.add_argument("--kappas", nargs="+", type=float,
                    help=f"--study kappa: FD's kappas (default {' '.join(f'{k:g}' for k in KAPPAS)})")
     p.add_argument("--scale", choices=list(SCALES), default="full",
-                   help="full: the committed study's; tiny: minutes, not hours (the test runs it), in a new "
-                        "temporary folder unless --out is given")
+                   help="full: the committed study's; tiny: minutes, in a new temporary folder unless --out is given")
     for key, value in SCALES["full"].items():
         p.add_argument(f"--{key}", type=type(value), help=f"default {value} ({SCALES['tiny'][key]} at --scale tiny)")
     p.add_argument("--data", default="data/penn", help="the PTB folder (train / valid / test)")
-    p.add_argument("--out", help=f"folder for the study's outputs (default {DEFAULT_OUT}; at --scale tiny a new "
-                                 f"temporary folder)")
+    p.add_argument("--out", help=f"the study's folder (default {DEFAULT_OUT}; at --scale tiny a new temporary one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for every run (default: PyTorch's choice)")
     p.add_argument("--retrain", action="store_true",
-                   help="train again (and replace) runs whose summary no longer matches their configuration; "
-                        "without it such a run stops the study")
+                   help="retrain and replace runs whose summary no longer matches (without it they stop the study)")
     p.add_argument("--report", action="store_true",
                    help="train nothing: rewrite the tables, plots and STUDY.md from the finished runs' summaries")
     return p
@@ -265,12 +240,11 @@ def main(argv=None):
     global COMMIT
     COMMIT = code_commit()  # read once, at start: the code this process imported
     args = build_parser().parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["ablation.py", *argv]))
+    command = shlex.join(["python", *(sys.argv if argv is None else ["ablation.py", *argv])])
     study = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SCALES[args.scale].items()}
     check_flags({**study, "threads": args.threads, "seeds": args.seeds, "kappas": args.kappas},
-                {"train_fraction": "fraction", "emsize": "positive_int", "nhid": "positive_int",
-                 "epochs": "positive_int", "batch_size": "positive_int", "bptt": "positive_int",
-                 "threads": "positive_int", "seeds": "seed", "kappas": "non_negative"})
+                {**dict.fromkeys(("emsize", "nhid", "epochs", "batch_size", "bptt", "threads"), "positive_int"),
+                 "train_fraction": "fraction", "seeds": "seed", "kappas": "non_negative"})
     if args.threads:
         torch.set_num_threads(args.threads)
     temporary = args.scale == "tiny" and not args.out  # a toy study never lands in results/, which holds real ones
@@ -298,8 +272,7 @@ def main(argv=None):
 
 
 def drop_checkpoints(out):
-    """A tiny study's own temporary folder keeps the report, not the checkpoints and the corpus cut (tens of MB):
-    a rerun starts a new folder, so nothing could continue from them."""
+    """A tiny study keeps its report, not its checkpoints or corpus cut: a rerun starts a new folder anyway."""
     for path in (out / "runs").glob("*.pt"):
         path.unlink()
     shutil.rmtree(out / "corpus", ignore_errors=True)
