@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from runfiles import ArgumentParser, UserError, run_paths, sidecar
-from fraternal import PENALTIES, VARIANTS
+from fraternal import PENALTIES, VARIANTS, Regularizer
 from masks import SITE_RATE, SITES as MASK_SITES
 from utils import check_device_name
 
@@ -510,8 +510,7 @@ def validate(cfg):
     if "h" in cfg["same_mask"] and cfg["nlayers"] < 2:
         raise UserError("--same_mask_h needs at least 2 layers (there is no dropout between layers)")
     active = {s for s, rate in SITE_RATE.items() if cfg[rate] > 0 and (s != "h" or cfg["nlayers"] > 1)}
-    second_pass = cfg["kappa"] > 0 or cfg["double_target"]
-    if second_pass and not cfg["eval_auxiliary"] and active <= set(cfg["same_mask"]):
+    if Regularizer.from_config(cfg).second_pass and not cfg["eval_auxiliary"] and active <= set(cfg["same_mask"]):
         raise UserError(f"--same_mask_{' --same_mask_'.join(sorted(cfg['same_mask']) or ['*'])} shares every "
                         f"active dropout mask, so the second pass repeats the first and the penalty is 0: "
                         f"leave at least one site with its own mask")

@@ -32,8 +32,7 @@ class Dictionary:
             self.idx2word.append(word)
         return self.word2idx[word]
 
-    def __len__(self):
-        return len(self.idx2word)
+    __len__ = lambda self: len(self.idx2word)  # noqa: E731
 
     def fingerprint(self):
         """Identifies the vocabulary (words and their ids) so checkpoints can refuse a different one."""
@@ -86,8 +85,7 @@ def _user_cache_dir():
 
 
 def _writable(folder):
-    """Writable, and not marked read-only: root may write anywhere, but a shared read-only mirror
-    (mode r-x) should stay untouched even then."""
+    """Writable and not marked read-only (root writes anywhere, but a read-only mirror stays untouched)."""
     return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & stat.S_IWUSR)
 
 
@@ -240,8 +238,7 @@ def first_lines(tokens, fraction, eos):
 
 
 def check_split_sizes(corpus, cfg):
-    """Every split must give at least one batch at its batch size (training needs 3 rows, an
-    evaluation 2), or a run would train nothing or divide by zero after hours of work."""
+    """Every split gives a batch at its batch size (training 3 rows, evaluation 2), before hours of work."""
     for split, key, rows in (("train", "batch_size", 3), ("valid", "eval_batch_size", 2),
                              ("test", "test_batch_size", 2)):
         n, bsz = getattr(corpus, split).numel(), cfg[key]

@@ -1,28 +1,14 @@
-"""Data-parallel training: one run across the N processes that ``torchrun`` starts.
+"""Data-parallel training: one run across the N processes that ``torchrun`` starts (without torchrun every
+function here is a no-op).  Every update equals the single-process update over the whole batch:
 
-torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; ``session`` turns them into a process group (NCCL on
-CUDA, each rank on cuda:LOCAL_RANK; gloo on CPU) around one run, and without them every function here
-is a no-op, so the single-process code path is unchanged.  Every update equals the single-process
-update over the whole batch:
-
-- Each rank trains on its contiguous share of the batchified training stream's columns (``shard``).
-  Every term of the loss is a mean over equal shares (cross-entropy per token, the MSE / KL penalty
-  per element / token, AR and TAR per element), so the mean of the ranks' gradients is the gradient
-  of the whole batch; ``average_gradients`` all-reduces them after backward, before clipping.
-- numpy (the variable BPTT length, the hidden-state resets) is seeded alike on every rank, so all
-  ranks cut the same sequences; torch (the dropout masks) gets a different seed per rank, since equal
-  seeds would give column j of every shard the same locked-dropout masks: a correlation a single
-  process never has.  Masks drawn once per forward (W_hh DropConnect, embedding rows) are therefore
-  N independent draws per update where a single process draws one.
-- Weights and averaged-SGD state stay identical on every rank (same start, same averaged gradient),
-  so every rank validates the whole validation set itself and rank 0's value is broadcast: the
-  schedule (best model, NT-ASGD switch, annealing, stopping) decides alike everywhere.
-- Only rank 0 writes files, prints and draws progress bars; the test evaluation runs on rank 0 only.
-  A resume checkpoint holds every rank's dropout RNG, and a mid-epoch resume point the whole batch's
-  hidden state, so a resumed run continues exactly, with any number of processes.
-  A rank that fails prints why and leaves with ``os._exit``: torchrun then stops the other ranks, and
-  a rank still waiting in a collective gives up after ``TIMEOUT``.  After a run, the ranks wait for
-  each other (rank 0's test evaluation) and leave the process group together.
+- each rank trains on its contiguous share of the batch's columns (``shard``); every loss term is a mean
+  over equal shares, so the mean of the ranks' gradients (``average_gradients``) is the whole batch's;
+- numpy (BPTT lengths, hidden resets) is seeded alike on every rank, torch (dropout masks) per rank, so
+  masks drawn once per forward are N independent draws per update where one process draws one;
+- weights stay identical on every rank, rank 0's validation loss is broadcast, so the schedule decides
+  alike everywhere; only rank 0 writes, prints and runs the test evaluation;
+- a resume point holds every rank's RNG and the whole batch's hidden state: a resumed run continues
+  exactly, with any number of processes.  A failing rank says why and leaves with ``os._exit``.
 """
 import os
 import signal
@@ -133,9 +119,8 @@ class _Stopped(Exception):
 
 
 def gate(error):
-    """After the checks every process makes before it touches a file or trains (``error``: this rank's
-    UserError, or None): if any rank failed, the lowest such rank raises its error (one line) and the
-    others leave quietly; else every rank goes on.  Without torchrun: raise ``error`` if there is one."""
+    """After the checks before any file or training (``error``: this rank's UserError or None): the lowest failed
+    rank raises its error, the others leave quietly; else every rank goes on."""
     if not _world:
         if error is not None:
             raise error
@@ -185,13 +170,8 @@ def shard(data):
 
 
 def average_gradients(params):
-    """Replace every gradient by its mean over the ranks: one flat all-reduce after backward.
-
-    Not DistributedDataParallel: fraternal dropout runs two forwards before one backward and the
-    fused loss applies the decoder's weight outside the module's forward, which DDP's per-forward
-    reducer is not built for; this is exact and simple, at the price of not overlapping the
-    communication with backward.  Every rank runs the same code path, so the same parameters have
-    gradients everywhere."""
+    """Every gradient replaced by its mean over the ranks: one flat all-reduce after backward.  Not DDP: FD runs
+    two forwards before one backward and the fused loss applies the decoder outside the module's forward."""
     if not _world:
         return
     grads = [p.grad for p in params if p.grad is not None]

@@ -1,20 +1,13 @@
-"""What a run decides after each epoch: a new best model, the NT-ASGD switch, annealing, stopping.
-
-Kept apart from the training loop so each rule can be read (and tested) on its own:
-- ``asgd-nt``: switch to averaged SGD once more than ``nonmono`` validation losses are recorded and
-  the current one is worse than the best of all but the last ``nonmono`` (Merity et al.'s rule); the
-  averaged optimizer restarts from the initial learning rate, as the reference's did;
-- ``asgd``: averaged SGD from the start, stopping by the same rule (the fine-tuning recipe);
-- ``sgd-anneal``: after more than ``patience`` epochs without a new best, divide the learning rate by
-  ``anneal`` (the loop reloads the best model), stopping once it would fall below ``min_lr``;
-- ``sgd``, ``adam``: never switch, anneal or stop.
-"""
+"""What a run decides after each epoch (kept apart from the loop so each rule reads and tests on its own):
+``asgd-nt`` switches to averaged SGD (restarting from the initial lr) by Merity et al.'s non-monotone rule;
+``asgd`` averages from the start and stops by that rule (fine-tuning); ``sgd-anneal`` divides lr by ``anneal``
+after more than ``patience`` epochs without a new best (the loop reloads the best model) and stops below
+``min_lr``; ``sgd`` and ``adam`` never switch, anneal or stop."""
 SWITCH, ANNEAL, STOP = "switch", "anneal", "stop"
 
 
 def nonmono_triggered(history, val_loss, nonmono):
-    """More than ``nonmono`` losses recorded and ``val_loss`` worse than the best of all but the last
-    ``nonmono``."""
+    """More than ``nonmono`` losses recorded and ``val_loss`` worse than the best of all but the last ``nonmono``."""
     return len(history) > nonmono and val_loss > min(history[:-nonmono])
 
 

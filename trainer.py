@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import namedtuple
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Optional
@@ -33,14 +34,7 @@ from utils import DeferredInterrupt, get_device, progress, repackage_hidden, set
 RULE = "-" * 89
 
 
-@dataclass(frozen=True)
-class Stage:
-    """Training or fine-tuning: what the run is called, the tool that continues it, the flag naming its output."""
-    name: str
-    tool: str
-    flag: str
-
-
+Stage = namedtuple("Stage", "name tool flag")  # what the run is called, the tool that continues it, its output's flag
 TRAINING, FINE_TUNING = Stage("training", "main.py", "--save"), Stage("fine-tuning", "finetune.py", "--out")
 
 
@@ -49,7 +43,7 @@ def stage_of(cfg):
 
 
 class NonFiniteLoss(UserError):
-    pass
+    """The loss became NaN or infinite."""
 
 
 def non_finite(which, value, where, best):
@@ -233,17 +227,9 @@ class Run:
     written: str = ""  # where the last resume point of this process stands
     result: Optional[dict] = None  # the finished run's final results, once written
 
-    @property
-    def stage(self):
-        return stage_of(self.cfg)
-
-    @property
-    def dry(self):
-        return self.cfg["dry_run"]
-
-    @property
-    def vocab(self):
-        return vocab_info(self.corpus.dictionary)
+    stage = property(lambda self: stage_of(self.cfg))
+    dry = property(lambda self: self.cfg["dry_run"])
+    vocab = property(lambda self: vocab_info(self.corpus.dictionary))
 
     def still_ours(self):
         """Collective: a run whose lock another process took stops before it writes again."""

@@ -15,22 +15,13 @@ from runfiles import UserError, atomic_write
 
 def repackage_hidden(h):
     """Detach hidden states from their history so backprop stops at the batch boundary."""
-    if isinstance(h, torch.Tensor):
-        return h.detach()
-    return tuple(repackage_hidden(v) for v in h) if isinstance(h, tuple) else [repackage_hidden(v) for v in h]
+    return h.detach() if isinstance(h, torch.Tensor) else type(h)(repackage_hidden(v) for v in h)
 
 
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
-
-
-def check_seed(seed, flag="--seed"):
-    """Every tool's seed: numpy takes [0, 2**32), so every seed is refused outside it, before any work."""
-    if not 0 <= seed < 2**32:
-        raise UserError(f"{flag} must be in [0, 2**32), got {seed}")
-    return seed
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -55,14 +46,12 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
-
 PLAIN_EVERY = 60.0  # seconds between progress lines when stderr is not a terminal
 
 
 def progress(iterable=None, total=None, desc="", unit="batch", enabled=True):
-    """Progress of a long step: a tqdm bar with rate and ETA on a terminal; elsewhere (a log file, nohup,
-    CI) a plain line every PLAIN_EVERY seconds, since a bar's carriage returns make one endless line
-    in a file.  ``enabled=False`` (ranks other than 0) shows nothing."""
+    """A tqdm bar on a terminal; elsewhere (a log file, CI) a plain line every PLAIN_EVERY seconds, since a bar's
+    carriage returns make one endless line in a file.  ``enabled=False`` (ranks other than 0): nothing."""
     if enabled and sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
     if enabled:
@@ -109,16 +98,13 @@ class PlainProgress:
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        pass
 
 
 class DeferredInterrupt:
-    """From creation until ``restore()``, Ctrl-C prints ``message`` and sets ``.requested`` instead of
-    raising, so a loop can stop where its state is consistent and save it; a second Ctrl-C raises at
-    once.  Outside the main thread, or where SIGINT is not Python's default handler (ignored, or taken
-    by a host program) nor one marked ``deferrable`` (distributed.py's), it changes nothing.
-    ``say=False``: a process that must not print (torchrun's ranks other than 0, which get the same
-    Ctrl-C) defers it without a word."""
+    """Until ``restore()``, Ctrl-C prints ``message`` (unless ``say=False``: torchrun's other ranks) and sets
+    ``.requested``, so a loop stops where its state can be saved; a second Ctrl-C raises at once.  Only in the
+    main thread over Python's own SIGINT handler (or one marked ``deferrable``, distributed.py's)."""
 
     def __init__(self, message, say=True):
         self.message, self.requested, self.say = message, False, say
@@ -139,7 +125,6 @@ class DeferredInterrupt:
         if self.installed:
             signal.signal(signal.SIGINT, self.previous)
             self.installed = False
-
 
 
 def atomic_torch_save(obj, target):
