@@ -1,17 +1,13 @@
 """Benchmark: what one training step of main.py costs, per preset, for FD against the baseline.
 
-FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``).
-What is timed is the real step, ``trainer.train_step`` as ``train_epoch`` calls it, on main.py's model and
-configuration (``--preset P --model M``) with random token ids of the preset's vocabulary.  A preset's
-configurations are stepped in turn on the same batches, so load from other processes weighs on all alike;
-the minimum is the figure least disturbed by it.
-
-FLOPs: 2 per weight per token of every matrix product (W_ih, W_hh, decoder), times 3 (forward and both
-gradients), times 2 for a second pass; elementwise work is not counted.  "of peak": the step's FLOP rate
-over the best float32 ``torch.mm`` rate at the step's own product shapes, timed between the steps in every
-round (best kept), on the same device and threads (TF32 on CUDA where cuDNN may use it): a ceiling for the
-step's products, not the hardware's peak.  ``--overlap`` steps every two-pass model again with
-``--overlap_passes`` (pass 2 on a second CUDA stream; elsewhere sequential, and its rows say so).
+FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``).  Timed is
+``trainer.train_step`` as ``train_epoch`` calls it, on main.py's model and configuration with random token ids; a
+preset's configurations step in turn on the same batches, so outside load weighs on all alike (the minimum is the
+least disturbed figure).  FLOPs: 2 per weight per token of every matrix product (W_ih, W_hh, decoder), times 3
+(forward and both gradients), times 2 for a second pass.  "of peak": the step's FLOP rate over the best float32
+``torch.mm`` rate at the step's own product shapes, timed in every round on the same device and threads (TF32 on
+CUDA where cuDNN may use it): a ceiling for the step's products, not the hardware's peak.  ``--overlap`` also steps
+every two-pass model with ``--overlap_passes`` (pass 2 on a second CUDA stream; elsewhere sequential, rows say so).
 
     python bench.py --out results/bench.json                 # every preset, baseline and FD
     python bench.py --preset single --model baseline FD RD --overlap --eval
@@ -57,8 +53,8 @@ def step_flops(model, tokens, passes):
 
 
 def mm_shapes(model, seq_len, batch, device):
-    """(m, k, n, a transposed, b transposed) of the step's products: for a weight W (out x in) applied to
-    m rows, forward x @ W.t(), gradient of the input G @ W, gradient of the weight G.t() @ X."""
+    """(m, k, n, a transposed, b transposed) of the step's products: per weight W applied to m rows, x @ W.t(),
+    G @ W and G.t() @ X."""
     rows = seq_len * batch
     uses = [(w, rows) for rnn in model.rnns for w in (rnn.weight_ih_l0, rnn.weight_hh_l0)]
     uses += [(rnn.weight_hh_l0, batch) for rnn in model.rnns]  # W_hh also one time step at a time

@@ -4,9 +4,8 @@
     python plot.py runs/awd-ptb_FD.metrics.jsonl
     python plot.py runs/                    # every run in the folder
 
-A run is named by its checkpoint, its ``.metrics.jsonl`` (main.py and finetune.py write one line per
-epoch beside the checkpoint) or a folder of runs.  A run's fine-tuning (NAME.finetune.metrics.jsonl)
-follows its training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
+A run is named by its checkpoint, its ``.metrics.jsonl`` (one line per epoch) or a folder of runs; its fine-tuning
+(NAME.finetune.metrics.jsonl) follows its training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
 """
 import argparse
 from pathlib import Path
@@ -20,8 +19,7 @@ KEYS = ("epoch", *(key for key, _, _ in PANELS))
 
 
 def run_stems(arg):
-    """The runs ``arg`` names, as paths without suffix: a checkpoint or metrics file (a fine-tuning's names
-    its training), or every run in a folder."""
+    """The runs ``arg`` names (a fine-tuning's file names its training's), as paths without suffix."""
     path = Path(arg)
     if path.is_dir():
         stems = sorted({stem(p) for p in path.glob("*.metrics.jsonl")})
@@ -80,8 +78,7 @@ def draw(runs, out):
 
 
 def build_parser():
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="runs: their checkpoints (runs/NAME.pt), metrics (runs/NAME.metrics.jsonl) "
                                            "or a folder of runs")
     p.add_argument("--out", help="the PNG to write (default: beside the first run, NAME.curves.png)")
