@@ -68,8 +68,9 @@ def load_checkpoint(path, kind=None):
         if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
             raise UserError(f"{path} is not a checkpoint of this project (it holds pickled Python objects, e.g. "
                             f"a model saved by PyTorch 0.2 code): use one written by main.py or finetune.py") from None
-        raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch file: "
-                        f"{_first_sentence(e)}): use an intact checkpoint written by main.py") from None
+        first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(".")[:120]
+        raise UserError(f"cannot read checkpoint {path} (truncated or not a PyTorch file: {first}): "
+                        f"use an intact checkpoint written by main.py") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' marker): "
                         f"use a checkpoint written by main.py or finetune.py")
@@ -128,11 +129,6 @@ def load_weights(model, blob, what="the checkpoint"):
                         f"use an intact checkpoint written by main.py") from None
 
 
-def _first_sentence(error):
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(". ")[0].rstrip(".")[:120]
-
-
 def check_vocab(blob, dictionary, what, data):
     """``what``: how the message names the checkpoint ("checkpoint runs/a.pt", "the resume checkpoint")."""
     if blob["vocab"] != vocab_info(dictionary):
@@ -152,12 +148,12 @@ def model_from_checkpoint(blob, device):
     return model.to(device)
 
 
-def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)", json=True):
+def tool_parser(doc, json=True):
     """The command line every tool that reads a checkpoint starts from."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--save", required=True, help="the checkpoint to read (never changed): a run's best model")
     p.add_argument("--allow_resume_point", action="store_true", help="also read a resume point (last epoch's weights)")
-    p.add_argument("--data", help=data_help)
+    p.add_argument("--data", help="corpus folder (default: the one recorded in the checkpoint)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     if json:
         p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")

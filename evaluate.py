@@ -26,8 +26,7 @@ def build_parser():
     p.add_argument("--mc", type=int, default=0, metavar="N",
                    help="also evaluate with Monte Carlo dropout over N mask samples (probabilities averaged)")
     p.add_argument("--mc_batch", type=int, help="MC samples stacked in one forward (default: 256 MB of logits)")
-    p.add_argument("--mask_variance", action="store_true", help="also the mean squared difference of two dropout "
-                                                                "passes' logits on validation")
+    p.add_argument("--mask_variance", action="store_true", help="also the mean squared logit gap of two dropout passes")
     p.add_argument("--seed", type=int, default=1111, help="seed for the dropout masks of --mc and --mask_variance")
     for name in DROPOUT_FLAGS:
         p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the run's)")

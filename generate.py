@@ -1,9 +1,7 @@
-"""Sample text from a checkpoint, one word at a time with the hidden state carried (as pytorch/examples'
-word_language_model does), to see what a model has learned.
+"""Sample text from a checkpoint, one word at a time with the hidden state carried, to see what a model has learned.
 
-Each word is drawn from softmax(logits / --temperature): below 1 the text sticks to the likeliest words,
-above 1 it wanders.  The same --seed gives the same text on the same device.  Sampling starts after an
-'<eos>' (a sentence's start); every sampled '<eos>' becomes a line break.
+Each word is drawn from softmax(logits / --temperature) (below 1: likelier words), starting after an '<eos>';
+the same --seed gives the same text on the same device, and each sampled '<eos>' ends a line.
 
     python generate.py --save runs/awd-ptb_FD.pt --words 200 --temperature 0.8 --seed 1
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
@@ -22,7 +20,7 @@ RUN_SUFFIXES = (".pt", *(f".{suffix}" for suffix in RUN_FILES.values()))  # a ch
 
 
 def build_parser():
-    p = tool_parser(__doc__, "corpus folder, for its vocabulary (default: the one recorded in the checkpoint)", False)
+    p = tool_parser(__doc__, json=False)
     p.add_argument("--words", type=int, default=1000, help="number of words to sample, '<eos>' included")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits: lower is more conservative")
     p.add_argument("--seed", type=int, default=1111, help="seed of the sampler")
@@ -32,8 +30,7 @@ def build_parser():
 
 
 def check_outf(outf, overwrite):
-    """Before sampling: ``outf`` is a place text may go.  Never a folder, a checkpoint or another file of
-    a run (not even with --overwrite); an existing text file only with --overwrite; its folder writable."""
+    """Before sampling: never a folder or a run's file, even with --overwrite; a text file only with --overwrite."""
     target = Path(outf)
     if target.is_dir():
         raise UserError(f"--outf {outf} is a folder: give a file path such as {target / 'samples.txt'}")

@@ -1,11 +1,8 @@
 """Test-time measures that keep dropout on: Monte Carlo dropout evaluation and the mask variance.
 
-MC dropout (Gal & Ghahramani 2016): N forward passes with independent dropout masks, the predicted
-probabilities averaged (not the log-probabilities), then the cross-entropy of that average.
-Samples run batched as ``copies`` of the batch (see model.py), each carrying its own hidden state.
-
-Mask variance: what fraternal dropout minimizes, mean over every element of the squared difference
-of two train-mode passes' logits, from the same hidden state (pass 1's is carried on, as in training).
+MC dropout (Gal & Ghahramani 2016) averages the probabilities, not the log-probabilities, of N masked passes, run
+batched as ``copies`` of the batch (see model.py).  The mask variance is what fraternal dropout minimizes: the mean
+squared difference of two train-mode passes' logits from one hidden state (pass 1's carried on, as in training).
 """
 import math
 
@@ -20,15 +17,10 @@ def mc_cross_entropy(target_logprobs):
     return -(torch.logsumexp(target_logprobs, dim=0) - math.log(target_logprobs.size(0))).mean()
 
 
-def auto_chunk(samples, seq_len, batch_size, ntoken, budget_bytes=256 << 20):
-    """How many samples to stack in one forward so the logits stay within ``budget_bytes``."""
-    return max(1, min(samples, budget_bytes // (seq_len * batch_size * ntoken * 4)))
-
-
 @torch.no_grad()
 def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batches=None, desc="MC dropout"):
     """MC-dropout mean token cross-entropy over a batchified stream (dropout on at every site)."""
-    chunk = chunk or auto_chunk(samples, bptt, batch_size, model.ntoken)
+    chunk = chunk or max(1, min(samples, (256 << 20) // (bptt * batch_size * model.ntoken * 4)))  # 256 MB of logits
     sizes = [min(chunk, samples - s) for s in range(0, samples, chunk)]
     model.train()
     hiddens = [tile_hidden(model.init_hidden(batch_size), c) for c in sizes]

@@ -36,8 +36,7 @@ def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation
 
 
 def check_finite(results, fix):
-    """A diverged evaluation is no result: one line naming what to change (``fix``), and nothing printed as a
-    result, so no record or report ever takes up an inf."""
+    """A diverged evaluation is no result: one line naming ``fix``, so no record or report ever takes up an inf."""
     bad = [k[:-5] for k, v in results.items() if k.endswith("_loss") and not math.isfinite(ppl(v))]
     if bad:
         raise UserError(f"the result is not finite ({bad[0]} perplexity inf): {fix} and rerun")
