@@ -1,37 +1,25 @@
 """The table runner's plan, pure and torch-free: rows to chains (one per chain and seed), chains to steps.
 
-A step's command is a template: its files are named relative to --out ({out}/CHAIN/seedS/...) and the
-corpus folder as {data}, so a step's record stays valid when the --out folder is moved as a whole.
+Step commands name their files relative to --out ({out}/CHAIN/seedS/...) and the corpus as {data}, so a
+step's record stays valid when the --out folder is moved as a whole.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import rows
+from rows import STAGES, lineage
 from runfiles import UserError
 
-
-@dataclass(frozen=True)
-class Stage:
-    tool: str
-    reads: Optional[str] = None  # the stage whose checkpoint it reads
-    trains: bool = False  # main.py / finetune.py: a checkpoint with resume point, metrics, final.json
-
-
-# A new evaluation method is one entry here (and its rows in rows.py): a tool reading the fine-tuned
-# checkpoint with --save and printing its result as one JSON line (--json).
-STAGES = {"train": Stage("main.py", trains=True), "finetune": Stage("finetune.py", "train", trains=True),
-          "pointer": Stage("pointer.py", "finetune"), "dyneval": Stage("dynamiceval.py", "finetune")}
 SIDE_FILES = ("resume.pt", "metrics.jsonl", "final.json")  # re-derivable or not needed once recorded
-
 # Per scale: flags added before each stage's own, and the corpus cut (lines of train / valid / test).
 SCALES = {
     "full": dict(cut=None),
     "tiny": dict(train=("--emsize", "16", "--nhid", "16", "--epochs", "2", "--batch_size", "4", "--bptt", "10"),
                  finetune=("--epochs", "1", "--batch_size", "4"), pointer=("--bptt", "1000"), cut=(200, 30, 30)),
 }
-# dynamiceval.DEFAULTS, which a corpus cut's vocabulary cannot select: its first version's settings per
-# training batches of the whole corpus (computed as there, so the floats are the same).
+# Training batches of the whole corpus, from which dynamiceval.DEFAULTS derives its settings (a cut's
+# vocabulary cannot select them): computed as there, so the floats are the same.
 DYNEVAL_BATCHES = {"penn": 1859, "wikitext-2": 4177}
 
 
@@ -50,23 +38,14 @@ class Step:
     template: list  # tool and flags, {out} / {data} unresolved, no --device
     upstream: Optional["Step"] = None
 
-    @property
-    def id(self):
-        return f"{self.chain}:{self.stage}"
-
-    @property
-    def kind(self):
-        return STAGES[self.stage]
-
-    @property
-    def dir(self):  # relative to --out
-        return f"{self.chain}/seed{self.seed}"
+    def __post_init__(self):
+        self.id, self.dir = f"{self.chain}:{self.stage}", f"{self.chain}/seed{self.seed}"
+        self.kind = STAGES[self.stage]
 
     def path(self, what):
         """The step's files, relative to --out: output (the primary one), record, log, or a side file."""
-        name = {"output": f"{self.stage}.pt" if self.kind.trains else f"{self.stage}.json",
-                "record": f"{self.stage}.step.json", "log": f"{self.stage}.log"}.get(what, f"{self.stage}.{what}")
-        return f"{self.dir}/{name}"
+        suffix = {"output": "pt" if self.kind.trains else "json", "record": "step.json"}.get(what, what)
+        return f"{self.dir}/{self.stage}.{suffix}"
 
     def files(self):
         """Files a run of this step writes (never its lock): what is in the way of a fresh start."""
@@ -92,10 +71,9 @@ class ChainRun:
 
 
 def stage_step(chain, seed, stage, scale, upstream, args=()):
-    own = f"{{out}}/{chain.id}/seed{seed}/{stage}"
-    kind = STAGES[stage]
+    own, kind = f"{{out}}/{chain.id}/seed{seed}/{stage}", STAGES[stage]
     flags = scale_flags(scale, stage, chain.corpus)
-    if stage == "train":
+    if upstream is None:
         template = [kind.tool, *flags, *chain.train, "--seed", str(seed), "--data", "{data}", "--save", own + ".pt"]
     else:
         template = [kind.tool, "--save", f"{{out}}/{upstream.path('output')}",
@@ -105,8 +83,8 @@ def stage_step(chain, seed, stage, scale, upstream, args=()):
 
 
 def plan_chains(selected, seeds, scale, default_seed):
-    """One ChainRun per chain and seed, with the steps its selected rows need.  ``default_seed(chain)``:
-    the preset's seed, where --seeds names none."""
+    """One ChainRun per chain and seed, with the steps its selected rows need; ``default_seed(chain)``: the
+    preset's seed, where --seeds names none."""
     needed = {}
     for row in selected:
         needed.setdefault(row.chain, []).append(row)
@@ -118,16 +96,10 @@ def plan_chains(selected, seeds, scale, default_seed):
             for row in sorted(chain_rows, key=lambda r: list(STAGES).index(r.stage)):
                 for stage in lineage(row.stage):
                     if stage not in steps:
-                        upstream = steps.get(STAGES[stage].reads)
-                        steps[stage] = stage_step(chain, seed, stage, scale, upstream,
+                        steps[stage] = stage_step(chain, seed, stage, scale, steps.get(STAGES[stage].reads),
                                                   row.args if stage == row.stage else ())
             plan.append(ChainRun(chain, seed, list(steps.values()), chain_rows))
     return plan
-
-
-def lineage(stage):
-    """The stages ``stage`` is computed from, first to last, itself included."""
-    return (lineage(STAGES[stage].reads) if STAGES[stage].reads else []) + [stage]
 
 
 def redo_set(plan, names):
@@ -136,13 +108,12 @@ def redo_set(plan, names):
     for name in names:
         if name not in ids and f"{name}:train" not in ids:
             raise UserError(f"--redo {name}: no such step in this plan; name CHAIN:STAGE, one of "
-                                 f"{' '.join(sorted(ids))}")
+                            f"{' '.join(sorted(ids))}")
     chosen = set()
-    for run in plan:
-        for step in run.steps:
-            up = step
-            while up is not None and up.id not in names and up.chain not in names:
-                up = up.upstream
-            if up is not None:
-                chosen.add(step)
+    for step in (s for run in plan for s in run.steps):
+        up = step
+        while up is not None and up.id not in names and up.chain not in names:
+            up = up.upstream
+        if up is not None:
+            chosen.add(step)
     return chosen

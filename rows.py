@@ -1,27 +1,33 @@
-"""The paper's rows, each declared once: the run behind it, the published validation / test perplexity
-and where that number comes from.
-
-reproduce.py runs them; README's "Reproducing the paper" table is written from here
-(``python reproduce.py --readme``), so commands and numbers have one source.  A chain is one training
-run and every step computed from it (fine-tuning, the cache pointer, dynamic evaluation); a row reads
-its number from one step of one chain, so rows of the same chain share their runs.
-"""
+"""The paper's rows, each declared once: its run, the published validation / test perplexity and its source.
+reproduce.py runs them and writes README's table from them (--readme), so commands and numbers have one source.
+A chain is one training run and every step computed from it; rows of a chain share its runs."""
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 TABLES = ("single", "ptb", "wt2")
 
+
+@dataclass(frozen=True)
+class Stage:
+    tool: str
+    reads: Optional[str] = None  # the stage whose checkpoint it reads
+    trains: bool = False  # main.py / finetune.py: a checkpoint with resume point, metrics, final.json
+
+
+# A new evaluation method is one entry here and its rows below: a tool reading the fine-tuned checkpoint
+# (--save) that prints its result as one JSON line (--json).
+STAGES = {"train": Stage("main.py", trains=True), "finetune": Stage("finetune.py", "train", trains=True),
+          "pointer": Stage("pointer.py", "finetune"), "dyneval": Stage("dynamiceval.py", "finetune")}
+
 FD = "Zolna et al. 2018 (fraternal dropout)"
 MERITY = "Merity et al. 2017 (arXiv 1708.02182)"
 README = "awd-lstm-lm README at bf0742c"
 TAG = "awd-lstm-lm at tag PyTorch==0.1.12 (its README)"
-# Krause et al.'s numbers came from their own AWD-LSTM models, trained with awd-lstm-lm, which by their README
-# did not reach Merity's (its starting perplexities are not stated here); ours chain to the merity-* models.
+# Krause et al. trained their own AWD-LSTM models, which by their README did not reach Merity's; ours chain to merity-*.
 KRAUSE = ("Krause et al. 2018 (arXiv 1709.07432), dynamic eval of their own AWD-LSTM models (which did not reach "
           "Merity et al.'s numbers; their starting perplexities: not stated here); this row starts from ours")
-# Cache-pointer settings per source: the paper's PTB window is 2000 (awd-lstm-lm README history,
-# commit 19470c8), the README's 500; for WikiText-2 only the README states them.  Every published cache
-# number came from awd-lstm-lm's pointer.py, so these rows score as it did (--awd_scoring).
+# Pointer settings per source (the paper's PTB window 2000 is in awd-lstm-lm's README history, 19470c8); every
+# published cache number came from awd-lstm-lm's pointer.py, so these rows score as it did (--awd_scoring).
 POINTER_PAPER_PTB = ("--window", "2000", "--theta", "1.0", "--lambdasm", "0.1", "--awd_scoring")
 POINTER_README_PTB = ("--window", "500", "--theta", "1.0", "--lambdasm", "0.1", "--awd_scoring")
 POINTER_WT2 = ("--window", "3785", "--theta", "0.662", "--lambdasm", "0.1279", "--awd_scoring")
@@ -32,7 +38,7 @@ class Chain:
     id: str
     corpus: str  # folder under the data root: penn or wikitext-2
     train: Tuple[str, ...]  # main.py's flags
-    table: Optional[str]  # the table it belongs to; None: run only when named
+    table: Optional[str]  # None: run only when named
     save: Optional[str] = None  # README's --save where main.py's default would clash with another chain's
 
 
@@ -64,83 +70,71 @@ CHAINS = [
     Chain("merity-tag-ptb", "penn", ("--preset", "merity-tag-ptb", "--model", "baseline"), None),
     Chain("merity-tag-wt2", "wikitext-2", ("--preset", "merity-tag-wt2", "--model", "baseline"), None),
 ]
-
+FT, CACHE = "... then fine-tuned", "... fine-tuned, with the cache pointer (window "
 ROWS = [
     Row("single-FD", "single-FD", "train", "single-layer PTB, FD (kappa 0.15)", (67.5, 64.9),
         f"{FD}, single-layer PTB ablation table"),
     Row("single-FD-samew", "single-FD-samew", "train", "single-layer PTB, FD, same W_hh mask", (66.9, 64.6),
         f"{FD}, single-layer PTB ablation table"),
-    Row("awd-ptb-FD", "awd-ptb-FD", "train", "3-layer AWD-LSTM PTB, FD (kappa 0.1)", (59.8, 58.0),
-        f"{FD}, PTB table"),
-    Row("awd-ptb-FD-ft", "awd-ptb-FD", "finetune", "... then fine-tuned", (58.9, 56.8), f"{FD}, PTB table"),
+    Row("awd-ptb-FD", "awd-ptb-FD", "train", "3-layer AWD-LSTM PTB, FD (kappa 0.1)", (59.8, 58.0), f"{FD}, PTB table"),
+    Row("awd-ptb-FD-ft", "awd-ptb-FD", "finetune", FT, (58.9, 56.8), f"{FD}, PTB table"),
     Row("merity-ptb", "merity-ptb", "train", "AWD-LSTM, the paper's PTB recipe (500 epochs: the authors' later note, "
-        "not the text's 750)", (60.7, 58.8),
-        f"{MERITY}, model ablation table (- fine-tuning)"),
-    Row("merity-ptb-ft", "merity-ptb", "finetune", "... then fine-tuned", (60.0, 57.3), f"{MERITY}, PTB table"),
-    Row("merity-ptb-cache", "merity-ptb", "pointer", "... fine-tuned, with the cache pointer (window 2000)",
-        (53.9, 52.8), f"{MERITY}, PTB table", POINTER_PAPER_PTB),
-    Row("merity-ptb-dyneval", "merity-ptb", "dyneval", "... fine-tuned, with dynamic evaluation", (51.6, 51.1),
-        KRAUSE),
-    Row("merity-readme-ptb", "merity-readme-ptb", "train", "AWD-LSTM, the README's PTB command", (61.2, 58.8),
-        README),
-    Row("merity-readme-ptb-ft", "merity-readme-ptb", "finetune", "... then fine-tuned", (58.8, 56.5), README),
-    Row("merity-readme-ptb-cache", "merity-readme-ptb", "pointer", "... fine-tuned, with the cache pointer "
-        "(window 500)", (53.2, 52.5), README, POINTER_README_PTB),
+        "not the text's 750)", (60.7, 58.8), f"{MERITY}, model ablation table (- fine-tuning)"),
+    Row("merity-ptb-ft", "merity-ptb", "finetune", FT, (60.0, 57.3), f"{MERITY}, PTB table"),
+    Row("merity-ptb-cache", "merity-ptb", "pointer", CACHE + "2000)", (53.9, 52.8), f"{MERITY}, PTB table",
+        POINTER_PAPER_PTB),
+    Row("merity-ptb-dyneval", "merity-ptb", "dyneval", "... fine-tuned, with dynamic evaluation", (51.6, 51.1), KRAUSE),
+    Row("merity-readme-ptb", "merity-readme-ptb", "train", "AWD-LSTM, the README's PTB command", (61.2, 58.8), README),
+    Row("merity-readme-ptb-ft", "merity-readme-ptb", "finetune", FT, (58.8, 56.5), README),
+    Row("merity-readme-ptb-cache", "merity-readme-ptb", "pointer", CACHE + "500)", (53.2, 52.5), README,
+        POINTER_README_PTB),
     Row("awd-wt2-FD", "awd-wt2-FD", "train", "3-layer AWD-LSTM WikiText-2, FD (kappa 0.1)", (68.3, 65.3),
         f"{FD}, WikiText-2 table"),
-    Row("awd-wt2-FD-ft", "awd-wt2-FD", "finetune", "... then fine-tuned", (66.8, 64.1), f"{FD}, WikiText-2 table"),
+    Row("awd-wt2-FD-ft", "awd-wt2-FD", "finetune", FT, (66.8, 64.1), f"{FD}, WikiText-2 table"),
     Row("merity-wt2", "merity-wt2", "train", "AWD-LSTM, the paper's WikiText-2 recipe", (69.1, 66.0),
         f"{MERITY}, model ablation table (- fine-tuning)"),
-    Row("merity-wt2-ft", "merity-wt2", "finetune", "... then fine-tuned", (68.6, 65.8), f"{MERITY}, WikiText-2 table"),
-    Row("merity-wt2-cache", "merity-wt2", "pointer", "... fine-tuned, with the cache pointer (window 3785)",
-        (53.8, 52.0), f"{MERITY}, WikiText-2 table; pointer settings from the README (the paper states none)",
-        POINTER_WT2),
-    Row("merity-wt2-dyneval", "merity-wt2", "dyneval", "... fine-tuned, with dynamic evaluation", (46.4, 44.3),
-        KRAUSE),
-    Row("merity-readme-wt2", "merity-readme-wt2", "train", "AWD-LSTM, the README's WikiText-2 command",
-        (68.7, 65.6), README),
-    Row("merity-readme-wt2-ft", "merity-readme-wt2", "finetune", "... then fine-tuned", (67.4, 64.7), README),
-    Row("merity-readme-wt2-cache", "merity-readme-wt2", "pointer", "... fine-tuned, with the cache pointer "
-        "(window 3785)", (52.2, 50.6), README, POINTER_WT2),
+    Row("merity-wt2-ft", "merity-wt2", "finetune", FT, (68.6, 65.8), f"{MERITY}, WikiText-2 table"),
+    Row("merity-wt2-cache", "merity-wt2", "pointer", CACHE + "3785)", (53.8, 52.0),
+        f"{MERITY}, WikiText-2 table; pointer settings from the README (the paper states none)", POINTER_WT2),
+    Row("merity-wt2-dyneval", "merity-wt2", "dyneval", "... fine-tuned, with dynamic evaluation", (46.4, 44.3), KRAUSE),
+    Row("merity-readme-wt2", "merity-readme-wt2", "train", "AWD-LSTM, the README's WikiText-2 command", (68.7, 65.6),
+        README),
+    Row("merity-readme-wt2-ft", "merity-readme-wt2", "finetune", FT, (67.4, 64.7), README),
+    Row("merity-readme-wt2-cache", "merity-readme-wt2", "pointer", CACHE + "3785)", (52.2, 50.6), README, POINTER_WT2),
     Row("single-ELD", "single-ELD", "train", "single-layer PTB, ELD (kappa 0.25)", None, "none recorded here"),
     Row("single-PM", "single-PM", "train", "single-layer PTB, Pi-model (kappa 0.15)", None, "none recorded here"),
     Row("awd-ptb-baseline", "awd-ptb-baseline", "train", "FD's PTB recipe without FD (kappa 0, one pass)", None,
         "none published"),
-    Row("awd-wt2-baseline", "awd-wt2-baseline", "train", "FD's WikiText-2 recipe without FD", None,
-        "none published"),
-    Row("merity-tag-ptb", "merity-tag-ptb", "train", "AWD-LSTM, the 2017 code's exact PTB recipe (per-step "
-        "dropout mask)", (61.2, 58.9), TAG),
-    Row("merity-tag-ptb-ft", "merity-tag-ptb", "finetune", "... then fine-tuned", (58.8, 56.6), TAG),
-    Row("merity-tag-ptb-cache", "merity-tag-ptb", "pointer", "... fine-tuned, with the cache pointer (window 500)",
-        (53.5, 53.0), TAG, POINTER_README_PTB),
+    Row("awd-wt2-baseline", "awd-wt2-baseline", "train", "FD's WikiText-2 recipe without FD", None, "none published"),
+    Row("merity-tag-ptb", "merity-tag-ptb", "train", "AWD-LSTM, the 2017 code's exact PTB recipe (per-step dropout "
+        "mask)", (61.2, 58.9), TAG),
+    Row("merity-tag-ptb-ft", "merity-tag-ptb", "finetune", FT, (58.8, 56.6), TAG),
+    Row("merity-tag-ptb-cache", "merity-tag-ptb", "pointer", CACHE + "500)", (53.5, 53.0), TAG, POINTER_README_PTB),
     Row("merity-tag-wt2", "merity-tag-wt2", "train", "AWD-LSTM, the 2017 code's exact WikiText-2 recipe (per-step "
         "dropout mask)", (69.1, 66.1), TAG),
-    Row("merity-tag-wt2-ft", "merity-tag-wt2", "finetune", "... then fine-tuned", (68.7, 65.8), TAG),
-    Row("merity-tag-wt2-cache", "merity-tag-wt2", "pointer", "... fine-tuned, with the cache pointer (window 3785)",
-        (53.6, 52.0), TAG, POINTER_WT2),
+    Row("merity-tag-wt2-ft", "merity-tag-wt2", "finetune", FT, (68.7, 65.8), TAG),
+    Row("merity-tag-wt2-cache", "merity-tag-wt2", "pointer", CACHE + "3785)", (53.6, 52.0), TAG, POINTER_WT2),
 ]
 
 CHAIN = {c.id: c for c in CHAINS}
 ROW = {r.id: r for r in ROWS}
 
 
-def chain_rows(chain_id):
-    return [r for r in ROWS if r.chain == chain_id]
+def lineage(stage):
+    """The stages ``stage`` is computed from, first to last, itself included."""
+    return (lineage(STAGES[stage].reads) if STAGES[stage].reads else []) + [stage]
 
 
 def select(names):
-    """The rows of tables (single, ptb, wt2, all) and row ids, in registry order.  A row id brings the
-    rows of the steps its number is computed from (training, fine-tuning): they cost nothing more."""
-    from plan import lineage
+    """(rows, None) for tables (single, ptb, wt2, all) and row ids in registry order, else (None, the unknown name).
+    A row id brings the rows of the steps its number is computed from: they cost nothing more."""
     wanted = set()
     for name in names:
-        if name == "all":
-            wanted |= {r.id for r in ROWS if CHAIN[r.chain].table is not None}
-        elif name in TABLES:
-            wanted |= {r.id for r in ROWS if CHAIN[r.chain].table == name}
+        if name == "all" or name in TABLES:
+            wanted |= {r.id for r in ROWS if CHAIN[r.chain].table is not None and name in ("all", CHAIN[r.chain].table)}
         elif name in ROW:
             row = ROW[name]
-            wanted |= {r.id for r in chain_rows(row.chain) if r.id == name or r.stage in lineage(row.stage)}
+            wanted |= {r.id for r in ROWS if r.chain == row.chain and (r.id == name or r.stage in lineage(row.stage))}
         else:
             return None, name
     return [r for r in ROWS if r.id in wanted], None
@@ -148,17 +142,14 @@ def select(names):
 
 def manual_commands(chain):
     """The commands a person types for each step of ``chain`` (README), with main.py's default paths."""
-    preset, model = chain.train[1], chain.train[3]
-    save = chain.save or f"runs/{preset}_{model}.pt"
-    train = "python main.py " + " ".join(chain.train) + (f" --save {save}" if chain.save else "")
-    from plan import STAGES
+    save = chain.save or f"runs/{chain.train[1]}_{chain.train[3]}.pt"
     saved = {"train": save, "finetune": save[:-len(".pt")] + ".finetune.pt"}
-    return {"train": train, **{name: f"python {stage.tool} --save {saved[stage.reads]}"
-                               for name, stage in STAGES.items() if stage.reads}}
+    return {"train": "python main.py " + " ".join(chain.train) + (f" --save {save}" if chain.save else ""),
+            **{name: f"python {s.tool} --save {saved[s.reads]}" for name, s in STAGES.items() if s.reads}}
 
 
 def readme_table():
-    """README's table of rows, generated: one line per row, its own step's command."""
+    """README's table of rows: one line per row, its own step's command."""
     lines = ["| row | run | command | published valid / test ppl | source |", "|---|---|---|---|---|"]
     for row in ROWS:
         command = manual_commands(CHAIN[row.chain])[row.stage] + "".join(f" {a}" for a in row.args)
