@@ -177,7 +177,8 @@ def test_finetune_leaves_its_input_untouched_and_saves_averaged_weights(trained,
     atomic_torch_save(blob, save)
     before = save.read_bytes()
     out = tmp_path / "ft.pt"
-    result = finetune_cli.main(["--save", str(save), "--out", str(out), "--device", "cpu", "--epochs", "1", "--batch_size", "4",
+    result = finetune_cli.main(["--save", str(save), "--out", str(out), "--device", "cpu", "--epochs", "1",
+                                "--batch_size", "4",
                                 "--eval_batch_size", "4", "--dropouti", "0.05"])
     assert save.read_bytes() == before
     assert "| End of fine-tuning | valid ppl" in capsys.readouterr().out
@@ -222,7 +223,8 @@ def test_evaluate_matches_the_end_of_training_and_prints_json(trained):
 def test_mc_with_dropout_off_equals_deterministic_and_mask_variance(trained):
     save, _ = trained
     off = ["--dropout", "0", "--dropouth", "0", "--dropouti", "0", "--dropoute", "0", "--wdrop", "0"]
-    res = evaluate_cli.main(["--save", str(save), "--device", "cpu", "--mc", "1", "--mask_variance", "--max_batches", "6", *off])
+    res = evaluate_cli.main(["--save", str(save), "--device", "cpu", "--mc", "1", "--mask_variance", "--max_batches",
+                             "6", *off])
     assert res["mc_valid_loss"] == pytest.approx(res["valid_loss"], rel=1e-6)
     assert res["mc_test_loss"] == pytest.approx(res["test_loss"], rel=1e-6)
     assert res["mask_variance"] == 0.0
@@ -254,7 +256,8 @@ def test_finetune_resumes_where_it_stopped(trained, tmp_path):
     finetune_cli.main(args + ["--epochs", "2"])
     full = rows(tmp_path / "ft.metrics.jsonl")
     out2 = tmp_path / "again.pt"
-    finetune_cli.main(["--save", str(save), "--out", str(out2), "--device", "cpu", "--batch_size", "4", "--eval_batch_size", "4",
+    finetune_cli.main(["--save", str(save), "--out", str(out2), "--device", "cpu", "--batch_size", "4",
+                       "--eval_batch_size", "4",
                        "--epochs", "1"])
     finetune_cli.main(["--resume", str(tmp_path / "again.resume.pt"), "--epochs", "2", "--device", "cpu"])
     assert rows(tmp_path / "again.metrics.jsonl") == full

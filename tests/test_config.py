@@ -18,7 +18,8 @@ def test_preset_fills_unset_flags_and_explicit_flags_win():
     assert (cfg["batch_size"], cfg["dropouth"], cfg["dropouti"], cfg["kappa"]) == (40, 0.2, 0.5, 0.1)
     assert cfg["data"] == "data/wikitext-2" and cfg["optimizer"] == "asgd-nt" and cfg["nonmono"] == 60
     cfg = build_config(vars(parse([])))
-    assert (cfg["preset"], cfg["model"], cfg["kappa"], cfg["emsize"], cfg["locked"]) == ("single", "FD", 0.15, 655, False)
+    assert (cfg["preset"], cfg["model"], cfg["kappa"], cfg["emsize"], cfg["locked"]) == \
+        ("single", "FD", 0.15, 655, False)
     assert (cfg["max_seq_len"], cfg["reset_hidden_prob"], cfg["optimizer"]) == (45, 0.01, "sgd-anneal")
     eld = build_config(vars(parse(["--model", "ELD"])))
     assert (eld["kappa"], eld["eval_auxiliary"], eld["double_target"]) == (0.25, True, False)
@@ -35,7 +36,8 @@ def test_merity_presets_pair_each_source_with_its_recipe():
     cfgs = {p: build_config(vars(parse(["--preset", p, "--model", "baseline"])))
             for p in ("merity-ptb", "merity-wt2", "merity-readme-ptb", "merity-readme-wt2")}
     for cfg in cfgs.values():
-        assert (cfg["alpha"], cfg["beta"], cfg["nonmono"], cfg["optimizer"], cfg["kappa"]) == (2.0, 1.0, 5, "asgd-nt", 0.0)
+        assert (cfg["alpha"], cfg["beta"], cfg["nonmono"], cfg["optimizer"], cfg["kappa"]) == \
+            (2.0, 1.0, 5, "asgd-nt", 0.0)
         assert (cfg["emsize"], cfg["nhid"], cfg["nlayers"], cfg["dropout"], cfg["dropoute"], cfg["wdrop"]) == \
             (400, 1150, 3, 0.4, 0.1, 0.5)
         assert cfg["max_seq_len"] == 0 and cfg["lr"] == 30.0 and cfg["clip"] == 0.25 and cfg["wdecay"] == 1.2e-6

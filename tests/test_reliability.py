@@ -190,7 +190,8 @@ BLOB_DAMAGE = {  # edits of the checkpoint's contents
     "config-not-dict": (lambda blob: blob.update(config=[1, 2]), "bad"),
     "wrong-shape": (lambda blob: (blob["model"].update({"decoder.bias": torch.zeros(7)}), blob.pop("weights_sha256")),
                     "do not fit"),  # hand-made: no weights checksum, as in checkpoints older than it
-    "flipped-bit": (lambda blob: blob["model"]["decoder.bias"].__setitem__(3, float("inf")), "do not match the checksum"),
+    "flipped-bit": (lambda blob: blob["model"]["decoder.bias"].__setitem__(3, float("inf")),
+                    "do not match the checksum"),
 }
 ENTRY_POINTS = {
     "main.py --resume": lambda bad, tmp: main_cli.main(["--resume", str(bad), "--device", "cpu"]),
@@ -332,7 +333,7 @@ def test_finetune_that_never_improves_says_the_output_holds_the_input(run_a, tmp
                        torch.load(run_a, weights_only=True)["model"]["decoder.bias"])
 
 
-# --- runs never mix, damage is found on load ------------------------------------------------------------------------------------
+# --- runs never mix, damage is found on load ------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["typo-data", "eval-batch", "finetune-batch"])
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(run_a, tiny_corpus, tmp_path, case):
@@ -487,7 +488,7 @@ def test_words_of_the_messages(tmp_path, monkeypatch):
 
 
 def test_resume_without_its_best_model_leaves_no_stale_final_json(run_a, tmp_path):
-    """Final.json described a best model that is gone."""
+    """A resumed run whose best model is gone leaves no final.json describing it."""
     save = copy_run(run_a, tmp_path / "l5")
     save.unlink()
     done = str(torch.load(save.parent / "a.resume.pt", weights_only=True)["schedule"]["epoch"])
@@ -634,7 +635,8 @@ def test_a_tiny_train_fraction_says_what_it_trains_on(tiny_corpus, tmp_path, cap
 
 
 def test_ctrl_c_after_the_end_of_training_says_the_run_is_complete(tiny_corpus, tmp_path, monkeypatch, capsys):
-    """Final.json written, then Ctrl-C: exit 130 with a sentence saying the run is complete and where its results are."""
+    """Ctrl-C once final.json is written: exit 130 with a sentence saying the run is complete and where its results
+    are."""
     real = trainer.atomic_write_json
 
     def then_ctrl_c(obj, target):
