@@ -1,13 +1,12 @@
 """Dynamic evaluation (Krause, Kahembwe, Murray, Renals, ICML 2018): the model keeps learning from the text it scores.
 
-Each split is read at batch 1 in --bptt segments, hidden state carried, each scored before it is learned from
-(dropout off, validation and test each from the checkpoint's weights), per parameter element:
+Each split is read from the checkpoint's weights at batch 1 in --bptt segments, each scored before it is learned
+from (dropout off), per parameter element:
 
     theta <- theta - lr * grad / (rms + epsilon) + min(lamb * rms / avg, 1) * (theta_g - theta)
 
-grad: of the segment's mean token loss; rms: the root mean square of --max_batches training batches' gradients
-(the mean, as in the paper and the authors' code since 81e7b35; ``from_first_version`` converts their first
-version's sums); avg: the mean over parameter tensors of each one's mean rms; theta_g: the trained weights.
+grad: of the segment's mean token loss; rms: over --max_batches training batches' gradients (their mean, as in the
+paper and its code since 81e7b35); avg: the mean over tensors of each one's mean rms; theta_g: the trained weights.
 
     python dynamiceval.py --save runs/awd-ptb_FD.finetune.pt          # PTB defaults (the paper's)
     python dynamiceval.py --save runs/awd-wt2_FD.finetune.pt          # WikiText-2 defaults
@@ -25,10 +24,9 @@ from runfiles import UserError, run_cli
 from scoring import check_finite, ppl, report, stream
 from utils import repackage_hidden, set_seed
 
-# The paper's AWD-LSTM settings (its README: segments of 5, statistics at batch 100) in the first version's terms.
+# The paper's settings (its README: segments of 5, statistics at batch 100) in the first version's terms, converted
+# by that pass's training batches (PTB 929,589 tokens / 100 / 5) and AWD-LSTM's 14 tensors (4 per layer, 2 more).
 FIRST_VERSION, SEGMENT, STATS_BATCH = dict(lr=0.002, lamb=0.02, epsilon=0.001), 5, 100
-# What converts them: that pass's training batches (PTB 929,589 tokens / 100 / 5 = 1,859; WikiText-2 4,177) and
-# AWD-LSTM's 14 parameter tensors (tied embedding, 4 per LSTM layer, decoder bias).
 TRAIN_BATCHES, AWD_LSTM_TENSORS = {"ptb": 1859, "wt2": 4177}, 14
 # The authors' lrlist / lamblist in our terms, for segments of 5; scaled by bptt / 5 as their code does.
 GRID_LR, GRID_LAMB = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4), (0.001, 0.002, 0.003, 0.005)
@@ -169,12 +167,11 @@ def main(argv=None):
     which, hyper = hyper_parameters(args, blob)
     check_split_sizes(corpus, {"batch_size": args.batch_size, "eval_batch_size": 1, "test_batch_size": 1})
     set_seed(args.seed)
-    results = {"checkpoint": args.save, "data": str(corpus.path), "defaults": which, "bptt": args.bptt,
-               "batch_size": args.batch_size, "max_batches": args.max_batches}
     start = time.perf_counter()
     rms, batches = gradient_rms(model, batchify(corpus.train, args.batch_size, device), args.bptt, args.max_batches)
     seconds = {"statistics": time.perf_counter() - start}
-    results["statistics_batches"] = batches
+    results = {"checkpoint": args.save, "data": str(corpus.path), "defaults": which, "bptt": args.bptt,
+               "batch_size": args.batch_size, "max_batches": args.max_batches, "statistics_batches": batches}
     print(f"| gradient statistics | {batches} training batches of {args.batch_size} x {args.bptt} | "
           f"{seconds['statistics']:.0f} s | defaults: {which or 'none (flags given)'} |")
     trained = [p.detach().clone() for p in model.parameters()]  # theta_g, for every run

@@ -55,8 +55,7 @@ def sample(model, dictionary, words, temperature, seed, device):
         logits, hidden = model(inp, hidden)
         flat = logits.view(-1).double()  # the top logit scaled is exactly 0: no inf - inf at a tiny temperature
         probs = torch.softmax((flat - flat.max()) / temperature, 0)
-        word = torch.multinomial(probs, 1, generator=gen)
-        inp.fill_(word.item())
+        inp.fill_(torch.multinomial(probs, 1, generator=gen).item())
         out.append(dictionary.idx2word[inp.item()])
     return out
 

@@ -19,9 +19,8 @@ from data import batchify
 from runfiles import UserError, run_cli
 from scoring import ppl, report, stream
 
-# readme: awd-lstm-lm's README at bf0742c (PTB 53.2 / 52.5, WT2 52.2 / 50.6); paper: AWD-LSTM's (PTB 53.9 / 52.8,
-# WT2 53.8 / 52.0), its PTB window 2000 (README note, commit 19470c8), the rest the README's; tag: PyTorch==0.1.12's
-# README.  bptt: the README's (memory only, but with --awd_scoring it changes the result, as in the reference).
+# readme: awd-lstm-lm's README at bf0742c; paper: AWD-LSTM's, its PTB window 2000 (README note, commit 19470c8), the
+# rest the README's; tag: PyTorch==0.1.12's README.  bptt: the README's (with --awd_scoring it changes the result).
 _PTB = dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000)
 _WT2 = dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
 SETTINGS = {("ptb", "readme"): _PTB, ("ptb", "paper"): dict(_PTB, window=2000), ("ptb", "tag"): _PTB,
@@ -113,8 +112,7 @@ def main(argv=None):
                           **opts), []
     for name in ("valid", "test"):
         tokens = getattr(corpus, name)
-        plain, mixed = token_logprobs(model, tokens, max_batches=args.max_batches, awd_scoring=args.awd_scoring,
-                                      **opts)
+        plain, mixed = token_logprobs(model, tokens, max_batches=args.max_batches, awd_scoring=args.awd_scoring, **opts)
         # ours: mean over the N - 1 predictions; the reference divided their sum by the N tokens
         denom = tokens.numel() if args.awd_scoring and args.max_batches is None else mixed.numel()
         loss, base = -mixed.double().sum().item() / denom, -plain.double().sum().item() / denom
