@@ -33,7 +33,8 @@ from schedule import Schedule
 from scoring import evaluate
 from trainer import make_optimizer, train_step
 from utils import get_device, set_seed
-from runfiles import ArgumentParser, UserError, atomic_write_json, check_output_path, cpu_model, run_cli
+from runfiles import (ArgumentParser, UserError, atomic_write_json, check_output_path, code_commit, cpu_model,
+                      run_cli)
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
 TINY = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"]  # --scale tiny: flags, vocabulary
@@ -228,7 +229,7 @@ def main(argv=None):
     device = get_device(args.device)
     header = {"torch": torch.__version__, "device": str(device), "gpu": torch.cuda.get_device_name(device)
               if device.type == "cuda" else None, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": code_commit(),
               "command": shlex.join(["python", "bench.py", *argv]), "steps": args.steps, "warmup": args.warmup,
               "mm_tf32": mm_tf32(device) if device.type == "cuda" else None}
     print("  ".join(f"{k}: {v}" for k, v in header.items() if v is not None), flush=True)

@@ -76,6 +76,7 @@ def test_header(result):
     h = result["header"]
     assert h["torch"] == torch.__version__ and h["device"] == "cpu" and h["threads"] == 1 and h["cpu"]
     assert "bench.py --scale tiny --device cpu" in h["command"] and datetime.fromisoformat(h["date"])
+    assert h["commit"] and h["commit"] != "unknown"  # which code was timed
 
 
 def test_unknown_preset_is_one_line_with_exit_code_2_and_the_closest_name():
