@@ -33,6 +33,7 @@ def scale_flags(scale, stage, corpus):
 @dataclass(eq=False)
 class Step:
     chain: str
+    corpus: str
     seed: int
     stage: str
     template: list  # tool and flags, {out} / {data} unresolved, no --device
@@ -69,6 +70,10 @@ class ChainRun:
     def label(self):
         return f"{self.chain.id} seed {self.seed}"
 
+    def summary(self):
+        f = self.failure
+        return f"FAILED {self.label}, step {f['step']}: {f['reason']}; log {f['log']}" if f else f"{self.label} done"
+
 
 def stage_step(chain, seed, stage, scale, upstream, args=()):
     own, kind = f"{{out}}/{chain.id}/seed{seed}/{stage}", STAGES[stage]
@@ -79,7 +84,7 @@ def stage_step(chain, seed, stage, scale, upstream, args=()):
         template = [kind.tool, "--save", f"{{out}}/{upstream.path('output')}",
                     *(["--out", own + ".pt"] if kind.trains else []), "--data", "{data}", *flags, *args,
                     *([] if kind.trains else ["--json"])]
-    return Step(chain.id, seed, stage, template, upstream)
+    return Step(chain.id, chain.corpus, seed, stage, template, upstream)
 
 
 def plan_chains(selected, seeds, scale, default_seed):

@@ -1,16 +1,19 @@
-"""The table runner's report, torch-free: per row, published against measured, each number with the commit,
-date and device that computed it, read from the steps' records; plots from the runs' metrics."""
-import json
+"""The table runner's report, torch-free: per row, published against measured, each number with the commit, date
+and device that computed it (read from the steps' records); plots from the runs' metrics."""
 import time
 from pathlib import Path
 
 import rows
-from plan import STAGES, lineage
 from results import draw_curve, mean_sd, mean_sd_text, pyplot, read_metrics, save_figure
+from rows import STAGES, lineage
 from runfiles import UserError, atomic_write_json, atomic_write_text, read_json
 
 TINY_NOTE = ("Tiny scale: 16-unit models trained 2 epochs on a 200-line cut of each corpus. These numbers cannot be "
              "compared with the published ones; the differences only show that every chain runs end to end.")
+EXPLAINED = ("Measured: each row's step result (recorded when the step finished: final.json of main.py / finetune.py, "
+             "the JSON line of pointer.py / dynamiceval.py), mean ± sample std over seeds. Difference: measured minus "
+             "published (negative is better). Wall time: per seed, the chain's steps up to the row's. Computed at: the "
+             "commit, date and device of each number; † marks another commit than this report's.")
 
 
 def seconds(s):
@@ -18,12 +21,9 @@ def seconds(s):
 
 
 def shown(path):
-    """A path as the report shows it: relative to the working folder when inside it."""
+    """A path relative to the working folder when inside it."""
     path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
 
 
 def run_entry(run, row, out, finished):
@@ -42,18 +42,17 @@ def run_entry(run, row, out, finished):
 
 
 def row_report(row, runs, out, finished):
-    entries, failures, waiting = [], [], 0
+    entries, failures = [], []
     for run in runs:
         entry = run_entry(run, row, out, finished)
-        if entry is not None:
-            entries.append(entry)
-        elif run.failure:
+        if entry is None and run.failure:
             failure = dict(run.failure, seed=run.seed)
             if list(STAGES).index(failure["step"]) < list(STAGES).index(row.stage):
                 failure["reason"] = f"not run: its chain's {failure['step']} step failed ({failure['reason']})"
             failures.append(failure)
-        else:
-            waiting += 1
+        elif entry is not None:
+            entries.append(entry)
+    waiting = len(runs) - len(entries) - len(failures)
     (valid, valid_sd), (test, test_sd) = (mean_sd(e[k] for e in entries) for k in ("valid_ppl", "test_ppl"))
     published = {"valid": row.published[0], "test": row.published[1]} if row.published else None
     status = ("done" if not waiting and not failures else "failed" if failures and not waiting
@@ -66,34 +65,23 @@ def row_report(row, runs, out, finished):
 
 
 def side_file_notes(plan, out):
-    """Damaged or missing side files of finished steps: named, one line each (the numbers come from records)."""
+    """Damaged or missing side files of recorded steps, one line each: the numbers come from the records."""
     notes = []
-    for run in plan:
-        for step in run.steps:
-            if not step.kind.trains or not (Path(out) / step.path("record")).exists():
-                continue
-            if read_json(Path(out) / step.path("final.json")) is None:
-                notes.append(f"{step.path('final.json')} is missing or damaged: the result is read from its record")
-            try:
-                read_metrics(Path(out) / step.path("metrics.jsonl"))
-            except UserError as e:
-                notes.append(str(e))
+    for step in (s for run in plan for s in run.steps if s.kind.trains and (out / s.path("record")).exists()):
+        if read_json(out / step.path("final.json")) is None:
+            notes.append(f"{step.path('final.json')} is missing or damaged: the result is read from its record")
+        try:
+            read_metrics(out / step.path("metrics.jsonl"))
+        except UserError as e:
+            notes.append(str(e))
     return notes
 
 
 def build(plan, selected, out, finished, meta, name):
-    by_chain = {}
-    for run in plan:
-        by_chain.setdefault(run.chain.id, []).append(run)
-    table = [row_report(row, by_chain[row.chain], out, finished) for row in selected]
+    table = [row_report(row, [r for r in plan if r.chain.id == row.chain], out, finished) for row in selected]
     partial = any(r["status"] in ("partial", "pending") for r in table)
     return {**meta, "name": name, "partial": partial, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": table,
-            "side_files": side_file_notes(plan, out)}
-
-
-def provenance(runs, commit):
-    marks = {f"{e['commit']}{'' if e['commit'] == commit else ' †'}, {e['date'][:10]}, {e['device']}" for e in runs}
-    return "; ".join(sorted(marks)) or "-"
+            "side_files": side_file_notes(plan, Path(out))}
 
 
 def markdown(report, images):
@@ -101,30 +89,25 @@ def markdown(report, images):
              f"Command: `{report['command']}`  ",
              f"Written {report['written']} at commit {report['commit']}; scale {report['scale']}; "
              f"torch {report['torch']}; devices: {', '.join(report['devices'])}.", ""]
-    if report["scale"] == "tiny":
-        lines += [f"**{TINY_NOTE}**", ""]
-    lines += ["Measured: each row's step result (recorded when the step finished: final.json of main.py / "
-              "finetune.py, the JSON line of pointer.py / dynamiceval.py), mean ± sample std over seeds. Difference: "
-              "measured minus published (negative is better). Wall time: per seed, the chain's steps up to the row's. "
-              "Computed at: the commit, date and device of each number; † marks another commit than this report's.",
-              "", "| row | published valid / test | measured valid | measured test | difference valid / test | seeds "
-              "| epochs (train + fine-tune) | wall time | computed at | status |", "|---" * 10 + "|"]
+    lines += [f"**{TINY_NOTE}**", ""] if report["scale"] == "tiny" else []
+    lines += [EXPLAINED, "", "| row | published valid / test | measured valid | measured test | difference valid / "
+              "test | seeds | epochs (train + fine-tune) | wall time | computed at | status |", "|---" * 10 + "|"]
     for r in report["rows"]:
         pub = f"{r['published']['valid']} / {r['published']['test']}" if r["published"] else "none published"
         diff = f"{r['difference']['valid']:+.2f} / {r['difference']['test']:+.2f}" if r["difference"] else "-"
         epochs = "; ".join(" + ".join(str(v) for v in e["epochs"].values()) for e in r["runs"]) or "-"
         wall = "; ".join(seconds(e["wall_s"]) for e in r["runs"]) or "-"
+        computed = {f"{e['commit']}{'' if e['commit'] == report['commit'] else ' †'}, {e['date'][:10]}, {e['device']}"
+                    for e in r["runs"]}
         lines.append(f"| `{r['id']}` {r['what']} | {pub} | {mean_sd_text(e['valid_ppl'] for e in r['runs'])} | "
                      f"{mean_sd_text(e['test_ppl'] for e in r['runs'])} | {diff} | "
                      f"{' '.join(map(str, r['seeds'])) or '-'} | {epochs} | {wall} | "
-                     f"{provenance(r['runs'], report['commit'])} | {r['status']} |")
-    failures = [(r["id"], f) for r in report["rows"] for f in r["failures"]]
-    if failures:
-        lines += ["", "Failed:", ""] + [f"- `{rid}` seed {f['seed']}, step {f['step']}: {f['reason']}; log "
-                                        f"`{shown(f['log'])}`" + (f" (last line: `{f['last_line']}`)"
-                                                                  if f["last_line"] else "") for rid, f in failures]
-    if report["side_files"]:
-        lines += ["", "Side files:", ""] + [f"- {note}" for note in report["side_files"]]
+                     f"{'; '.join(sorted(computed)) or '-'} | {r['status']} |")
+    failed = [f"- `{r['id']}` seed {f['seed']}, step {f['step']}: {f['reason']}; log `{shown(f['log'])}`"
+              + (f" (last line: `{f['last_line']}`)" if f["last_line"] else "")
+              for r in report["rows"] for f in r["failures"]]
+    lines += ["", "Failed:", "", *failed] if failed else []
+    lines += ["", "Side files:", "", *(f"- {note}" for note in report["side_files"])] if report["side_files"] else []
     if images:
         lines += ["", "Validation perplexity per epoch, published validation perplexity as a dashed line:", ""]
         lines += [f"![{rid}]({path})" for rid, path in images.items()]
@@ -150,7 +133,7 @@ def draw_plots(report, plan, out, folder):
                 curves.append((run.seed, read_metrics(Path(out) / step.path("metrics.jsonl"))))
             except UserError:  # named among the side files
                 pass
-        if not any(rows_ for _, rows_ in curves):
+        if not any(metrics for _, metrics in curves):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for seed, metrics in curves:
@@ -166,16 +149,14 @@ def draw_plots(report, plan, out, folder):
 
 
 def expected_hours(plan, folder):
-    """GPU hours of the plan's steps not yet done, from GPU runs in the reports in ``folder``; None with what
-    is unmeasured when a step has no such measurement."""
+    """GPU hours of the plan's steps not yet done, from GPU runs in the reports in ``folder``; None with what is
+    unmeasured when a step has no such measurement."""
     measured = {}
     for path in sorted(Path(folder).glob("*.json")):
         for r in (read_json(path) or {}).get("rows", []):
-            for e in r.get("runs", []):
-                if "cuda" in str(e.get("device")) and r.get("id") in rows.ROW:
-                    for stage, wall in (e.get("steps_wall_s") or {}).items():
-                        if wall:
-                            measured[rows.ROW[r["id"]].chain, stage] = wall
+            for e in (e for e in r.get("runs", []) if "cuda" in str(e.get("device")) and r.get("id") in rows.ROW):
+                measured.update({(rows.ROW[r["id"]].chain, s): wall for s, wall in (e.get("steps_wall_s") or {}).items()
+                                 if wall})
     needed = [(run.chain.id, s.stage) for run in plan for s in run.steps if getattr(s, "state", "run") != "done"]
     missing = sorted({f"{c}:{s}" for c, s in needed if (c, s) not in measured})
     return (None, missing) if missing else (sum(measured[k] for k in needed) / 3600, [])

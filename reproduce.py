@@ -8,14 +8,12 @@ compared with the published numbers.
     python reproduce.py ptb --scale tiny           # the same chains, tiny model and corpus cut, on a CPU:
                                                    # TINY_TIME (results/notes/tiny_reproduction.txt)
 
-Every step is a subprocess of an entry point (main.py, finetune.py, pointer.py, dynamiceval.py), its
-output in its own log under --out/CHAIN/seedS/.  A step that succeeds writes its record (STAGE.step.json:
-command, resolved configuration, input and output digests, result, commit, date, machine, device); a step
-is done when its record is there and its output matches it, so rerunning the same command continues where
-it stopped and never runs a finished step again.  A finished step is redone only on request (--redo
-CHAIN:STAGE; --dry shows what it discards).  A failing chain is reported with its log while the others go
-on.  The report, written after each chain and at the end, is --report_dir/NAME.md and .json: published
-against measured per row, each number with the commit, date and device that computed it.
+Each step runs an entry point (main.py, finetune.py, pointer.py, dynamiceval.py), logged under --out/CHAIN/seedS/.
+A step that succeeds writes its record (STAGE.step.json: command, resolved configuration, input and output digests,
+result, commit, date, machine, device); it is done while its output matches the record, so a rerun continues where
+it stopped and never runs a finished step again, unless asked (--redo CHAIN:STAGE; --dry shows what it discards).
+A failing chain is reported with its log while the others go on.  The report (--report_dir/NAME.md and .json,
+written after each chain) gives published against measured per row, with the commit, date and device of each number.
 """
 import argparse
 import shlex
@@ -25,7 +23,7 @@ from pathlib import Path
 import plan as planning
 import report
 import rows
-from runfiles import Interrupted, RunLock, UserError, check_output_path, read_json, run_cli
+from runfiles import Interrupted, RunLock, UserError, atomic_write_json, check_output_path, read_json, run_cli
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_OUT = {"full": Path("runs/reproduction"), "tiny": Path("runs/reproduction-tiny")}
@@ -33,6 +31,7 @@ DEFAULT_REPORT = {"full": Path("results/reproduction"), "tiny": Path("runs/repro
 README_BEGIN = "<!-- rows: written by python reproduce.py --readme from rows.py -->"
 README_END = "<!-- end of rows -->"
 TINY_TIME = "40 s on one core of a shared 2-core AMD EPYC"
+TABLES = f"tables ({', '.join(rows.TABLES)}, all)"
 
 
 def update_readme(path=REPO / "README.md"):
@@ -48,8 +47,7 @@ def build_parser():
     doc = __doc__.replace("TINY_TIME", TINY_TIME)
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=doc.split("\n\n", 1)[1])
-    p.add_argument("tables", nargs="*", metavar="TABLE",
-                   help=f"tables ({', '.join(rows.TABLES)}, all) or row ids: {' '.join(rows.ROW)}")
+    p.add_argument("tables", nargs="*", metavar="TABLE", help=f"{TABLES} or row ids: {' '.join(rows.ROW)}")
     p.add_argument("--seeds", nargs="+", type=int, help="run each chain once per seed (default: each preset's seed)")
     p.add_argument("--jobs", type=int, help="chains at once (default: 1 on CPU; one per visible GPU)")
     p.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda or cuda:N")
@@ -57,10 +55,9 @@ def build_parser():
                    help=f"full: the published recipes; tiny: 16 units, 2 epochs (fine-tuning 1), the first "
                         f"200 / 30 / 30 lines of each split, end to end on a CPU ({TINY_TIME})")
     p.add_argument("--data_root", default="data", help="folder holding penn/ and wikitext-2/ (default data)")
-    p.add_argument("--out", help="runs, logs and step records (default runs/reproduction, with --scale tiny "
-                                 "runs/reproduction-tiny)")
+    p.add_argument("--out", help="runs, logs and step records (default runs/reproduction, or runs/reproduction-tiny)")
     p.add_argument("--report_dir", help="where NAME.md / NAME.json and the plots go (default results/reproduction, "
-                                        "with --scale tiny runs/reproduction-tiny/report)")
+                                        "or runs/reproduction-tiny/report)")
     p.add_argument("--redo", nargs="+", default=[], metavar="STEP",
                    help="compute these finished steps anew, and every step computed from them: CHAIN:STAGE "
                         "(e.g. merity-ptb:finetune) or CHAIN (its whole chain); --dry shows what it discards")
@@ -80,14 +77,13 @@ def check_folder_scale(folder, scale, marker, flag):
 def corpora(plan, data_root, out, scale):
     """Each corpus's folder as the steps read it, and its digest (with the cut, at a small scale)."""
     from data import SPLITS, content_sha256
-    folders, digests = {}, {}
+    folders, digests, cut = {}, {}, planning.SCALES[scale]["cut"]
     for corpus in {run.chain.corpus for run in plan}:
         source = Path(data_root) / corpus
         missing = [s for s in SPLITS if not (source / f"{s}.txt").is_file()]
         if missing:
             raise UserError(f"no corpus at {source} ({', '.join(missing)}.txt missing): run ./getdata.sh or pass "
                             f"--data_root DIR (a folder holding penn/ and wikitext-2/)")
-        cut = planning.SCALES[scale]["cut"]
         folders[corpus] = (Path(out).resolve() / "corpus" / corpus) if cut else source.resolve()
         digests[corpus] = content_sha256([source / f"{s}.txt" for s in SPLITS]) + (f"-cut{cut}" if cut else "")
     return folders, digests
@@ -98,7 +94,7 @@ def main(argv=None):
     if args.readme:
         return update_readme()
     if not args.tables:
-        raise UserError(f"name a table ({', '.join(rows.TABLES)}, all) or row ids, e.g. python reproduce.py ptb --dry")
+        raise UserError(f"name {TABLES} or row ids, e.g. python reproduce.py ptb --dry")
     selected, unknown = rows.select(args.tables)
     if unknown:
         raise UserError(f"{unknown!r} is neither a table ({', '.join(rows.TABLES)}, all) nor a row id: "
@@ -117,9 +113,9 @@ def main(argv=None):
     runner = Runner(out, *corpora(plan, args.data_root, out, scale), planning.redo_set(plan, args.redo))
     runner.check_keys(plan)
     if args.dry:
-        return print_plan(plan, runner, scale, out)
-    for path, flag in ((out / "reproduce.json", "--out"), (report_dir / f"{name}.json", "--report_dir")):
-        check_output_path(path, flag)
+        return print_plan(plan, runner, scale)
+    check_output_path(out / "reproduce.json", "--out")
+    check_output_path(report_dir / f"{name}.json", "--report_dir")
     slots = make_slots(args.jobs, args.device)
     import torch
     meta = {"command": "python reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -128,43 +124,44 @@ def main(argv=None):
     written = lambda plots=False: report.write(report.build(plan, selected, runner.out, runner.finished, meta, name),
                                                plan, runner.out, report_dir, plots)
     with RunLock(out / "reproduce.lock", "--out"):
-        from data import SPLITS, write_corpus_cut
-        from runfiles import atomic_write_json
-        atomic_write_json({"scale": scale}, out / "reproduce.json")
-        cut = planning.SCALES[scale]["cut"]
-        for corpus, folder in runner.data.items():
-            if cut:
-                write_corpus_cut(Path(args.data_root) / corpus, folder, dict(zip(SPLITS, cut)))
-        print(f"{len(plan)} chains on {len(slots)} slot(s) ({', '.join(meta['devices'])}); logs in {out}/CHAIN/seedS/")
-        try:
-            runner.execute(plan, slots, written)
-        except KeyboardInterrupt:
-            written()
-            raise Interrupted(f"rerun the same command to continue (partial report in {report_dir / name}.md)"
-                              ) from None
-        written(plots=True)
+        run_plan(plan, runner, slots, args.data_root, scale, written, report_dir / f"{name}.md")
     print(f"Report: {report_dir / name}.md and .json")
-    for f, label in ((run.failure, run.label) for run in plan if run.failure):
-        print(f"FAILED {label}, step {f['step']}: {f['reason']}; log {f['log']}", file=sys.stderr)
+    for run in (run for run in plan if run.failure):
+        print(run.summary(), file=sys.stderr)
     if any(run.failure for run in plan):
         sys.exit(1)
     return read_json(report_dir / f"{name}.json")
 
 
-def print_plan(plan, runner, scale, out):
-    print(f"{len(plan)} chains, scale {scale}, runs in {out}:")
+def run_plan(plan, runner, slots, data_root, scale, written, partial):
+    from data import SPLITS, write_corpus_cut
+    atomic_write_json({"scale": scale}, runner.out / "reproduce.json")
+    for corpus, folder in runner.data.items():
+        if planning.SCALES[scale]["cut"]:
+            write_corpus_cut(Path(data_root) / corpus, folder, dict(zip(SPLITS, planning.SCALES[scale]["cut"])))
+    print(f"{len(plan)} chains on {len(slots)} slot(s) ({', '.join(sorted({s['name'] for s in slots}))}); "
+          f"logs in {runner.out}/CHAIN/seedS/")
+    try:
+        runner.execute(plan, slots, written)
+    except KeyboardInterrupt:
+        written()
+        raise Interrupted(f"rerun the same command to continue (partial report in {partial})") from None
+    written(plots=True)
+
+
+def print_plan(plan, runner, scale):
+    print(f"{len(plan)} chains, scale {scale}, runs in {runner.out}:")
     for run in plan:
         print(f"\n{run.label} -> rows {', '.join(r.id for r in run.rows)}")
         for step in run.steps:
             step.state, detail = runner.state(step)
             text = {"done": "done, skipped", "resume": "continues from its resume point", "run": "to run",
                     "redo": f"redo, discards {', '.join(detail or []) or 'nothing'}", "refused": f"refused: {detail}"}
-            print(f"  [{text[step.state]}] python {shlex.join(step.argv(runner.out, runner.data[run.chain.corpus]))}")
+            print(f"  [{text[step.state]}] python {shlex.join(runner.argv(step))}")
     hours, missing = report.expected_hours(plan, REPO / "results" / "reproduction")
-    print(f"\nExpected GPU hours: {hours:.1f} (steps measured on a GPU in results/reproduction)"
-          if hours is not None else
-          f"\nExpected GPU hours: unmeasured (no GPU measurement in results/reproduction of {', '.join(missing[:4])}"
-          f"{' ...' if len(missing) > 4 else ''})")
+    print(f"\nExpected GPU hours: {hours:.1f} (steps measured on a GPU in results/reproduction)" if hours is not None
+          else f"\nExpected GPU hours: unmeasured (no GPU measurement in results/reproduction of "
+               f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})")
     return plan
 
 

@@ -1,11 +1,10 @@
 """Running the plan: a process per step, chains on slots, signals passed on, and each step's record.
 
-A step's record (--out/CHAIN/seedS/STAGE.step.json), written at launch with its key (command, resolved
-configuration, corpus) and inputs (upstream outputs' digests), is completed atomically once the step gave a
-finite result: its primary output's digest, the result, commit, date, machine, device.  Done = completed
-record, output matching it, inputs its upstream's outputs; resume points, metrics and final.json are side
-files.  A finished output is replaced only on request (--redo); files of a step without a completed record
-are continued from their resume point, or refused in one line, never deleted.
+A step's record (CHAIN/seedS/STAGE.step.json) is written at launch with its key (command, resolved configuration,
+corpus) and inputs (upstream outputs' digests), and completed once the step gave a finite result: its output's
+digest, the result, commit, date, machine, device.  Done = completed record, output matching it, inputs its
+upstream's outputs; side files never decide.  A finished output is replaced only on --redo; files without a
+completed record are continued from their resume point or refused in one line, never deleted.
 """
 import json
 import math
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from report import seconds
+from results import read_metrics
 from runfiles import UserError, atomic_write_json, code_commit, file_sha256, read_json
 
 REPO = Path(__file__).resolve().parent
@@ -41,15 +41,6 @@ def last_line(path, offset=0):
     return lines[-1] if lines else ""
 
 
-def metrics(path, keys=("epoch", "valid_ppl", "elapsed")):
-    """A run's epoch rows; none when damaged (the report names it)."""
-    from results import read_metrics
-    try:
-        return read_metrics(path, keys)
-    except UserError:
-        return []
-
-
 def now():
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -62,43 +53,55 @@ class Runner:
     def file(self, step, what):
         return self.out / step.path(what)
 
-    def key(self, step, corpus):
+    def record(self, step):
+        return read_json(self.file(step, "record"))
+
+    def argv(self, step):
+        return step.argv(self.out, self.data[step.corpus])
+
+    def epochs(self, step):
+        """A training step's epoch rows; none when damaged (the report names it)."""
+        try:
+            return read_metrics(self.file(step, "metrics.jsonl"), ("epoch", "valid_ppl", "elapsed"))
+        except UserError:
+            return []
+
+    def key(self, step):
         if step not in self.keys:
-            key = {"command": step.template, "data": self.digests[corpus]}
+            key = {"command": step.template, "data": self.digests[step.corpus]}
             if step.stage == "train":
                 from config import outcome, train_config
-                key["config"] = outcome(train_config(step.argv(self.out, self.data[corpus])[1:]))
+                key["config"] = outcome(train_config(self.argv(step)[1:]))
             self.keys[step] = json.loads(json.dumps(key))
         return self.keys[step]
 
     def check_keys(self, plan):
         """A recorded step whose key differs from the plan's is refused before anything runs."""
         from config import outcome
+        which = {"command": "command", "config": "resolved configuration (a preset changed?)", "data": "corpus"}
         for run in plan:
             for step in run.steps:
-                old = read_json(self.file(step, "record"))
+                old = self.record(step)
                 if not isinstance(old, dict) or step in self.redo:
                     continue
-                old, new = dict(old.get("key", {})), self.key(step, run.chain.corpus)
+                old, new = dict(old.get("key", {})), self.key(step)
                 if isinstance(old.get("config"), dict):  # recorded by an older checkout: compare what it computes
                     old["config"] = outcome(old["config"])
-                what = next((k for k in ("command", "config", "data") if old.get(k) != new.get(k)), None)
+                what = next((which[k] for k in which if old.get(k) != new.get(k)), None)
                 if what:
-                    which = {"command": "command", "config": "resolved configuration (a preset changed?)",
-                             "data": "corpus"}[what]
                     raise UserError(f"{run.label}: the {step.stage} step in {self.out / step.dir} ran with another "
-                                    f"{which}: pass --redo {step.id} to discard it, or choose another --out")
+                                    f"{what}: pass --redo {step.id} to discard it, or choose another --out")
 
     def inputs(self, step):
         """The upstream outputs' digests (None while the upstream has no completed record)."""
-        return {} if step.upstream is None else (read_json(self.file(step.upstream, "record")) or {}).get("outputs")
+        return {} if step.upstream is None else (self.record(step.upstream) or {}).get("outputs")
 
     def state(self, step):
         """(state, detail): done, run, resume, redo (detail: the files it discards), or refused (detail: why)."""
         files = [p for p in step.files() if (self.out / p).exists()]
         if step in self.redo:
             return "redo", files
-        record, inputs = read_json(self.file(step, "record")), self.inputs(step)
+        record, inputs = self.record(step), self.inputs(step)
         if isinstance(record, dict) and "outputs" in record:
             bad = [n for n, sha in record["outputs"].items() if file_sha256(self.out / step.dir / n) != sha]
             if bad:
@@ -116,15 +119,15 @@ class Runner:
         return "run", None
 
     def resumable(self, step):
-        resume = self.file(step, "resume.pt")
-        if not step.kind.trains or not resume.exists():
-            return False
         from checkpoint import load_checkpoint
         try:
-            load_checkpoint(resume, "resume")
+            return step.kind.trains and bool(load_checkpoint(self.file(step, "resume.pt"), "resume"))
         except UserError:
             return False
-        return True
+
+    def finished(self, step):
+        """The step's completed record when it is done, else None (what the report reads)."""
+        return self.record(step) if self.state(step)[0] == "done" else None
 
     def fail(self, run, step, reason, rc=None):
         log = self.file(step, "log")
@@ -134,6 +137,8 @@ class Runner:
 
     def launch(self, run, slot):
         """Start the chain's next step that is not done; False when none is left or the chain failed."""
+        if run.status == "failed":
+            return False
         while run.current < len(run.steps):
             step = run.steps[run.current]
             try:
@@ -153,16 +158,15 @@ class Runner:
         return False
 
     def start(self, run, step, state, detail, slot):
-        data = self.data[run.chain.corpus]
-        argv = step.argv(self.out, data)
+        argv = self.argv(step)
         if state == "resume":
             argv = [argv[0], "--resume", str(self.file(step, "resume.pt"))]
         elif state == "redo" and detail and step.kind.trains:
             argv.append("--overwrite")  # asked for: the step's earlier files go once the new run can start
         argv += ["--device", slot["device"]]
         self.redo.discard(step)
-        record = read_json(self.file(step, "record")) if state == "resume" else None
-        record = record or {"key": self.key(step, run.chain.corpus), "inputs": self.inputs(step), "attempts": []}
+        record = self.record(step) if state == "resume" else {"key": self.key(step), "inputs": self.inputs(step),
+                                                              "attempts": []}
         record["attempts"].append({"command": argv, "device": slot["name"], "started": now(), "t0": time.time()})
         atomic_write_json(record, self.file(step, "record"))
         with open(self.file(step, "log"), "a", encoding="utf-8") as log:
@@ -174,48 +178,37 @@ class Runner:
         run.started, run.status, run.slot = time.time(), "running", slot
 
     def finish(self, run):
-        """The running step ended: complete its record if it succeeded with a finite result, else fail the chain."""
+        """The running step ended: complete its record if it gave a finite result, else fail the chain."""
         step, rc = run.steps[run.current], run.proc.returncode
         record, wall = self.attempt_ended(run)
-        result = reason = None
-        if rc != 0:
-            reason = f"exit code {rc}"
-        elif step.kind.trains:
-            result = finite_result(read_json(self.file(step, "final.json")))
-        else:
+        line, result, reason = last_line(self.file(step, "log"), run.offset), None, f"exit code {rc}"
+        if rc == 0:
             try:
-                result = finite_result(json.loads(last_line(self.file(step, "log"), run.offset)))
-                if result is not None:
-                    atomic_write_json(json.loads(last_line(self.file(step, "log"), run.offset)),
-                                      self.file(step, "output"))
+                found = read_json(self.file(step, "final.json")) if step.kind.trains else json.loads(line)
+                result = finite_result(found)
+                reason = None if result else f"a result that is not a finite perplexity: {line[:120]}"
             except ValueError:
                 reason = "exit code 0 but no JSON result on its last line"
-        if reason is None and result is None:
-            reason = f"a result that is not a finite perplexity: {last_line(self.file(step, 'log'), run.offset)[:120]}"
-        if reason is None:  # the run's own clock for training (across resumes), else the attempt's
-            output = self.file(step, "output")
-            rows = metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else []
-            record.update(outputs={output.name: file_sha256(output)}, result=result, commit=self.commit, date=now(),
-                          machine=platform.node(), device=run.slot["name"], epochs=len(rows) if rows else None,
-                          wall_s=rows[-1]["elapsed"] if rows else wall)
-        atomic_write_json(record, self.file(step, "record"))
         if reason:
             return self.fail(run, step, reason, rc)
-        run.current, run.proc = run.current + 1, None
-        run.status = "pending" if run.current < len(run.steps) else "done"
+        if not step.kind.trains:
+            atomic_write_json(found, self.file(step, "output"))
+        output, epochs = self.file(step, "output"), self.epochs(step) if step.kind.trains else []
+        record.update(outputs={output.name: file_sha256(output)}, result=result, commit=self.commit, date=now(),
+                      machine=platform.node(), device=run.slot["name"], epochs=len(epochs) or None,
+                      wall_s=epochs[-1]["elapsed"] if epochs else wall)  # training's own clock, across resumes
+        atomic_write_json(record, self.file(step, "record"))
+        run.current, run.proc, run.status = run.current + 1, None, "pending"
 
     def attempt_ended(self, run):
-        record, wall = read_json(self.file(run.steps[run.current], "record")), round(time.time() - run.started, 3)
+        step, wall = run.steps[run.current], round(time.time() - run.started, 3)
+        record = self.record(step)
         record["attempts"][-1].update(rc=run.proc.returncode, wall_s=wall)
-        atomic_write_json(record, self.file(run.steps[run.current], "record"))
+        atomic_write_json(record, self.file(step, "record"))
         return record, wall
 
-    def finished(self, step):
-        """The step's completed record when it is done, else None (what the report reads)."""
-        return read_json(self.file(step, "record")) if self.state(step)[0] == "done" else None
-
     def execute(self, plan, slots, on_chain_end, poll=0.2):
-        """Run the chains, at most one per slot, until each is done or failed."""
+        """Run the chains, at most one per slot (a chain keeps its slot), until each is done or failed."""
         queue, free, running, shown = [r for r in plan if r.status == "pending"], list(range(len(slots))), {}, {}
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
@@ -224,10 +217,11 @@ class Runner:
                     run, k = queue.pop(0), free.pop(0)
                     if self.launch(run, slots[k]):
                         running[k] = run
-                        print(f"started {run.label}: {run.steps[run.current].stage} on {slots[k]['name']}", flush=True)
-                    else:
-                        free.insert(0, k)
-                        self.ended(run, on_chain_end)
+                        print(f"{run.label}: {run.steps[run.current].stage} started on {slots[k]['name']}", flush=True)
+                        continue
+                    free.insert(0, k)
+                    print(run.summary(), flush=True)
+                    on_chain_end()
                 for k, run in list(running.items()):
                     if run.proc.poll() is None:
                         line = self.progress(run)
@@ -235,14 +229,10 @@ class Runner:
                             print(line, flush=True)
                             shown[k] = line
                         continue
-                    stage = run.steps[run.current].stage
                     self.finish(run)
-                    if run.status == "pending" and self.launch(run, slots[k]):
-                        print(f"{run.label}: {stage} done, {run.steps[run.current].stage} started", flush=True)
-                        continue
                     del running[k]
-                    free.append(k)
-                    self.ended(run, on_chain_end)
+                    free.insert(0, k)  # the chain's next step goes on the same slot
+                    queue.insert(0, run)
                 if running:
                     time.sleep(poll)
         except BaseException:
@@ -253,20 +243,13 @@ class Runner:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def ended(self, run, on_chain_end):
-        f = run.failure
-        print(f"FAILED {run.label}, step {f['step']}: {f['reason']}; log {f['log']}" if f else f"finished {run.label}",
-              flush=True)
-        on_chain_end()
-
     def progress(self, run):
         """Chain, step, epoch (of its limit, for training), last validation perplexity, an ETA at the limit."""
         step = run.steps[run.current]
-        text = f"{run.label} | {step.stage}"
-        rows = metrics(self.file(step, "metrics.jsonl")) if step.kind.trains else []
+        text, epochs = f"{run.label} | {step.stage}", self.epochs(step) if step.kind.trains else []
         limit = self.keys.get(step, {}).get("config", {}).get("epochs")
-        if rows:
-            last = rows[-1]
+        if epochs:
+            last = epochs[-1]
             text += f" | epoch {last['epoch']}{f'/{limit}' if limit else ''} | valid ppl {last['valid_ppl']:.2f}"
             if limit and last["epoch"] > 0:
                 text += f" | ETA at most {seconds((limit - last['epoch']) * last['elapsed'] / last['epoch'])}"
@@ -274,8 +257,8 @@ class Runner:
 
 
 def default_sigint():
-    """In a step's process before it starts: SIGINT as Python expects it, even where the runner was started
-    with SIGINT ignored (in the background from a script), so a forwarded SIGINT stops it at a batch end."""
+    """In a step's process before it starts: SIGINT as Python expects it, even where the runner was started with
+    SIGINT ignored (in the background from a script), so a forwarded SIGINT stops it at a batch end."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -286,8 +269,8 @@ def terminate(signum, frame):
 
 
 def stop(procs):
-    """Stop the running steps at the end of their batch, each writing its resume point.  A terminal's Ctrl-C
-    reached them already (a second SIGINT would stop them before that write); a SIGTERM is passed on."""
+    """Stop the running steps at their batch end, each writing its resume point.  A terminal's Ctrl-C reached
+    them already (a second SIGINT would stop them before that write); a SIGTERM is passed on."""
     for proc in procs:
         if TERMINATED and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -299,23 +282,18 @@ def stop(procs):
 
 
 def make_slots(jobs, device):
-    """Where chains run: CPU slots share the cores; GPU slots spread over the visible devices (one per device
-    by default: no peak memory of concurrent chains has been measured)."""
+    """Where chains run: CPU slots share the cores; GPU slots spread over the visible devices (one per device by
+    default: no peak memory of concurrent chains has been measured)."""
     import torch
     from runfiles import cpu_model
-    from utils import check_device_name
-    check_device_name(device)
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+    from utils import get_device
+    if get_device(device).type == "cpu":
         threads = str(max(1, (os.cpu_count() or 1) // (jobs or 1)))
         env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": threads}
         return [{"device": "cpu", "env": env, "name": f"cpu ({cpu_model()})"}] * (jobs or 1)
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but this PyTorch sees no CUDA device: use --device cpu")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [d.strip() for d in (visible or ",".join(map(str, range(torch.cuda.device_count())))).split(",") if d.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(torch.cuda.device_count())))
+    ids = [d.strip() for d in visible.split(",") if d.strip()]
     index = [int(device.split(":")[1])] if ":" in device else list(range(len(ids)))
-    if index[0] >= len(ids):
-        raise UserError(f"--device {device}: {len(ids)} CUDA device(s) visible, use cuda:0 .. cuda:{len(ids) - 1}")
     return [{"device": "cuda", "env": {"CUDA_VISIBLE_DEVICES": ids[i]},
              "name": f"cuda:{i} ({torch.cuda.get_device_name(i)})"}
             for i in (index[k % len(index)] for k in range(jobs or len(index)))]
