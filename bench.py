@@ -31,7 +31,7 @@ from fused_loss import chunk_rows
 from model import RNNModel
 from schedule import Schedule
 from scoring import evaluate
-from trainer import make_optimizer, train_step
+from epoch import make_optimizer, train_step
 from utils import get_device, set_seed
 from runfiles import (ArgumentParser, UserError, atomic_write_json, check_output_path, code_commit, cpu_model,
                       run_cli)

@@ -1,7 +1,6 @@
 """The one training loop, shared by main.py (training) and finetune.py (fine-tuning).
 
-Per batch: AWD-LSTM's variable-length BPTT with the learning rate scaled by seq_len / bptt, the
-regularizer's loss (fraternal.py), gradient clipping, one optimizer step.  Per epoch: validation
+Per batch: epoch.py.  Per epoch: validation
 (with the averaged weights once averaging SGD runs), the best model saved, the schedule's decision
 (NT-ASGD switch, annealing, stopping), metrics and a resume checkpoint written atomically.
 """
@@ -12,11 +11,10 @@ import tempfile
 import time
 import uuid
 from collections import namedtuple
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -25,11 +23,12 @@ from checkpoint import check_vocab, load_checkpoint, load_weights, save_checkpoi
 from runfiles import (RUN_FILES, Interrupted, RunLock, UserError, atomic_write_json, atomic_write_jsonl,
                       check_output_path, read_json, remove_stale_temp_files, run_paths)
 from scoring import evaluate, ppl
-from data import Corpus, batchify, check_split_sizes, first_lines, get_batch
-from fraternal import Regularizer, fraternal_loss, overlap_blocker
+from data import Corpus, batchify, check_split_sizes, first_lines
+from epoch import averaged_weights, make_optimizer, non_finite, train_epoch
+from fraternal import Regularizer, overlap_blocker
 from model import RNNModel
 from schedule import ANNEAL, STOP, SWITCH, Schedule
-from utils import DeferredInterrupt, get_device, progress, repackage_hidden, set_seed
+from utils import DeferredInterrupt, get_device, set_seed
 
 RULE = "-" * 89
 
@@ -40,169 +39,6 @@ TRAINING, FINE_TUNING = Stage("training", "main.py", "--save"), Stage("fine-tuni
 
 def stage_of(cfg):
     return FINE_TUNING if cfg.get("stage") == "finetune" else TRAINING
-
-
-class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite."""
-
-
-def non_finite(which, value, where, best):
-    kept = f"the best checkpoint {best} is intact" if os.path.exists(best) else "no checkpoint had been saved yet"
-    return NonFiniteLoss(f"the {which} loss became {value} in {where}; {kept}: retry with a lower --lr or --clip")
-
-
-@contextmanager
-def averaged_weights(model, optimizer):
-    """Swap in averaged SGD's running averages (no-op for other optimizers)."""
-    saved = []
-    if isinstance(optimizer, torch.optim.ASGD):
-        with torch.no_grad():
-            for p in model.parameters():
-                ax = optimizer.state.get(p, {}).get("ax")
-                if ax is not None:  # a parameter not stepped yet is its own average
-                    saved.append((p, p.detach().clone()))
-                    p.copy_(ax)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, value in saved:
-                p.copy_(value)
-
-
-def make_optimizer(cfg, schedule, params, device):
-    """SGD (or Adam) until averaging starts, then averaged SGD with t0 = 0, lambda = 0."""
-    if schedule.averaging:
-        return torch.optim.ASGD(params, lr=schedule.lr, t0=0, lambd=0.0, weight_decay=cfg["wdecay"],
-                                capturable=device.type == "cuda")
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=schedule.lr, weight_decay=cfg["wdecay"])
-    return torch.optim.SGD(params, lr=schedule.lr, weight_decay=cfg["wdecay"])
-
-
-def draw_seq_len(cfg):
-    """AWD-LSTM's variable BPTT: base bptt (p = 0.95) or bptt / 2, then N(base, 5), at least 5."""
-    bptt = cfg["bptt"] if np.random.random() < 0.95 else cfg["bptt"] / 2.0
-    seq_len = max(5, int(np.random.normal(bptt, 5)))
-    return min(seq_len, cfg["max_seq_len"]) if cfg["max_seq_len"] else seq_len
-
-
-def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len):
-    """One optimizer step on one batch, the learning rate scaled by seq_len / bptt for this step only
-    (``seq_len`` as drawn: the reference scaled by it even where the stream's end cut the batch)."""
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.param_groups[0]["lr"] = lr * seq_len / cfg["bptt"]
-    optimizer.zero_grad(set_to_none=True)
-    out = fraternal_loss(model, data, targets, repackage_hidden(hidden), reg)
-    out.loss.backward()
-    distributed.average_gradients(params)
-    if cfg["clip"]:
-        torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
-    optimizer.step()
-    optimizer.param_groups[0]["lr"] = lr
-    return out
-
-
-class EpochState:
-    """The running state of one training epoch: where in the stream it stands, its loss sums (tensors on
-    the device, read only at log intervals) and the hidden state.  ``position()`` is all a mid-epoch
-    resume point needs to continue from the batch just done; ``from_position`` takes it back."""
-
-    def __init__(self, model, train_data, epoch):
-        self.epoch, self.batch, self.i, self.tokens = epoch, 0, 0, 0
-        zero = torch.zeros((), device=train_data.device)
-        self.total_ce, self.total_pen, self.interval_ce = zero.clone(), zero.clone(), zero.clone()
-        self.hidden = model.init_hidden(train_data.size(1))
-        self.start = self.interval_start = time.time()
-
-    @classmethod
-    def from_position(cls, model, train_data, epoch, position):
-        state = cls(model, train_data, epoch)
-        if position is not None:
-            device = train_data.device
-            state.batch, state.i, state.tokens = position["batch"], position["i"], position["tokens"]
-            state.total_ce, state.total_pen, state.interval_ce = (position[k].to(device) for k in distributed.SUMS)
-            state.hidden = [tuple(t.to(device) for t in hc) for hc in position["hidden"]]
-            state.start -= position["seconds"]
-        return state
-
-    def add(self, out, seq_len, targets):
-        self.hidden = out.hidden
-        self.total_ce += out.ce
-        self.total_pen += out.penalty
-        self.interval_ce += out.ce
-        self.batch += 1
-        self.i += seq_len
-        self.tokens += targets.numel()
-
-    def position(self):
-        return {"epoch": self.epoch, "batch": self.batch, "i": self.i, "tokens": self.tokens,
-                "seconds": time.time() - self.start, **{k: getattr(self, k).cpu() for k in distributed.SUMS},
-                "hidden": [tuple(t.detach().cpu() for t in hc) for hc in self.hidden]}
-
-    def log_interval(self, lr, approx, interval):
-        """The reference's progress line over the last ``interval`` batches."""
-        cur = self.interval_ce.item() / interval
-        ms = (time.time() - self.interval_start) * 1000 / interval
-        tqdm.write(f"| epoch {self.epoch:3d} | {self.batch:5d}/{approx:5d} batches | lr {lr:05.5f} | "
-                   f"ms/batch {ms:5.2f} | loss {cur:5.2f} | ppl {ppl(cur):8.2f}")
-        self.interval_ce.zero_()
-        self.interval_start = time.time()
-
-    def check_finite(self, cfg, lr):
-        running = self.total_ce.item() / self.batch
-        if not math.isfinite(running):
-            raise non_finite("training", running, f"epoch {self.epoch} (batch {self.batch}, lr {lr:g})", cfg["save"])
-        return running
-
-    def summary(self, cfg):
-        train_loss = self.total_ce.item() / max(self.batch, 1)
-        if not math.isfinite(train_loss):
-            raise non_finite("training", train_loss, f"epoch {self.epoch}", cfg["save"])
-        seconds = time.time() - self.start
-        return {"train_loss": train_loss, "penalty": self.total_pen.item() / max(self.batch, 1), "batches": self.batch,
-                "tokens": self.tokens, "seconds": seconds, "tokens_per_s": self.tokens / max(seconds, 1e-9)}
-
-
-def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None,
-                stop=None):
-    """One pass over the training stream.  ``position``: where a mid-epoch resume point left off.
-    ``checkpoint(position)`` is called every ``cfg["checkpoint_every"]`` minutes with the state
-    needed to continue from the batch just done (so a kill costs minutes, not an epoch), and once
-    more when Ctrl-C set ``stop.requested`` (utils.DeferredInterrupt), before KeyboardInterrupt."""
-    model.train()
-    params = list(model.parameters())
-    state = EpochState.from_position(model, train_data, epoch, position)
-    log_every = cfg["log_interval"]
-    check_every = log_every if train_data.device.type == "cuda" else min(10, log_every)  # host syncs are costly on GPU
-    resume_every, last_resume_point = cfg.get("checkpoint_every", 0) * 60, time.time()
-    approx = max(1, len(train_data) // cfg["bptt"])
-    bar = progress(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}",
-                   enabled=distributed.is_main())
-    with bar:
-        while state.i < train_data.size(0) - 1 - 1 and (max_batches is None or state.batch < max_batches):
-            seq_len = draw_seq_len(cfg)
-            lr = optimizer.param_groups[0]["lr"]
-            if cfg["reset_hidden_prob"] and np.random.random() < cfg["reset_hidden_prob"]:
-                state.hidden = model.init_hidden(train_data.size(1))
-            data, targets = get_batch(train_data, state.i, seq_len)
-            state.add(train_step(model, optimizer, params, data, targets, state.hidden, reg, cfg, seq_len), seq_len,
-                      targets)
-            bar.update(1)
-            # 1: a resume point is due, 2: Ctrl-C (rank 0's word, so every rank joins the same collective write)
-            due = distributed.agree(int(bool(resume_every) and time.time() - last_resume_point >= resume_every)
-                                    + 2 * int(stop is not None and stop.requested))
-            if checkpoint is not None and due:
-                checkpoint(state.position())
-                last_resume_point = time.time()
-            if due >= 2:
-                raise KeyboardInterrupt
-            if state.batch % check_every == 0 or state.batch % log_every == 0:
-                running = state.check_finite(cfg, lr)
-                bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{state.tokens / (time.time() - state.start):.0f}")
-            if state.batch % log_every == 0:
-                state.log_interval(lr, approx, log_every)
-    return state.summary(cfg)
 
 
 @dataclass

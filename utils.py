@@ -82,10 +82,11 @@ class PlainProgress:
     def line(self, now):
         elapsed = now - self.start
         done = f"{self.n} {self.unit}"
-        if self.total:
-            done = f"{self.n}/{self.total} {self.unit} ({min(100, 100 * self.n // self.total)}%)"
-            if self.n < self.total:
-                done += f", ETA {tqdm.format_interval(elapsed * (self.total - self.n) / self.n)}"
+        if self.total:  # variable BPTT may take more batches than the estimate: never "21/20"
+            total = max(self.total, self.n)
+            done = f"{self.n}/{total} {self.unit} ({100 * self.n // total}%)"
+            if self.n < total:
+                done += f", ETA {tqdm.format_interval(elapsed * (total - self.n) / self.n)}"
         return f"{self.desc}: {done}, {tqdm.format_interval(elapsed)} elapsed{self.postfix}"
 
     def set_postfix(self, **values):

@@ -10,6 +10,7 @@ import evaluate as evaluate_cli
 import finetune as finetune_cli
 import main as main_cli
 from model import RNNModel
+import epoch
 import trainer
 from checkpoint import weights_sha256
 from config import build_config, train_config
@@ -90,7 +91,7 @@ def test_ctrl_c_still_evaluates_the_best_model(tiny_corpus, tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_and_leaves_the_best_checkpoint_intact(tiny_corpus, tmp_path, monkeypatch):
-    real_loss, real_eval = trainer.fraternal_loss, trainer.evaluate
+    real_loss, real_eval = epoch.fraternal_loss, trainer.evaluate
     state = {"evaluated": 0, "snapshot": None}
 
     def counting_eval(*a, **k):
@@ -106,8 +107,8 @@ def test_non_finite_loss_stops_and_leaves_the_best_checkpoint_intact(tiny_corpus
         return out
 
     monkeypatch.setattr(trainer, "evaluate", counting_eval)
-    monkeypatch.setattr(trainer, "fraternal_loss", poisoned)
-    with pytest.raises(trainer.NonFiniteLoss, match="intact"):
+    monkeypatch.setattr(epoch, "fraternal_loss", poisoned)
+    with pytest.raises(epoch.NonFiniteLoss, match="intact"):
         main_cli.main(tiny_args(tiny_corpus, tmp_path / "n.pt", epochs=3))
     assert (tmp_path / "n.pt").read_bytes() == state["snapshot"]
     assert torch.load(tmp_path / "n.pt", weights_only=True)["epoch"] == 1

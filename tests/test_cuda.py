@@ -22,7 +22,7 @@ from config import PRESETS, train_config
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
 from model import Masks, RNNModel
 from schedule import Schedule
-from trainer import make_optimizer, train_step
+from epoch import make_optimizer, train_step
 from weight_drop import WeightDropLSTM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

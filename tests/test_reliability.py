@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import epoch
 import evaluate as evaluate_cli
 import finetune as finetune_cli
 import generate as generate_cli
@@ -270,9 +271,9 @@ def test_resume_rewrites_metrics_to_match_its_resume_point(tiny_corpus, tmp_path
 # --- NaN in the first epoch -------------------------------------------------------------------------
 
 def test_non_finite_loss_before_any_checkpoint_says_so(tiny_corpus, tmp_path, monkeypatch):
-    real = trainer.fraternal_loss
-    monkeypatch.setattr(trainer, "fraternal_loss", lambda *a: real(*a)._replace(ce=torch.tensor(float("nan"))))
-    with pytest.raises(trainer.NonFiniteLoss) as e:
+    real = epoch.fraternal_loss
+    monkeypatch.setattr(epoch, "fraternal_loss", lambda *a: real(*a)._replace(ce=torch.tensor(float("nan"))))
+    with pytest.raises(epoch.NonFiniteLoss) as e:
         main_cli.main(tiny_args(tiny_corpus, tmp_path / "n.pt", epochs=1))
     assert "no checkpoint had been saved yet" in str(e.value) and "intact" not in str(e.value)
 
@@ -295,19 +296,19 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(tiny_corpus, tmp_path
     args = ("--optimizer", "asgd", "--nonmono", "50", "--checkpoint_every", "1e-9")
     main_cli.main(tiny_args(tiny_corpus, tmp_path / "full.pt", *args, epochs=2))
     full = rows(tmp_path / "full.metrics.jsonl")
-    real, calls = trainer.train_step, []
+    real, calls = epoch.train_step, []
 
     def killed_in_epoch_2(*a, **k):
         calls.append(1)
         if len(calls) == 200:  # epoch 1 has about 140 batches
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(trainer, "train_step", killed_in_epoch_2)
+    monkeypatch.setattr(epoch, "train_step", killed_in_epoch_2)
     with pytest.raises(runfiles.Interrupted):
         main_cli.main(tiny_args(tiny_corpus, tmp_path / "cut.pt", *args, epochs=2))
     blob = torch.load(tmp_path / "cut.resume.pt", weights_only=True)
     assert blob["position"]["epoch"] == 2 and blob["position"]["batch"] >= 1
-    monkeypatch.setattr(trainer, "train_step", real)
+    monkeypatch.setattr(epoch, "train_step", real)
     resumed = main_cli.main(["--resume", str(tmp_path / "cut.resume.pt"), "--device", "cpu"])
     assert rows(tmp_path / "cut.metrics.jsonl") == full
     assert resumed["test_loss"] == json.load(open(tmp_path / "full.final.json"))["test_loss"]

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import trainer
+import epoch
 from schedule import Schedule
 from config import PRESETS
 from data import batchify
 from fraternal import VARIANTS, Regularizer, fraternal_loss, fraternal_penalty
 from model import Masks, RNNModel
 from mc_dropout import mc_cross_entropy
+from scoring import evaluate, ppl
 
 V, T, B = 50, 7, 3
 
@@ -278,7 +279,7 @@ def test_train_step_scales_lr_by_seq_len_for_that_step_only():
     fraternal_loss(model, data, targets, hidden, Regularizer()).loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
-    trainer.train_step(model, opt, list(model.parameters()), data, targets, hidden, Regularizer(), cfg, seq_len=T)
+    epoch.train_step(model, opt, list(model.parameters()), data, targets, hidden, Regularizer(), cfg, seq_len=T)
     for p, p0, g in zip(model.parameters(), before, grads):
         assert torch.allclose(p.detach(), p0 - cfg["lr"] * T / cfg["bptt"] * g, atol=1e-6)
     assert opt.param_groups[0]["lr"] == cfg["lr"]
@@ -288,7 +289,7 @@ def test_train_step_clips_the_gradient_norm():
     model, (data, targets) = tiny_model(), batch()
     cfg = step_cfg(clip=0.01)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer.train_step(model, opt, list(model.parameters()), data, targets, model.init_hidden(B),
+    epoch.train_step(model, opt, list(model.parameters()), data, targets, model.init_hidden(B),
                        Regularizer(kappa=0.1, double_target=True), cfg, seq_len=T)
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
     assert norm.item() == pytest.approx(0.01, rel=1e-3)
@@ -296,49 +297,49 @@ def test_train_step_clips_the_gradient_norm():
 
 def test_variable_bptt_distribution_and_cap():
     np.random.seed(0)
-    lens = np.array([trainer.draw_seq_len(dict(bptt=70, max_seq_len=0)) for _ in range(4000)])
+    lens = np.array([epoch.draw_seq_len(dict(bptt=70, max_seq_len=0)) for _ in range(4000)])
     assert lens.min() >= 5
     half = (lens < 52).mean()
     assert 0.03 < half < 0.07  # base bptt/2 with probability 0.05
     assert abs(np.median(lens) - 70) <= 2
-    capped = [trainer.draw_seq_len(dict(bptt=35, max_seq_len=45)) for _ in range(2000)]
+    capped = [epoch.draw_seq_len(dict(bptt=35, max_seq_len=45)) for _ in range(2000)]
     assert max(capped) == 45
 
 
 def test_hidden_state_reset_probability(monkeypatch):
     seen = []
-    real = trainer.fraternal_loss
+    real = epoch.fraternal_loss
 
     def spy(model, data, targets, hidden, reg):
         seen.append(float(sum(h.abs().sum() for hc in hidden for h in hc)))
         return real(model, data, targets, hidden, reg)
 
-    monkeypatch.setattr(trainer, "fraternal_loss", spy)
+    monkeypatch.setattr(epoch, "fraternal_loss", spy)
     model = tiny_model()
     train = batchify(torch.randint(0, V, (600,)), B)
     cfg = dict(step_cfg(), max_seq_len=0, log_interval=1000, save="unused")
     for prob, expect_zero in ((1.0, True), (0.0, False)):
         seen.clear()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        trainer.train_epoch(model, opt, train, dict(cfg, reset_hidden_prob=prob), Regularizer(), 1, max_batches=6)
+        epoch.train_epoch(model, opt, train, dict(cfg, reset_hidden_prob=prob), Regularizer(), 1, max_batches=6)
         assert seen[0] == 0.0
         assert all(s == 0.0 for s in seen[1:]) == expect_zero
 
 
 def test_non_finite_loss_stops_the_epoch(monkeypatch, tmp_path):
-    real = trainer.fraternal_loss
+    real = epoch.fraternal_loss
 
     def poisoned(*args):
         out = real(*args)
         return out._replace(ce=out.ce * float("nan"))
 
-    monkeypatch.setattr(trainer, "fraternal_loss", poisoned)
+    monkeypatch.setattr(epoch, "fraternal_loss", poisoned)
     model = tiny_model()
     train = batchify(torch.randint(0, V, (600,)), B)
     (tmp_path / "best.pt").write_bytes(b"an earlier epoch's best model")
     cfg = dict(step_cfg(), max_seq_len=0, log_interval=1000, reset_hidden_prob=0.0, save=str(tmp_path / "best.pt"))
-    with pytest.raises(trainer.NonFiniteLoss, match="best checkpoint .*best.pt is intact"):
-        trainer.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), train, cfg, Regularizer(), 1,
+    with pytest.raises(epoch.NonFiniteLoss, match="best checkpoint .*best.pt is intact"):
+        epoch.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), train, cfg, Regularizer(), 1,
                             max_batches=12)
 
 
@@ -348,7 +349,7 @@ def test_averaged_weights_swap_in_asgd_averages_and_restore():
     model = tiny_model()
     opt = torch.optim.ASGD(model.parameters(), lr=0.5, t0=0, lambd=0.0)
     raw = [p.detach().clone() for p in model.parameters()]
-    with trainer.averaged_weights(model, opt):  # right after the switch, before any step: no KeyError
+    with epoch.averaged_weights(model, opt):  # right after the switch, before any step: no KeyError
         assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
     history = []
     data, targets = batch()
@@ -358,7 +359,7 @@ def test_averaged_weights_swap_in_asgd_averages_and_restore():
         opt.step()
         history.append([p.detach().clone() for p in model.parameters()])
     current = [p.detach().clone() for p in model.parameters()]
-    with trainer.averaged_weights(model, opt):
+    with epoch.averaged_weights(model, opt):
         for p, hist in zip(model.parameters(), zip(*history)):
             # t0 = 0: the average over the iterates from step 2 on (step 1's average is overwritten)
             assert torch.allclose(p, torch.stack(hist[1:]).mean(0), atol=1e-6)
@@ -369,10 +370,10 @@ def test_make_optimizer_follows_the_phase():
     model = tiny_model()
     cfg = dict(optimizer="asgd-nt", wdecay=1.2e-6, lr=30.0, nonmono=5, patience=20, anneal=3.0, min_lr=0.1)
     state = Schedule(cfg)
-    opt = trainer.make_optimizer(cfg, state, model.parameters(), torch.device("cpu"))
+    opt = epoch.make_optimizer(cfg, state, model.parameters(), torch.device("cpu"))
     assert type(opt) is torch.optim.SGD and opt.defaults["weight_decay"] == 1.2e-6
     state.averaging = True
-    opt = trainer.make_optimizer(cfg, state, model.parameters(), torch.device("cpu"))
+    opt = epoch.make_optimizer(cfg, state, model.parameters(), torch.device("cpu"))
     assert type(opt) is torch.optim.ASGD and opt.defaults["t0"] == 0 and opt.defaults["lambd"] == 0
     assert Schedule(dict(cfg, optimizer="asgd")).averaging
 
@@ -385,7 +386,7 @@ def test_evaluate_is_exp_of_mean_token_cross_entropy_without_autograd():
     source = batchify(stream, 4)
     grad_modes = []
     model.register_forward_hook(lambda *a: grad_modes.append(torch.is_grad_enabled()))
-    loss = trainer.evaluate(model, source, 10, 4)
+    loss = evaluate(model, source, 10, 4)
     assert grad_modes and not any(grad_modes) and not model.training
     # by hand: every predicted token once, hidden carried over the windows
     model.eval()
@@ -398,7 +399,7 @@ def test_evaluate_is_exp_of_mean_token_cross_entropy_without_autograd():
             count += n * 4
     assert count == (source.size(0) - 1) * 4
     assert loss == pytest.approx(total / count, rel=1e-6)
-    assert trainer.ppl(loss) == pytest.approx(math.exp(total / count), rel=1e-6)
+    assert ppl(loss) == pytest.approx(math.exp(total / count), rel=1e-6)
 
 
 def test_mc_cross_entropy_averages_probabilities_not_log_probabilities():
