@@ -1,11 +1,6 @@
-"""A run's configuration, declared once: every setting with its type, default, help and rule
-(``SETTINGS``), and the tables that override defaults (presets, fine-tuning rows, per-preset kappa).
-
-The command lines (main.py, finetune.py), ``--help`` with each preset's value, validation and the plain
-dict every checkpoint stores are all derived from these declarations.  A new hyper-parameter is one
-``Setting`` (plus, if it varies per preset, one value in each ``PRESETS`` row) and the code where it acts.
-Every flag defaults to None, so the precedence is: an explicit flag, then the preset (or, for the
-regularizer's settings, the variant), then the setting's own default.
+"""A run's configuration, declared once (``SETTINGS``, ``PRESET``), so that the command lines, --help, validation
+and the plain dict every checkpoint stores cannot drift apart: a new hyper-parameter is one ``Setting``.
+Every flag defaults to None: an explicit flag wins, then the preset (or the variant), then the setting's default.
 """
 import argparse
 import difflib
@@ -23,10 +18,8 @@ CORPORA = {"ptb": "data/penn", "wt2": "data/wikitext-2"}
 
 @dataclass(frozen=True)
 class Preset:
-    """One experiment setup, declared once.  ``values``: every setting whose default is the preset's (and any
-    other setting it changes); ``finetune``: the reference fine-tuning row (batch_size, epochs, seed);
-    ``kappa``: per variant, where the preset's experiments used another kappa than fraternal.VARIANTS';
-    ``pointer``: the key of its cache-pointer settings (pointer.py): paper, readme or tag."""
+    """One experiment setup: its settings, its fine-tuning row (batch_size, epochs, seed), its cache-pointer
+    settings' key (pointer.py) and, per variant, a kappa other than fraternal.VARIANTS' where its source used one."""
     corpus: str  # ptb or wt2
     values: dict
     finetune: dict
@@ -85,15 +78,13 @@ OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
 DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropouti, dropoute, wdrop
 
 FROM_PRESET, FROM_VARIANT = "<preset>", "<variant>"  # defaults read from the preset / the variant
+OVERRIDE = "override the checkpoint's rate"
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting of a run.  ``rule`` names the check of ``RULES`` its value must pass; ``flag``: main.py
-    takes it; ``resume``: a resumed run may change it (it does not change what the run computes);
-    ``finetune``: finetune.py's help for it (empty: not a fine-tuning flag); ``before``: the value of a
-    checkpoint written before the setting existed; ``optional``: only some stages have it; ``result``:
-    the values a run computes depend on it (False: it says only where or how the run ran)."""
+    """One setting.  ``resume``: a resumed run may change it; ``finetune``: finetune.py's help (empty: no flag);
+    ``before``: its value in checkpoints older than it; ``result``: False where it says only where or how a run ran."""
     name: str
     kind: type
     help: str
@@ -111,8 +102,7 @@ class Setting:
 
 SETTINGS = (
     Setting("preset", str, "experiment setup whose hyper-parameters fill every flag not given: " + ", ".join(PRESET),
-            "single", "choice",
-            "run", tuple(PRESETS)),
+            "single", "choice", "run", tuple(PRESETS)),
     Setting("model", str, "regularizer: FD fraternal dropout, ELD expectation-linear dropout, PM Pi-model, RD R-Drop "
             "(symmetric KL), baseline (one pass)", "FD", "choice", "run", tuple(VARIANTS)),
     Setting("data", str, "corpus folder with train/valid/test.txt", group="run", resume=True,
@@ -126,16 +116,11 @@ SETTINGS = (
     Setting("emsize", int, "word embedding size", rule="positive_int", group="model"),
     Setting("nhid", int, "hidden units per LSTM layer", rule="positive_int", group="model"),
     Setting("nlayers", int, "number of LSTM layers", rule="positive_int", group="model"),
-    Setting("dropout", float, "dropout on the last layer's output", rule="probability", group="model",
-            finetune="override the checkpoint's dropout rate"),
-    Setting("dropouth", float, "dropout between LSTM layers", rule="probability", group="model",
-            finetune="override the checkpoint's dropouth rate"),
-    Setting("dropouti", float, "dropout on the embedding output", rule="probability", group="model",
-            finetune="override the checkpoint's dropouti rate"),
-    Setting("dropoute", float, "dropout of whole embedding rows", rule="probability", group="model",
-            finetune="override the checkpoint's dropoute rate"),
-    Setting("wdrop", float, "DropConnect on every W_hh", rule="probability", group="model",
-            finetune="override the checkpoint's wdrop rate"),
+    Setting("dropout", float, "dropout on the top layer output", rule="probability", group="model", finetune=OVERRIDE),
+    Setting("dropouth", float, "dropout between LSTM layers", rule="probability", group="model", finetune=OVERRIDE),
+    Setting("dropouti", float, "dropout on the embedding output", rule="probability", group="model", finetune=OVERRIDE),
+    Setting("dropoute", float, "dropout of whole embedding rows", rule="probability", group="model", finetune=OVERRIDE),
+    Setting("wdrop", float, "DropConnect on every W_hh", rule="probability", group="model", finetune=OVERRIDE),
     Setting("locked", bool, "one dropout mask per sequence, reused over time; --no-locked draws full-shape masks",
             group="model"),
     Setting("locked_mask", str, "sequence: one mask per sequence reused over time (awd-lstm-lm since 2017-09-01); "
@@ -175,13 +160,11 @@ SETTINGS = (
             "rule; adam", rule="choice", choices=OPTIMIZERS),
     Setting("lr", float, "initial learning rate", rule="positive",
             finetune="learning rate of averaged SGD (the training run's, 30)"),
-    Setting("clip", float, "gradient norm clipping", rule="positive", finetune="gradient norm clipping (the training "
-            "run's)"),
+    Setting("clip", float, "gradient norm clipping", rule="positive", finetune="gradient norm clipping (the run's)"),
     Setting("wdecay", float, "weight decay", rule="non_negative", finetune="weight decay (the training run's)"),
     Setting("epochs", int, "upper epoch limit", rule="positive_int", resume=True, finetune="upper epoch limit"),
     Setting("batch_size", int, "training batch size", rule="positive_int", finetune="batch size"),
-    Setting("bptt", int, "base sequence length", rule="positive_int",
-            finetune="base sequence length (the training run's)"),
+    Setting("bptt", int, "base sequence length", rule="positive_int", finetune="base sequence length (the run's)"),
     Setting("max_seq_len", int, "cap on the drawn sequence length, 0 for none", rule="seq_cap"),
     Setting("reset_hidden_prob", float, "probability of zeroing the hidden state before a batch", rule="probability"),
     Setting("nonmono", int, "non-monotone interval of NT-ASGD", rule="positive_int",
@@ -190,8 +173,7 @@ SETTINGS = (
     Setting("anneal", float, "sgd-anneal: divide lr by this", rule="positive"),
     Setting("min_lr", float, "sgd-anneal: stop once lr falls below", rule="non_negative"),
     Setting("seed", int, "random seed", rule="seed", finetune="random seed"),
-    Setting("eval_batch_size", int, "validation batch size (10)", 10, "positive_int",
-            finetune="validation batch size (10)"),
+    Setting("eval_batch_size", int, "validation batch size (10)", 10, "positive_int", finetune="validation batch size"),
     Setting("test_batch_size", int, "test batch size (1)", 1, "positive_int", finetune="test batch size (1)"),
     # running
     Setting("device", str, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)", "auto", "device",
@@ -236,9 +218,6 @@ RULES = {
 
 def default_kappa(preset, model):
     return PRESET[preset].kappa.get(model, VARIANTS[model].kappa)
-
-
-# ---------------------------------------------------------------- command lines
 
 
 def kappa_values():
@@ -317,36 +296,13 @@ def build_finetune_parser(doc):
     return p
 
 
-def tool_parser(doc, data_help="corpus folder (default: the one recorded in the checkpoint)"):
-    """The command line every tool that reads a checkpoint starts from."""
-    p = parser(None, doc.split("\n\n")[0])
-    p.add_argument("--save", required=True, help="checkpoint written by main.py or finetune.py")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    return p
-
-
-# ---------------------------------------------------------------- building a configuration
-
-
 def build_config(flags, stage="train", base=None):
-    """The run's complete configuration, for every entry point: a plain dict (it goes into every
-    checkpoint), validated once, here.
-
-    ``flags``: the command line's values (None where not given).  ``stage``:
-    - "train" (main.py): the preset's values, the variant's defaults, then the flags;
-    - "finetune" (finetune.py): the trained run's config ``base``, the reference's fine-tuning row,
-      then the flags (the trained dropout rates are kept unless overridden);
-    - "resume": the interrupted run's config ``base`` with the few flags a resumed run may change.
-    """
-    if stage == "train":
-        cfg, given = _train_config(flags)
-    elif stage == "finetune":
-        cfg, given = _finetune_config(flags, base)
-    elif stage == "resume":
-        cfg, given = _resume_config(flags, base)
-    else:
-        raise ValueError(f"unknown stage {stage!r}")
+    """A run's plain-dict configuration, validated once, here: for "train" the preset, the variant and the flags;
+    for "finetune" the trained run's config ``base``, the reference's fine-tuning row and the flags; for "resume"
+    ``base`` with the few flags a resumed run may change."""
+    builders = {"train": lambda: _train_config(flags), "finetune": lambda: _finetune_config(flags, base),
+                "resume": lambda: _resume_config(flags, base)}
+    cfg, given = builders[stage]()
     check_train_config(cfg, given)
     return cfg
 
@@ -415,8 +371,7 @@ def _finetune_config(flags, trained):
 
 
 def with_settings_added_since(cfg):
-    """A checkpoint's config with every setting added after it was written, at the value that keeps its
-    meaning (``Setting.before``)."""
+    """A checkpoint's config with every setting added since, at the value that keeps its meaning."""
     cfg = dict(cfg)
     for s in SETTINGS:
         if s.before is not None:
@@ -425,16 +380,14 @@ def with_settings_added_since(cfg):
 
 
 def outcome(cfg):
-    """What a run computed: its configuration without the settings that say only where or how it ran, with
-    the settings added since it was recorded at the values it ran with.  Two runs of equal outcome
-    compute the same numbers (the study's reuse of committed runs, reproduce.py's of finished steps)."""
+    """The settings a run's numbers depend on: two runs of equal outcome compute the same numbers, so the study
+    and reproduce.py may reuse one for the other."""
     return {k: v for k, v in with_settings_added_since(cfg).items() if k not in SETTING or SETTING[k].result}
 
 
 def _resume_config(flags, blob):
-    """A resume file continues only the run it belongs to, writing where that run's files are: where
-    the run was started, or, once its folder has moved as a whole, beside the resume file itself (so the
-    resume file's own location decides, and its name must be its run's)."""
+    """A resume file continues only its own run, writing where that run started or, if the run's folder moved as
+    a whole, beside the resume file."""
     cfg = with_settings_added_since(blob["config"])
     given = os.path.abspath(flags["resume"])
     own = run_paths(cfg["save"])["resume"]
@@ -456,9 +409,6 @@ def _resume_config(flags, blob):
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
         cfg["save"] = None
     return cfg, {}
-
-
-# ---------------------------------------------------------------- validation
 
 
 def check_train_config(cfg, given):
@@ -485,8 +435,7 @@ def _has_type(value, s):
 
 
 def validate(cfg):
-    """Every value of a run's configuration, for every entry point (training, fine-tuning, resume):
-    the one place where a bad setting becomes a one-line error before any work."""
+    """The one place where a bad setting, from any entry point, becomes a one-line error before any work."""
     missing = [s.name for s in SETTINGS if s.name not in cfg and not s.optional]
     if missing:
         raise UserError(f"the run's configuration lacks {', '.join(missing)} (a damaged or hand-made checkpoint?): "
@@ -517,8 +466,7 @@ def validate(cfg):
 
 
 def check_flags(values, rules):
-    """The numeric flags of the tools that build no run configuration (evaluate, pointer, dynamiceval),
-    checked by the same ``RULES`` as a run's settings; a flag left out (None) is not checked."""
+    """The numeric flags of tools without a run configuration, checked by the same ``RULES``; None is not checked."""
     for key, rule in rules.items():
         value = values[key]
         for v in value if isinstance(value, (list, tuple)) else [value]:
