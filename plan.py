@@ -1,8 +1,5 @@
 """The table runner's plan, pure and torch-free: rows to chains (one per chain and seed), chains to steps.
-
-Step commands name their files relative to --out ({out}/CHAIN/seedS/...) and the corpus as {data}, so a
-step's record stays valid when the --out folder is moved as a whole.
-"""
+Commands name files under {out} and the corpus as {data}, so a record stays valid when --out moves as a whole."""
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -13,21 +10,12 @@ from runfiles import UserError
 
 SIDE_FILES = ("resume.pt", "metrics.jsonl", "final.json")  # re-derivable or not needed once recorded
 # Per scale: flags added before each stage's own, and the corpus cut (lines of train / valid / test).
-SCALES = {
-    "full": dict(cut=None),
-    "tiny": dict(train=("--emsize", "16", "--nhid", "16", "--epochs", "2", "--batch_size", "4", "--bptt", "10"),
-                 finetune=("--epochs", "1", "--batch_size", "4"), pointer=("--bptt", "1000"), cut=(200, 30, 30)),
-}
+SCALES = {"full": dict(cut=None),
+          "tiny": dict(train=("--emsize", "16", "--nhid", "16", "--epochs", "2", "--batch_size", "4", "--bptt", "10"),
+                       finetune=("--epochs", "1", "--batch_size", "4"), pointer=("--bptt", "1000"), cut=(200, 30, 30))}
 # Training batches of the whole corpus, from which dynamiceval.DEFAULTS derives its settings (a cut's
 # vocabulary cannot select them): computed as there, so the floats are the same.
 DYNEVAL_BATCHES = {"penn": 1859, "wikitext-2": 4177}
-
-
-def scale_flags(scale, stage, corpus):
-    if stage == "dyneval" and SCALES[scale]["cut"]:
-        n = DYNEVAL_BATCHES[corpus]
-        return ("--lr", repr(0.002 / math.sqrt(n)), "--lamb", repr(0.02 / 14), "--epsilon", repr(0.001 / math.sqrt(n)))
-    return SCALES[scale].get(stage, ())
 
 
 @dataclass(eq=False)
@@ -52,9 +40,6 @@ class Step:
         """Files a run of this step writes (never its lock): what is in the way of a fresh start."""
         return [self.path("output")] + ([self.path(s) for s in SIDE_FILES] if self.kind.trains else [])
 
-    def argv(self, out, data):
-        return [a.replace("{out}", str(out)).replace("{data}", str(data)) for a in self.template]
-
 
 @dataclass(eq=False)
 class ChainRun:
@@ -75,9 +60,11 @@ class ChainRun:
         return f"FAILED {self.label}, step {f['step']}: {f['reason']}; log {f['log']}" if f else f"{self.label} done"
 
 
-def stage_step(chain, seed, stage, scale, upstream, args=()):
-    own, kind = f"{{out}}/{chain.id}/seed{seed}/{stage}", STAGES[stage]
-    flags = scale_flags(scale, stage, chain.corpus)
+def stage_step(chain, seed, stage, scale, upstream, args):
+    own, kind, flags = f"{{out}}/{chain.id}/seed{seed}/{stage}", STAGES[stage], SCALES[scale].get(stage, ())
+    if stage == "dyneval" and SCALES[scale]["cut"]:
+        n = DYNEVAL_BATCHES[chain.corpus]
+        flags = ("--lr", repr(0.002 / math.sqrt(n)), "--lamb", repr(0.02 / 14), "--epsilon", repr(0.001 / math.sqrt(n)))
     if upstream is None:
         template = [kind.tool, *flags, *chain.train, "--seed", str(seed), "--data", "{data}", "--save", own + ".pt"]
     else:
@@ -90,19 +77,14 @@ def stage_step(chain, seed, stage, scale, upstream, args=()):
 def plan_chains(selected, seeds, scale, default_seed):
     """One ChainRun per chain and seed, with the steps its selected rows need; ``default_seed(chain)``: the
     preset's seed, where --seeds names none."""
-    needed = {}
-    for row in selected:
-        needed.setdefault(row.chain, []).append(row)
     plan = []
-    for chain_id, chain_rows in needed.items():
-        chain = rows.CHAIN[chain_id]
+    for chain_id in dict.fromkeys(r.chain for r in selected):
+        chain, chain_rows = rows.CHAIN[chain_id], [r for r in selected if r.chain == chain_id]
         for seed in dict.fromkeys(seeds or [default_seed(chain)]):  # a seed named twice runs once
             steps = {}
-            for row in sorted(chain_rows, key=lambda r: list(STAGES).index(r.stage)):
-                for stage in lineage(row.stage):
-                    if stage not in steps:
-                        steps[stage] = stage_step(chain, seed, stage, scale, steps.get(STAGES[stage].reads),
-                                                  row.args if stage == row.stage else ())
+            for stage in (s for s in STAGES if any(s in lineage(r.stage) for r in chain_rows)):
+                args = next((r.args for r in chain_rows if r.stage == stage), ())
+                steps[stage] = stage_step(chain, seed, stage, scale, steps.get(STAGES[stage].reads), args)
             plan.append(ChainRun(chain, seed, list(steps.values()), chain_rows))
     return plan
 

@@ -20,6 +20,14 @@ def seconds(s):
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
+def epoch_rows(path, keys=("epoch", "valid_ppl")):
+    """A run's epoch rows; none when missing or damaged (named among the side files)."""
+    try:
+        return read_metrics(path, keys)
+    except UserError:
+        return []
+
+
 def shown(path):
     """A path relative to the working folder when inside it."""
     path = Path(path).resolve()
@@ -126,13 +134,8 @@ def draw_plots(report, plan, out, folder):
     """A validation curve per seed for each row with a training stage (matplotlib optional)."""
     plt, images = pyplot(), {}
     for r in (r for r in report["rows"] if plt and STAGES[r["stage"]].trains):
-        curves = []
-        for run in (run for run in plan if run.chain.id == rows.ROW[r["id"]].chain and run.seed in r["seeds"]):
-            try:
-                step = next(s for s in run.steps if s.stage == r["stage"])
-                curves.append((run.seed, read_metrics(Path(out) / step.path("metrics.jsonl"))))
-            except UserError:  # named among the side files
-                pass
+        curves = [(run.seed, epoch_rows(Path(out) / step.path("metrics.jsonl"))) for run in plan for step in run.steps
+                  if run.chain.id == rows.ROW[r["id"]].chain and run.seed in r["seeds"] and step.stage == r["stage"]]
         if not any(metrics for _, metrics in curves):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -8,12 +8,10 @@ compared with the published numbers.
     python reproduce.py ptb --scale tiny           # the same chains, tiny model and corpus cut, on a CPU:
                                                    # TINY_TIME (results/notes/tiny_reproduction.txt)
 
-Each step runs an entry point (main.py, finetune.py, pointer.py, dynamiceval.py), logged under --out/CHAIN/seedS/.
-A step that succeeds writes its record (STAGE.step.json: command, resolved configuration, input and output digests,
-result, commit, date, machine, device); it is done while its output matches the record, so a rerun continues where
-it stopped and never runs a finished step again, unless asked (--redo CHAIN:STAGE; --dry shows what it discards).
-A failing chain is reported with its log while the others go on.  The report (--report_dir/NAME.md and .json,
-written after each chain) gives published against measured per row, with the commit, date and device of each number.
+Each step (main.py, finetune.py, pointer.py, dynamiceval.py) logs under --out/CHAIN/seedS/ and, once it succeeds,
+writes its record (STAGE.step.json: digests, result, commit, date, device): a rerun never runs a recorded step again
+unless asked (--redo), and a failing chain fails alone.  The report, --report_dir/NAME.md and .json, gives each row's
+published and measured numbers with the commit, date and device that computed them.
 """
 import argparse
 import shlex
@@ -51,16 +49,14 @@ def build_parser():
     p.add_argument("--seeds", nargs="+", type=int, help="run each chain once per seed (default: each preset's seed)")
     p.add_argument("--jobs", type=int, help="chains at once (default: 1 on CPU; one per visible GPU)")
     p.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--scale", choices=list(planning.SCALES), default="full",
-                   help=f"full: the published recipes; tiny: 16 units, 2 epochs (fine-tuning 1), the first "
-                        f"200 / 30 / 30 lines of each split, end to end on a CPU ({TINY_TIME})")
+    p.add_argument("--scale", choices=list(planning.SCALES), default="full", help=f"full: the published recipes; "
+                   f"tiny: 16 units, 2 epochs, 200 / 30 / 30 lines of each split, on a CPU ({TINY_TIME})")
     p.add_argument("--data_root", default="data", help="folder holding penn/ and wikitext-2/ (default data)")
     p.add_argument("--out", help="runs, logs and step records (default runs/reproduction, or runs/reproduction-tiny)")
-    p.add_argument("--report_dir", help="where NAME.md / NAME.json and the plots go (default results/reproduction, "
-                                        "or runs/reproduction-tiny/report)")
-    p.add_argument("--redo", nargs="+", default=[], metavar="STEP",
-                   help="compute these finished steps anew, and every step computed from them: CHAIN:STAGE "
-                        "(e.g. merity-ptb:finetune) or CHAIN (its whole chain); --dry shows what it discards")
+    p.add_argument("--report_dir", help="NAME.md, NAME.json, plots (default results/reproduction; tiny: "
+                   "runs/reproduction-tiny/report)")
+    p.add_argument("--redo", nargs="+", default=[], metavar="STEP", help="compute these finished steps anew, and the "
+                   "steps computed from them: CHAIN:STAGE (merity-ptb:finetune) or CHAIN; --dry shows what it discards")
     p.add_argument("--dry", action="store_true", help="print the plan (chains, commands, states) and exit")
     p.add_argument("--readme", action="store_true", help="rewrite README's table of rows from rows.py and exit")
     return p

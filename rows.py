@@ -1,29 +1,26 @@
 """The paper's rows, each declared once: its run, the published validation / test perplexity and its source.
 reproduce.py runs them and writes README's table from them (--readme), so commands and numbers have one source.
 A chain is one training run and every step computed from it; rows of a chain share its runs."""
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from collections import namedtuple
 
 TABLES = ("single", "ptb", "wt2")
-
-
-@dataclass(frozen=True)
-class Stage:
-    tool: str
-    reads: Optional[str] = None  # the stage whose checkpoint it reads
-    trains: bool = False  # main.py / finetune.py: a checkpoint with resume point, metrics, final.json
-
-
+# reads: the stage whose checkpoint it reads; trains: it writes a checkpoint, resume point, metrics and final.json.
+Stage = namedtuple("Stage", "tool reads trains")
 # A new evaluation method is one entry here and its rows below: a tool reading the fine-tuned checkpoint
 # (--save) that prints its result as one JSON line (--json).
-STAGES = {"train": Stage("main.py", trains=True), "finetune": Stage("finetune.py", "train", trains=True),
-          "pointer": Stage("pointer.py", "finetune"), "dyneval": Stage("dynamiceval.py", "finetune")}
+STAGES = {"train": Stage("main.py", None, True), "finetune": Stage("finetune.py", "train", True),
+          "pointer": Stage("pointer.py", "finetune", False), "dyneval": Stage("dynamiceval.py", "finetune", False)}
+# corpus: penn or wikitext-2; train: main.py's flags; table: None to run only when named; save: README's --save
+# where main.py's default would clash with another chain's.
+Chain = namedtuple("Chain", "id corpus train table save", defaults=(None,))
+# stage: the step whose result is the row's number; published: validation and test perplexity (or None);
+# args: the stage tool's own flags (pointer settings).
+Row = namedtuple("Row", "id chain stage what published source args", defaults=((),))
 
 FD = "Zolna et al. 2018 (fraternal dropout)"
 MERITY = "Merity et al. 2017 (arXiv 1708.02182)"
 README = "awd-lstm-lm README at bf0742c"
 TAG = "awd-lstm-lm at tag PyTorch==0.1.12 (its README)"
-# Krause et al. trained their own AWD-LSTM models, which by their README did not reach Merity's; ours chain to merity-*.
 KRAUSE = ("Krause et al. 2018 (arXiv 1709.07432), dynamic eval of their own AWD-LSTM models (which did not reach "
           "Merity et al.'s numbers; their starting perplexities: not stated here); this row starts from ours")
 # Pointer settings per source (the paper's PTB window 2000 is in awd-lstm-lm's README history, 19470c8); every
@@ -31,27 +28,6 @@ KRAUSE = ("Krause et al. 2018 (arXiv 1709.07432), dynamic eval of their own AWD-
 POINTER_PAPER_PTB = ("--window", "2000", "--theta", "1.0", "--lambdasm", "0.1", "--awd_scoring")
 POINTER_README_PTB = ("--window", "500", "--theta", "1.0", "--lambdasm", "0.1", "--awd_scoring")
 POINTER_WT2 = ("--window", "3785", "--theta", "0.662", "--lambdasm", "0.1279", "--awd_scoring")
-
-
-@dataclass(frozen=True)
-class Chain:
-    id: str
-    corpus: str  # folder under the data root: penn or wikitext-2
-    train: Tuple[str, ...]  # main.py's flags
-    table: Optional[str]  # None: run only when named
-    save: Optional[str] = None  # README's --save where main.py's default would clash with another chain's
-
-
-@dataclass(frozen=True)
-class Row:
-    id: str
-    chain: str
-    stage: str  # the step whose result is the row's number
-    what: str
-    published: Optional[Tuple[float, float]]  # validation, test perplexity
-    source: str
-    args: Tuple[str, ...] = ()  # the stage tool's own flags (pointer settings)
-
 
 CHAINS = [
     Chain("single-FD", "penn", ("--preset", "single", "--model", "FD"), "single"),

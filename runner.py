@@ -1,11 +1,7 @@
 """Running the plan: a process per step, chains on slots, signals passed on, and each step's record.
 
-A step's record (CHAIN/seedS/STAGE.step.json) is written at launch with its key (command, resolved configuration,
-corpus) and inputs (upstream outputs' digests), and completed once the step gave a finite result: its output's
-digest, the result, commit, date, machine, device.  Done = completed record, output matching it, inputs its
-upstream's outputs; side files never decide.  A finished output is replaced only on --redo; files without a
-completed record are continued from their resume point or refused in one line, never deleted.
-"""
+A step is done when its record (CHAIN/seedS/STAGE.step.json) is completed and its output still matches the record's
+digest; resume points, metrics and final.json never decide.  Outputs are replaced only on --redo, never deleted."""
 import json
 import math
 import os
@@ -16,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import seconds
-from results import read_metrics
+from report import epoch_rows, seconds
 from runfiles import UserError, atomic_write_json, code_commit, file_sha256, read_json
 
 REPO = Path(__file__).resolve().parent
@@ -57,14 +52,10 @@ class Runner:
         return read_json(self.file(step, "record"))
 
     def argv(self, step):
-        return step.argv(self.out, self.data[step.corpus])
+        return [a.replace("{out}", str(self.out)).replace("{data}", str(self.data[step.corpus])) for a in step.template]
 
     def epochs(self, step):
-        """A training step's epoch rows; none when damaged (the report names it)."""
-        try:
-            return read_metrics(self.file(step, "metrics.jsonl"), ("epoch", "valid_ppl", "elapsed"))
-        except UserError:
-            return []
+        return epoch_rows(self.file(step, "metrics.jsonl"), ("epoch", "valid_ppl", "elapsed"))
 
     def key(self, step):
         if step not in self.keys:
@@ -193,7 +184,7 @@ class Runner:
             return self.fail(run, step, reason, rc)
         if not step.kind.trains:
             atomic_write_json(found, self.file(step, "output"))
-        output, epochs = self.file(step, "output"), self.epochs(step) if step.kind.trains else []
+        output, epochs = self.file(step, "output"), self.epochs(step)
         record.update(outputs={output.name: file_sha256(output)}, result=result, commit=self.commit, date=now(),
                       machine=platform.node(), device=run.slot["name"], epochs=len(epochs) or None,
                       wall_s=epochs[-1]["elapsed"] if epochs else wall)  # training's own clock, across resumes
@@ -224,10 +215,7 @@ class Runner:
                     on_chain_end()
                 for k, run in list(running.items()):
                     if run.proc.poll() is None:
-                        line = self.progress(run)
-                        if shown.get(k) != line:
-                            print(line, flush=True)
-                            shown[k] = line
+                        shown[k] = self.progress(run, shown.get(k))
                         continue
                     self.finish(run)
                     del running[k]
@@ -243,22 +231,23 @@ class Runner:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def progress(self, run):
-        """Chain, step, epoch (of its limit, for training), last validation perplexity, an ETA at the limit."""
+    def progress(self, run, shown):
+        """Print, when it changed: chain, step, epoch (of its limit), last validation perplexity, ETA at the limit."""
         step = run.steps[run.current]
-        text, epochs = f"{run.label} | {step.stage}", self.epochs(step) if step.kind.trains else []
+        text, epochs = f"{run.label} | {step.stage}", self.epochs(step)
         limit = self.keys.get(step, {}).get("config", {}).get("epochs")
         if epochs:
             last = epochs[-1]
             text += f" | epoch {last['epoch']}{f'/{limit}' if limit else ''} | valid ppl {last['valid_ppl']:.2f}"
             if limit and last["epoch"] > 0:
                 text += f" | ETA at most {seconds((limit - last['epoch']) * last['elapsed'] / last['epoch'])}"
+        if text != shown:
+            print(text, flush=True)
         return text
 
 
 def default_sigint():
-    """In a step's process before it starts: SIGINT as Python expects it, even where the runner was started with
-    SIGINT ignored (in the background from a script), so a forwarded SIGINT stops it at a batch end."""
+    """A step's SIGINT as Python expects it, even when inherited as ignored (a runner started with & from a script)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -269,8 +258,8 @@ def terminate(signum, frame):
 
 
 def stop(procs):
-    """Stop the running steps at their batch end, each writing its resume point.  A terminal's Ctrl-C reached
-    them already (a second SIGINT would stop them before that write); a SIGTERM is passed on."""
+    """Stop the steps at their batch end, writing their resume points: a SIGTERM is passed on as SIGINT (a terminal's
+    Ctrl-C reached them already, and a second one would stop them before that write)."""
     for proc in procs:
         if TERMINATED and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
