@@ -122,9 +122,9 @@ def main(argv=None):
     with RunLock(out / "reproduce.lock", "--out"):
         run_plan(plan, runner, slots, args.data_root, scale, written, report_dir / f"{name}.md")
     print(f"Report: {report_dir / name}.md and .json")
-    for run in (run for run in plan if run.failure):
-        print(run.summary(), file=sys.stderr)
-    if any(run.failure for run in plan):
+    failed = [run.summary() for run in plan if run.failure]
+    if failed:
+        print(*failed, sep="\n", file=sys.stderr)
         sys.exit(1)
     return read_json(report_dir / f"{name}.json")
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from report import epoch_rows, seconds
-from runfiles import UserError, atomic_write_json, code_commit, file_sha256, read_json
+from runfiles import UserError, atomic_write_json, code_commit, cpu_model, file_sha256, read_json
 
 REPO = Path(__file__).resolve().parent
 STOP_GRACE = 120  # seconds a stopped step gets to finish its batch and write its resume point
@@ -274,7 +274,6 @@ def make_slots(jobs, device):
     """Where chains run: CPU slots share the cores; GPU slots spread over the visible devices (one per device by
     default: no peak memory of concurrent chains has been measured)."""
     import torch
-    from runfiles import cpu_model
     from utils import get_device
     if get_device(device).type == "cpu":
         threads = str(max(1, (os.cpu_count() or 1) // (jobs or 1)))
