@@ -1,9 +1,6 @@
-"""Word-level corpora (PTB, WikiText-2) tokenized exactly as AWD-LSTM / fraternal dropout did.
-
-Each line is split on whitespace and gets an ``<eos>`` token; one dictionary spans train, valid
-and test, ids in order of first appearance.  Tokenizing WikiText-2 takes seconds, so the result
-is cached under a key derived from the files' bytes (an edited file is never served stale); a cache
-is used only if it proves to be that corpus (source hash, dtypes, id range, payload checksum).
+"""Word-level corpora tokenized exactly as AWD-LSTM did (whitespace, ``<eos>`` per line, one dictionary over the
+three splits in order of first appearance).  Tokenizing WikiText-2 takes seconds, so the result is cached under
+the files' hash, and a cache is used only once it proves to be that corpus.
 """
 import hashlib
 import os
@@ -40,7 +37,7 @@ class Dictionary:
 
 
 def _tokenize_lines(path):
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             yield line.split() + ["<eos>"]
 
@@ -58,8 +55,7 @@ def _not_utf8(path, error):
 
 
 def content_sha256(paths):
-    """SHA-256 of the corpus files' names, sizes and bytes: what a resume point records to refuse a changed
-    corpus, and what the cache is keyed on (an edited file is never served stale)."""
+    """What a resume point records to refuse a changed corpus, and the cache's key."""
     h = hashlib.sha256()
     for p in paths:
         h.update(f"{Path(p).name}:{os.path.getsize(p)}\n".encode())  # sizes keep file boundaries apart
@@ -90,8 +86,8 @@ def _writable(folder):
 
 
 def _cache_candidates(path, digest):
-    """(cache file, glob of the caches it supersedes): beside the data (one corpus per folder, so every
-    other cache there is stale), else in the user cache, where the folder's own key marks its caches."""
+    """(cache file, glob of the caches it supersedes): beside the data (one corpus per folder), else in the user
+    cache under the folder's own key."""
     key = f"v{CACHE_VERSION}-{digest[:24]}"
     beside = [(Path(path) / f".corpus-cache-{key}.pt", ".corpus-cache-*.pt")] if _writable(path) else []
     folder = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
@@ -100,8 +96,7 @@ def _cache_candidates(path, digest):
 
 
 def _cache_problem(blob, digest):
-    """Why a loaded cache is not the corpus it claims to be, or None: the source files' hash, the
-    vocabulary, each split's type, dtype and id range, and the checksum of the whole payload."""
+    """Why a loaded cache is not the corpus it claims to be, or None."""
     if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
         return "not a cache of this version"
     if blob.get("corpus_sha256") != digest:
@@ -130,27 +125,23 @@ def _note_once(message):
 
 
 class Corpus:
-    """``Corpus(path)`` reads ``path/{train,valid,test}.txt``; exposes ``.dictionary``, the splits as
-    1-D LongTensors ``.train``, ``.valid``, ``.test`` and the files' ``.sha256``."""
+    """``path/{train,valid,test}.txt`` as ``.dictionary``, LongTensors ``.train`` ``.valid`` ``.test``, ``.sha256``."""
 
     def __init__(self, path, use_cache=True):
         self.path = Path(path)
         files = [self.path / f"{s}.txt" for s in SPLITS]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise UserError(
-                f"no corpus at {self.path} ({', '.join(missing)} missing): "
-                f"run ./getdata.sh (or ./getdata.sh --from MIRROR) or pass --data DIR")
+            raise UserError(f"no corpus at {self.path} ({', '.join(missing)} missing): "
+                            f"run ./getdata.sh (or ./getdata.sh --from MIRROR) or pass --data DIR")
         try:
             self.sha256 = content_sha256(files)
-            cached = self._load_cache(self.sha256) if use_cache else None
-            if cached is None:
+            if not (use_cache and self._load_cache(self.sha256)):
                 self._tokenize(files)
                 if use_cache:
                     self._save_cache(self.sha256)
         except OSError as e:
-            raise UserError(f"cannot read the corpus at {self.path} ({e}): "
-                            f"re-run ./getdata.sh to restore it") from None
+            raise UserError(f"cannot read the corpus at {self.path} ({e}): re-run ./getdata.sh to restore it") from None
 
     def _tokenize(self, files):
         self.dictionary = Dictionary()
@@ -182,7 +173,7 @@ class Corpus:
             for split in SPLITS:
                 setattr(self, split, blob[split])
             return True
-        return None
+        return False
 
     def _save_cache(self, digest):
         splits = {s: getattr(self, s) for s in SPLITS}
@@ -212,9 +203,8 @@ def _remove_stale_caches(kept, pattern):
 
 
 def write_corpus_cut(source, dest, keep):
-    """A copy of the corpus at ``source`` in ``dest`` keeping the first ``keep[split]`` lines of each split
-    (None: all of it), for the studies' small scales; never written into ``source``.  A file that already
-    holds its text is left alone.  Returns each split's text."""
+    """The first ``keep[split]`` lines (None: all) of each split of ``source`` in ``dest``, for the studies' small
+    scales; a file that already holds its text is left alone.  Returns each split's text."""
     dest.mkdir(parents=True, exist_ok=True)
     texts = {}
     for split in SPLITS:
@@ -229,8 +219,7 @@ def write_corpus_cut(source, dest, keep):
 
 
 def first_lines(tokens, fraction, eos):
-    """The first ``fraction`` of a split's lines (at least one), cut as ablation.py cuts the training
-    text: the ids up to and including the round(lines * fraction)-th ``<eos>``."""
+    """The first round(lines * fraction) lines (at least one), as ablation.py cuts the training text."""
     ends = (tokens == eos).nonzero().flatten()
     if fraction >= 1 or not len(ends):
         return tokens
@@ -264,12 +253,8 @@ def get_batch(source, i, seq_len):
 
 
 def windows(source, bptt, max_batches=None):
-    """The evaluation windows of a stream: (inputs, targets) of ``bptt`` rows each, in order, the last
-    one shorter; at most ``max_batches`` of them.  Every evaluation loop walks the stream this way."""
-    starts = range(0, source.size(0) - 1, bptt)
-    for k, i in enumerate(starts):
-        if max_batches is not None and k >= max_batches:
-            return
+    """Every evaluation's windows: (inputs, targets) of ``bptt`` rows, the last shorter; at most ``max_batches``."""
+    for i in range(0, source.size(0) - 1, bptt)[:count_windows(source, bptt, max_batches)]:
         yield get_batch(source, i, bptt)
 
 

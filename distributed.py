@@ -1,14 +1,8 @@
-"""Data-parallel training: one run across the N processes that ``torchrun`` starts (without torchrun every
-function here is a no-op).  Every update equals the single-process update over the whole batch:
-
-- each rank trains on its contiguous share of the batch's columns (``shard``); every loss term is a mean
-  over equal shares, so the mean of the ranks' gradients (``average_gradients``) is the whole batch's;
-- numpy (BPTT lengths, hidden resets) is seeded alike on every rank, torch (dropout masks) per rank, so
-  masks drawn once per forward are N independent draws per update where one process draws one;
-- weights stay identical on every rank, rank 0's validation loss is broadcast, so the schedule decides
-  alike everywhere; only rank 0 writes, prints and runs the test evaluation;
-- a resume point holds every rank's RNG and the whole batch's hidden state: a resumed run continues
-  exactly, with any number of processes.  A failing rank says why and leaves with ``os._exit``.
+"""One run across the processes ``torchrun`` starts (without it, every function here is a no-op), each update the
+single-process update over the whole batch: each rank trains on an equal share of the batch's columns and the
+ranks' gradients are averaged; numpy (BPTT lengths) is seeded alike everywhere, torch (dropout masks) per rank;
+rank 0's validation loss decides for all, and only rank 0 writes.  A resume point holds every rank's RNG and the
+whole batch's hidden state, so it continues with any number of processes.  A failing rank says why and leaves.
 """
 import os
 import signal
@@ -44,8 +38,7 @@ def size():
 
 
 def _on_ctrl_c(signum, frame):
-    """SIGINT on a torchrun worker: remembered, then Python's usual KeyboardInterrupt.  Every process gets
-    it, so a collective broken by a peer that left first reads as the interruption, not as a failure."""
+    """Remembered, so that a collective broken by a peer that left first reads as the Ctrl-C, not as a failure."""
     global _ctrl_c
     _ctrl_c = True
     signal.default_int_handler(signum, frame)
@@ -83,8 +76,7 @@ def session(cfg):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
-        # Gradients go through the default group (NCCL on GPU); small values, decisions and resume points
-        # through a gloo group on the CPU, so agreeing on them never waits for the GPU's queued work.
+        # Small values and decisions go through gloo on the CPU, so agreeing never waits for the GPU's queued work.
         control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else dist.group.WORLD
         _world = {"rank": me, "size": size, "device": device, "control": control}
         if me == 0:
@@ -93,9 +85,7 @@ def session(cfg):
         else:
             sys.stdout = open(os.devnull, "w")
         yield
-        # Leave together: a rank that tore its connections down while rank 0 still evaluated the test
-        # set was once aborted at exit ("terminate called without an active exception").  A monitored
-        # barrier (gloo, the control group) because it takes a timeout of its own, longer than TIMEOUT.
+        # Leave together (a rank gone while rank 0 tested was aborted at exit); this barrier takes its own timeout.
         if me and own_signals:
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # nothing left to save: torchrun's Ctrl-C ends it silently
         dist.monitored_barrier(group=control, timeout=FAREWELL)
@@ -119,8 +109,7 @@ class _Stopped(Exception):
 
 
 def gate(error):
-    """After the checks before any file or training (``error``: this rank's UserError or None): the lowest failed
-    rank raises its error, the others leave quietly; else every rank goes on."""
+    """After the checks (``error``: this rank's UserError or None), the lowest failed rank alone says why."""
     if not _world:
         if error is not None:
             raise error
@@ -170,8 +159,8 @@ def shard(data):
 
 
 def average_gradients(params):
-    """Every gradient replaced by its mean over the ranks: one flat all-reduce after backward.  Not DDP: FD runs
-    two forwards before one backward and the fused loss applies the decoder outside the module's forward."""
+    """One flat all-reduce after backward.  Not DDP: FD runs two forwards per backward, and the fused loss applies
+    the decoder outside the module's forward."""
     if not _world:
         return
     grads = [p.grad for p in params if p.grad is not None]
@@ -194,8 +183,7 @@ def agree(value):
 
 
 def average_stats(stats):
-    """An epoch's training statistics over the whole batch: losses averaged over the equal shares,
-    batches as counted by every rank, tokens summed."""
+    """An epoch's statistics over the whole batch: losses averaged over the equal shares, tokens summed."""
     if not _world:
         return stats
     t = torch.tensor([stats["train_loss"], stats["penalty"], stats["tokens"]], dtype=torch.float64)
@@ -230,8 +218,7 @@ def _own_rng():
 
 
 def rng_state():
-    """``checkpoint.rng_state()`` plus every rank's dropout RNG under "ranks".  A collective: every
-    rank calls it at the same point, rank 0 saves it."""
+    """``checkpoint.rng_state()`` plus every rank's dropout RNG under "ranks" (a collective)."""
     state = checkpoint.rng_state()
     if _world:
         state["ranks"] = [None] * _world["size"]
@@ -243,9 +230,8 @@ SUMS = ("total_ce", "total_pen", "interval_ce")  # a mid-epoch resume point's ru
 
 
 def merge_position(position):
-    """A mid-epoch resume point as one process over the whole batch would have saved it: hidden
-    states joined along the batch, running loss sums averaged over the equal shares, tokens summed.
-    A collective, so resume points and runs of any number of ranks continue each other."""
+    """A mid-epoch resume point as one process would have saved it (a collective), so that any number of ranks
+    continues it."""
     if not _world:
         return position
     parts = [None] * _world["size"]
@@ -260,9 +246,8 @@ def merge_position(position):
 
 
 def own_position(position):
-    """This rank's share of a mid-epoch resume point saved by ``merge_position`` (or one process).  Resumed by
-    as many ranks as saved it, each takes back its own running sums, so the epoch's logged losses are the
-    uninterrupted run's exactly; by another number, each starts from their mean (equal up to rounding)."""
+    """This rank's share of a mid-epoch resume point: its own loss sums where as many ranks saved it (exactly the
+    uninterrupted run's), else their mean (equal up to rounding)."""
     if not _world or position is None:
         return position
     size, me = _world["size"], _world["rank"]
@@ -276,8 +261,7 @@ def own_position(position):
 
 
 def prepare(model, cfg, resume=None):
-    """Before the first step: rank 0's weights everywhere, and each rank's own dropout RNG: the one
-    saved for it by a resume checkpoint of as many ranks, else (rank > 0) a seed of its own."""
+    """Rank 0's weights everywhere; each rank's dropout RNG from a resume point of as many ranks, else its own."""
     if not _world:
         return
     broadcast_model(model)

@@ -1,6 +1,5 @@
-"""One epoch of training: AWD-LSTM's variable-length BPTT with the learning rate scaled by seq_len / bptt,
-the regularizer's loss (fraternal.py), gradient clipping and one optimizer step per batch, and the
-optimizers the schedule switches between."""
+"""One epoch of training, as AWD-LSTM trains: variable-length BPTT with the learning rate scaled by seq_len / bptt,
+the regularizer's loss (fraternal.py), gradient clipping, one optimizer step per batch."""
 import math
 import os
 import time
@@ -64,8 +63,8 @@ def draw_seq_len(cfg):
 
 
 def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len):
-    """One optimizer step on one batch, the learning rate scaled by seq_len / bptt for this step only
-    (``seq_len`` as drawn: the reference scaled by it even where the stream's end cut the batch)."""
+    """One step, the lr scaled by seq_len / bptt for it only (seq_len as drawn, even where the stream's end cut the
+    batch: so did the reference)."""
     lr = optimizer.param_groups[0]["lr"]
     optimizer.param_groups[0]["lr"] = lr * seq_len / cfg["bptt"]
     optimizer.zero_grad(set_to_none=True)
@@ -80,9 +79,8 @@ def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_le
 
 
 class EpochState:
-    """The running state of one training epoch: where in the stream it stands, its loss sums (tensors on
-    the device, read only at log intervals) and the hidden state.  ``position()`` is all a mid-epoch
-    resume point needs to continue from the batch just done; ``from_position`` takes it back."""
+    """Where an epoch stands, its loss sums (device tensors, read only at log intervals: host syncs are costly)
+    and its hidden state: ``position()`` is all a mid-epoch resume point needs, ``from_position`` takes it back."""
 
     def __init__(self, model, train_data, epoch):
         self.epoch, self.batch, self.i, self.tokens = epoch, 0, 0, 0
@@ -125,16 +123,14 @@ class EpochState:
         self.interval_ce.zero_()
         self.interval_start = time.time()
 
-    def check_finite(self, cfg, lr):
-        running = self.total_ce.item() / self.batch
-        if not math.isfinite(running):
-            raise non_finite("training", running, f"epoch {self.epoch} (batch {self.batch}, lr {lr:g})", cfg["save"])
-        return running
+    def running_loss(self, cfg, where):
+        loss = self.total_ce.item() / max(self.batch, 1)
+        if not math.isfinite(loss):
+            raise non_finite("training", loss, where, cfg["save"])
+        return loss
 
     def summary(self, cfg):
-        train_loss = self.total_ce.item() / max(self.batch, 1)
-        if not math.isfinite(train_loss):
-            raise non_finite("training", train_loss, f"epoch {self.epoch}", cfg["save"])
+        train_loss = self.running_loss(cfg, f"epoch {self.epoch}")
         seconds = time.time() - self.start
         return {"train_loss": train_loss, "penalty": self.total_pen.item() / max(self.batch, 1), "batches": self.batch,
                 "tokens": self.tokens, "seconds": seconds, "tokens_per_s": self.tokens / max(seconds, 1e-9)}
@@ -142,10 +138,9 @@ class EpochState:
 
 def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None,
                 stop=None):
-    """One pass over the training stream.  ``position``: where a mid-epoch resume point left off.
-    ``checkpoint(position)`` is called every ``cfg["checkpoint_every"]`` minutes with the state
-    needed to continue from the batch just done (so a kill costs minutes, not an epoch), and once
-    more when Ctrl-C set ``stop.requested`` (utils.DeferredInterrupt), before KeyboardInterrupt."""
+    """One pass over the training stream from ``position`` (a mid-epoch resume point's).  ``checkpoint(position)``
+    runs every --checkpoint_every minutes, so a kill costs minutes, not an epoch, and once more when Ctrl-C set
+    ``stop.requested``, before KeyboardInterrupt."""
     model.train()
     params = list(model.parameters())
     state = EpochState.from_position(model, train_data, epoch, position)
@@ -174,7 +169,7 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             if due >= 2:
                 raise KeyboardInterrupt
             if state.batch % check_every == 0 or state.batch % log_every == 0:
-                running = state.check_finite(cfg, lr)
+                running = state.running_loss(cfg, f"epoch {epoch} (batch {state.batch}, lr {lr:g})")
                 bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{state.tokens / (time.time() - state.start):.0f}")
             if state.batch % log_every == 0:
                 state.log_interval(lr, approx, log_every)

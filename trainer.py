@@ -1,9 +1,5 @@
-"""The one training loop, shared by main.py (training) and finetune.py (fine-tuning).
-
-Per batch: epoch.py.  Per epoch: validation
-(with the averaged weights once averaging SGD runs), the best model saved, the schedule's decision
-(NT-ASGD switch, annealing, stopping), metrics and a resume checkpoint written atomically.
-"""
+"""The one training loop of main.py and finetune.py: per epoch (epoch.py) validation, the best model, the
+schedule's decision, metrics and a resume point, so that a run killed at any moment loses minutes, not results."""
 import json
 import math
 import os
@@ -43,8 +39,7 @@ def stage_of(cfg):
 
 @dataclass
 class Run:
-    """One training or fine-tuning run: its configuration, files, data, model and schedule.  ``resume``: the
-    resume checkpoint it continues; ``source``: the best model whose weights start it (fine-tuning);
+    """One training or fine-tuning run.  ``source``: the best model whose weights start it (fine-tuning);
     ``stamp``: what every file of the run carries (its run id, its corpus's hash)."""
     cfg: dict
     paths: dict
@@ -156,9 +151,8 @@ def run_epoch(r, epoch, stop):
 
 
 def fit(r):
-    """Run epochs until the limit or the schedule stops.  Ctrl-C ends training early at the end of the batch
-    (or of the validation) under way, writing a resume point first, and raises runfiles.Interrupted with
-    the line that says how to continue; what was saved stays saved."""
+    """Epochs until the limit or the schedule stops; Ctrl-C ends at the end of the batch (or validation) under way,
+    writes a resume point and raises runfiles.Interrupted with the line that says how to continue."""
     r.optimizer = make_optimizer(r.cfg, r.schedule, r.model.parameters(), r.device)
     if r.resume is not None:
         try:
@@ -195,8 +189,7 @@ def stopped_early(r):
 
 
 def final_evaluation(r, interrupted_after=None):
-    """Load the best model, evaluate it on validation and test, print the end line, save results.
-    ``interrupted_after``: the epochs done when Ctrl-C ended training early (None: it ran to its end)."""
+    """Score the best model on validation and test.  ``interrupted_after``: epochs done before a Ctrl-C."""
     blob = load_checkpoint(r.paths["best"], "best")
     load_weights(r.model, blob, r.paths["best"])
     short, cfg, label = 5 if r.dry else None, r.cfg, r.stage.name
@@ -222,13 +215,8 @@ def final_evaluation(r, interrupted_after=None):
 
 
 def run(cfg, resume=None, source=None, overwrite=False):
-    """Everything main.py and finetune.py do: data, model, the epoch loop, the final test.
-
-    ``resume``: a resume checkpoint to continue.  ``source``: a best-model checkpoint whose weights
-    start the run (fine-tuning); its validation loss is the one to beat, and the output starts as a
-    copy of it.  A dry run without an explicit destination writes to a temporary folder.  Every check
-    comes before any file is touched: an earlier run's files (``overwrite``) go only once the new run
-    can start."""
+    """Everything main.py and finetune.py do.  ``source``: the best model whose weights start a fine-tuning run.
+    Every check comes before any file is touched: an earlier run's files (``overwrite``) go only once this can start."""
     if cfg["dry_run"] and cfg.get("save") is None:
         with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
             print(f"A dry run writes to a temporary folder, removed at its end: {tmp}")
@@ -299,8 +287,7 @@ def check_run_paths(cfg, paths, flag, source):
 
 
 def earlier_run_files(paths, overwrite):
-    """An earlier run's files at this run's paths: refused, or (``--overwrite``) returned for removal
-    once the new run can start (so a later ``--resume`` can never mix the two runs)."""
+    """An earlier run's files here: refused, or returned for removal, so a later --resume never mixes two runs."""
     existing = [p for k, p in paths.items() if k != "lock" and os.path.exists(p)]
     if existing and not overwrite:
         hint = (f"continue that run with --resume {paths['resume']}, " if os.path.exists(paths["resume"])
@@ -318,7 +305,6 @@ def check_own_files(paths, resume):
             raise UserError(f"{paths['best']} was written by another run than the one {paths['resume']} continues "
                             f"(run {theirs or 'without an id'}, not {own}): move one of them away; a resume point "
                             f"never continues another run's files")
-    return None
 
 
 def describe_files(cfg, paths):
@@ -406,8 +392,7 @@ def start(r):
 
 
 def train(r):
-    """Train, then score the best model on validation and test (rank 0); Ctrl-C still scores the best model so
-    far, then raises runfiles.Interrupted: an interrupted run is not a finished one."""
+    """Train, then score the best model (rank 0); after Ctrl-C too, then raise: an interrupted run is not finished."""
     start(r)
     interrupted = None
     try:
