@@ -6,73 +6,13 @@ import argparse
 import difflib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runfiles import ArgumentParser, UserError, run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS, Regularizer
 from masks import SITE_RATE, SITES as MASK_SITES
+from presets import FINETUNE, PRESET, PRESETS, default_kappa, kappa_values
 from utils import check_device_name
-
-CORPORA = {"ptb": "data/penn", "wt2": "data/wikitext-2"}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One experiment setup: its settings, its fine-tuning row (batch_size, epochs, seed), its cache-pointer
-    settings' key (pointer.py) and, per variant, a kappa other than fraternal.VARIANTS' where its source used one."""
-    corpus: str  # ptb or wt2
-    values: dict
-    finetune: dict
-    pointer: str
-    source: str
-    kappa: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        object.__setattr__(self, "values", dict(self.values, data=CORPORA[self.corpus]))
-
-
-_SINGLE = dict(emsize=655, nhid=655, nlayers=1, lr=30.0, clip=0.25, epochs=1000, batch_size=64, bptt=35, dropout=0.4,
-               dropouth=0.0, dropouti=0.65, dropoute=0.1, wdrop=0.5, seed=321, nonmono=5, alpha=0.0, beta=0.0,
-               wdecay=1.2e-6, optimizer="sgd-anneal", locked=False, tied=True, max_seq_len=45, reset_hidden_prob=0.01,
-               patience=20, anneal=3.0, min_lr=0.1)
-_FD = dict(_SINGLE, emsize=400, nhid=1150, nlayers=3, epochs=750, batch_size=20, bptt=70, dropouth=0.3, dropouti=0.4,
-           nonmono=60, optimizer="asgd-nt", locked=True, max_seq_len=0, reset_hidden_prob=0.0)
-# AWD-LSTM's own recipe (not FD's with kappa 0): NT-ASGD with n = 5, AR 2, TAR 1.
-_AWD = dict(_FD, nonmono=5, alpha=2.0, beta=1.0)
-_MERITY_PTB = dict(_AWD, batch_size=40, seed=141, epochs=500)
-_MERITY_WT2 = dict(_AWD, batch_size=80, dropouti=0.65, seed=1882)
-FD_PAPER = "Zolna et al. 2018 (fraternal dropout)"
-# The seeds of merity-* and merity-readme-*: neither the paper nor the README at bf0742c names one; we take the
-# README commands' (141 PTB, 1882 WT2).  The README of awd-lstm-lm's tag PyTorch==0.1.12 does name its seeds
-# (28 PTB; 20923 WT2, 1111 for its fine-tuning): the merity-tag-* presets use them.
-TAG = "awd-lstm-lm at tag PyTorch==0.1.12, its README's exact-reproduction commands"
-PRESET = {
-    "single": Preset("ptb", _SINGLE, dict(batch_size=64, epochs=500, seed=141), "readme",
-                     f"{FD_PAPER}, single-layer PTB ablation setup (fine-tuning row: ours)", {"FD": 0.15}),
-    "awd-ptb": Preset("ptb", _FD, dict(batch_size=20, epochs=500, seed=141), "readme", f"{FD_PAPER}, 3-layer PTB"),
-    # trains at batch 40 and fine-tunes at 80, as the WT2 README command fine-tuned
-    "awd-wt2": Preset("wt2", dict(_FD, batch_size=40, dropouth=0.2, dropouti=0.65),
-                      dict(batch_size=80, epochs=750, seed=1882), "readme", f"{FD_PAPER}, 3-layer WikiText-2"),
-    # The paper's text (arXiv 1708.02182, "Experiment details"): batch 40 (PTB) and 80 (WT2), dropouts 0.4 / 0.3 /
-    # 0.4 / 0.1, input dropout 0.65 on WT2, 750 epochs; except PTB's 500: the authors' later note (awd-lstm-lm
-    # README at 19470c8) on how the paper's PTB model was trained.  Each fine-tunes at its training batch.
-    "merity-ptb": Preset("ptb", _MERITY_PTB, dict(batch_size=40, epochs=500, seed=141), "paper",
-                         "Merity et al. 2017 (arXiv 1708.02182), Experiment details; 500 epochs: README at 19470c8"),
-    "merity-wt2": Preset("wt2", _MERITY_WT2, dict(batch_size=80, epochs=750, seed=1882), "paper",
-                         "Merity et al. 2017 (arXiv 1708.02182), Experiment details"),
-    # awd-lstm-lm's README commands at the paper's commit bf0742c, with their own numbers.
-    "merity-readme-ptb": Preset("ptb", dict(_MERITY_PTB, batch_size=20, dropouth=0.25),
-                                dict(batch_size=20, epochs=500, seed=141), "readme", "awd-lstm-lm README at bf0742c"),
-    "merity-readme-wt2": Preset("wt2", dict(_MERITY_WT2, dropouth=0.2), dict(batch_size=80, epochs=750, seed=1882),
-                                "readme", "awd-lstm-lm README at bf0742c"),
-    # The code of the paper's time draws a new locked-dropout mask at every time step (locked_mask timestep).
-    "merity-tag-ptb": Preset("ptb", dict(_AWD, seed=28, epochs=300, locked_mask="timestep"),
-                             dict(batch_size=20, epochs=300, seed=28), "tag", TAG),
-    "merity-tag-wt2": Preset("wt2", dict(_MERITY_WT2, seed=20923, epochs=750, locked_mask="timestep"),
-                             dict(batch_size=80, epochs=750, seed=1111), "tag", TAG),
-}
-PRESETS = {name: p.values for name, p in PRESET.items()}
-FINETUNE = {name: p.finetune for name, p in PRESET.items()}
 
 OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
 DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropouti, dropoute, wdrop
@@ -112,7 +52,6 @@ SETTINGS = (
             "and generate.py read the same --data", 1.0, "fraction", "run", before=1.0),
     Setting("save", str, "best-model checkpoint (default runs/<preset>_<model>.pt); metrics, final results and the "
             "resume checkpoint are written beside it", None, "", "running", result=False),
-    # model
     Setting("emsize", int, "word embedding size", rule="positive_int", group="model"),
     Setting("nhid", int, "hidden units per LSTM layer", rule="positive_int", group="model"),
     Setting("nlayers", int, "number of LSTM layers", rule="positive_int", group="model"),
@@ -127,7 +66,6 @@ SETTINGS = (
             "timestep: a new mask at every time step shared across the batch, as awd-lstm-lm's tag PyTorch==0.1.12 "
             "drew it", "sequence", "choice", "model", ("sequence", "timestep"), before="sequence"),
     Setting("tied", bool, "tie embedding and softmax weights", group="model"),
-    # regularizer
     Setting("kappa", float, "weight of the penalty between the two passes. 0 keeps FD's two passes and averaged "
             "target without a penalty (the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative",
             "regularizer"),
@@ -153,7 +91,6 @@ SETTINGS = (
             finetune="AR weight (2)"),
     Setting("beta", float, "temporal activation regularization (TAR) weight", rule="non_negative",
             group="regularizer", finetune="TAR weight (1)"),
-    # optimization
     Setting("optimizer", str, "sgd-anneal: SGD, lr / --anneal after more than --patience epochs without a new best "
             "(reloading the best model), stop below --min_lr; asgd-nt: SGD switching to averaged SGD by the "
             "non-monotone rule; sgd: plain SGD; asgd: averaged SGD from the start, stopping by the non-monotone "
@@ -175,7 +112,6 @@ SETTINGS = (
     Setting("seed", int, "random seed", rule="seed", finetune="random seed"),
     Setting("eval_batch_size", int, "validation batch size (10)", 10, "positive_int", finetune="validation batch size"),
     Setting("test_batch_size", int, "test batch size (1)", 1, "positive_int", finetune="test batch size (1)"),
-    # running
     Setting("device", str, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)", "auto", "device",
             "running", resume=True, result=False,
             finetune="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)"),
@@ -186,7 +122,6 @@ SETTINGS = (
             finetune="minutes between mid-epoch resume points, 0 for none (default 10)", result=False),
     Setting("dry_run", bool, "two training batches and a short validation and test, then exit (smoke test)", False,
             group="running", resume=True),
-    # fine-tuning only
     Setting("stage", str, "finetune for a fine-tuning run", "train", flag=False, optional=True),
     Setting("finetuned_from", str, "the checkpoint a fine-tuning run started from", None, flag=False, optional=True),
 )
@@ -214,15 +149,6 @@ RULES = {
     "device": (lambda v, s: check_device_name(v) is not None, "a device"),
     "": (lambda v, s: True, ""),
 }
-
-
-def default_kappa(preset, model):
-    return PRESET[preset].kappa.get(model, VARIANTS[model].kappa)
-
-
-def kappa_values():
-    return "; ".join(f"{m} {v.kappa:g}" for m, v in VARIANTS.items()) + "".join(
-        f"; {m} on {p} {k:g}" for p, row in PRESET.items() for m, k in row.kappa.items())
 
 
 def choice(s):
@@ -291,8 +217,7 @@ def build_finetune_parser(doc):
         if s.finetune:
             add_flag(g, s, s.finetune)
     g.add_argument("--resume", help="continue an interrupted fine-tuning from its .resume.pt checkpoint")
-    g.add_argument("--dry_run", action="store_true", default=None,
-                   help="two batches, short validation and test, then exit")
+    g.add_argument("--dry_run", action="store_true", default=None, help="two batches, a short validation and test")
     return p
 
 
@@ -427,11 +352,8 @@ def check_train_config(cfg, given):
 def _has_type(value, s):
     if value is None:
         return s.name in ("save", "finetuned_from")
-    if s.kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if s.kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, s.kind)
+    kinds = (int, float) if s.kind is float else s.kind  # an int is a float, a bool is no number
+    return isinstance(value, kinds) and (s.kind is bool or not isinstance(value, bool))
 
 
 def validate(cfg):
