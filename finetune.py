@@ -11,7 +11,8 @@ checkpoint is only read; the result goes to --out, evaluated on validation and t
 import distributed
 from checkpoint import load_checkpoint
 from config import build_config, build_finetune_parser
-from trainer import load_resume, run
+from run_checks import load_resume
+from trainer import run
 from runfiles import UserError, run_cli
 
 

@@ -7,7 +7,8 @@
 """
 import distributed
 from config import build_config, build_train_parser
-from trainer import load_resume, run
+from run_checks import load_resume
+from trainer import run
 from runfiles import run_cli
 
 
