@@ -92,14 +92,13 @@ class PlainProgress:
     def set_postfix(self, **values):
         self.postfix = "".join(f", {k} {v}" for k, v in values.items())
 
-    def close(self):
-        pass
-
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def close(self, *exc):
         pass
+
+    __exit__ = close
 
 
 class DeferredInterrupt:
