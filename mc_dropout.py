@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from model import Masks, first_copy, tile_hidden
+from fraternal import Masks, first_copy, tile_hidden
 from scoring import stream
 
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch.nn as nn
 
 from embed_regularize import EmbeddingDropout
-from fraternal import Masks, first_copy, tile_hidden  # noqa: F401 (used with the model's stacked batches)
+from fraternal import Masks
 from fused_loss import FusedDecoder
 from locked_dropout import LockedDropout
 from masks import SITES as SITE_NAMES

@@ -15,7 +15,6 @@ import trainer
 from checkpoint import weights_sha256
 from config import build_config, train_config
 from utils import atomic_torch_save
-from runfiles import UserError
 from conftest import TRAINED_FLAGS, assert_one_line_error, cli, rows, tiny_args
 
 def test_run_writes_best_resume_metrics_and_final(trained):
@@ -51,7 +50,6 @@ def assert_saved_weights_are_asgd_averages(best_path, resume_path):
 
 def test_resume_reproduces_the_uninterrupted_run_and_seed_is_deterministic(trained, tiny_corpus, tmp_path):
     save, result = trained
-    args = TRAINED_FLAGS
     main_cli.main(tiny_args(tiny_corpus, tmp_path / "r.pt", *TRAINED_FLAGS, epochs=1))
     first = rows(tmp_path / "r.metrics.jsonl")
     assert first[0]["best"]

@@ -18,9 +18,10 @@ import evaluate as evaluate_cli
 import fraternal
 import main as main_cli
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from config import PRESETS, train_config
+from config import train_config
 from fraternal import Regularizer, fraternal_loss, overlap_blocker
-from model import Masks, RNNModel
+from fraternal import Masks
+from model import RNNModel
 from schedule import Schedule
 from epoch import make_optimizer, train_step
 from weight_drop import WeightDropLSTM

@@ -1,7 +1,6 @@
 """Nothing lost, nothing silently wrong: inputs checked before any work, runs that never touch each
 other's files, mid-epoch resume points, and one-line errors for every damaged input."""
 import json
-import os
 import shutil
 
 import pytest
