@@ -89,7 +89,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     pyplot(required=True)  # before any work: a missing matplotlib is one line
-    stems = [s for run in args.runs for s in run_stems(run)]
+    stems = list(dict.fromkeys(s for run in args.runs for s in run_stems(run)))  # a run and its fine-tuning: once
     out = Path(args.out or f"{stems[0]}.curves.png")
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out} is not a .png file: name the PNG to write")

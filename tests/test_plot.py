@@ -67,6 +67,8 @@ def test_the_figure_shows_whole_epochs_fine_tuning_after_training_and_labelled_a
 def test_a_folder_plots_the_runs_inside_it(runs, tmp_path):
     drawn = plot.main([str(runs), "--out", str(tmp_path / "all.png")])
     assert sorted(drawn) == ["one", "single_FD", "single_baseline"] and "fine-tuning" in drawn["single_FD"]
+    both = plot.main([str(runs / "single_FD.pt"), str(runs / "single_FD.finetune.pt"), "--out", str(tmp_path / "b.png")])
+    assert list(both) == ["single_FD"]  # a run and its fine-tuning named apart are drawn once, not twice
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty is a folder without a run \(no NAME.metrics.jsonl in it\)"):
         plot.main([str(tmp_path / "empty")])
