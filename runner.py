@@ -43,13 +43,25 @@ def now():
 class Runner:
     def __init__(self, out, data, digests, redo=()):
         self.out, self.data, self.digests, self.redo = Path(out).resolve(), data, digests, set(redo)
-        self.commit, self.keys = code_commit(), {}
+        self.commit, self.keys, self.shas = code_commit(), {}, {}
 
     def file(self, step, what):
         return self.out / step.path(what)
 
     def record(self, step):
         return read_json(self.file(step, "record"))
+
+    def sha(self, path):
+        """A file's digest, hashed once per version (size, mtime): the report asks for every step's after every
+        chain, and a full-scale checkpoint is hundreds of MB."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self.shas:
+            self.shas[key] = file_sha256(path)
+        return self.shas[key]
 
     def argv(self, step):
         return [a.replace("{out}", str(self.out)).replace("{data}", str(self.data[step.corpus])) for a in step.template]
@@ -94,7 +106,7 @@ class Runner:
             return "redo", files
         record, inputs = self.record(step), self.inputs(step)
         if isinstance(record, dict) and "outputs" in record:
-            bad = [n for n, sha in record["outputs"].items() if file_sha256(self.out / step.dir / n) != sha]
+            bad = [n for n, sha in record["outputs"].items() if self.sha(self.out / step.dir / n) != sha]
             if bad:
                 return "refused", (f"{step.dir}/{bad[0]} no longer matches its record (damaged or replaced): "
                                    f"--redo {step.id} computes it anew")
@@ -185,7 +197,7 @@ class Runner:
         if not step.kind.trains:
             atomic_write_json(found, self.file(step, "output"))
         output, epochs = self.file(step, "output"), self.epochs(step)
-        record.update(outputs={output.name: file_sha256(output)}, result=result, commit=self.commit, date=now(),
+        record.update(outputs={output.name: self.sha(output)}, result=result, commit=self.commit, date=now(),
                       machine=platform.node(), device=run.slot["name"], epochs=len(epochs) or None,
                       wall_s=epochs[-1]["elapsed"] if epochs else wall)  # training's own clock, across resumes
         atomic_write_json(record, self.file(step, "record"))
