@@ -61,13 +61,6 @@ def build_parser():
     return p
 
 
-def check_args(args):
-    if args.grid and (args.lr is not None or args.lamb is not None):
-        raise UserError("--grid searches lr and lamb itself: give the searched values as --grid_lr / --grid_lamb")
-    if not args.grid and (args.grid_lr or args.grid_lamb):
-        raise UserError("--grid_lr / --grid_lamb set the values --grid searches: add --grid, or use --lr / --lamb")
-
-
 def hyper_parameters(args, blob):
     """Flags win; the rest are the defaults of the checkpoint's corpus, read from its vocabulary."""
     which = corpus_of(blob)
@@ -162,7 +155,10 @@ def grid_search(args, run):
 
 def main(argv=None):
     args = tool_args(build_parser(), argv, RULES)
-    check_args(args)
+    if args.grid and (args.lr is not None or args.lamb is not None):
+        raise UserError("--grid searches lr and lamb itself: give the searched values as --grid_lr / --grid_lamb")
+    if not args.grid and (args.grid_lr or args.grid_lamb):
+        raise UserError("--grid_lr / --grid_lamb set the values --grid searches: add --grid, or use --lr / --lamb")
     blob, corpus, model, device = open_checkpoint(args)
     which, hyper = hyper_parameters(args, blob)
     check_split_sizes(corpus, {"batch_size": args.batch_size, "eval_batch_size": 1, "test_batch_size": 1})

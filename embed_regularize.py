@@ -1,7 +1,5 @@
-"""Embedding dropout (Gal & Ghahramani): drop whole word types, i.e. rows of the embedding matrix.
-
-A dropped word is zero wherever it occurs in the batch; kept rows are scaled by 1/(1-p).  Only the rows
-looked up are multiplied: the values and gradients of masking the full matrix, at a fraction of the cost.
+"""Embedding dropout (Gal & Ghahramani): drop whole word types (rows of the embedding matrix), kept rows scaled
+by 1/(1-p).  Only the rows looked up are multiplied: the full matrix's values and gradients, at a fraction of the cost.
 """
 import torch
 import torch.nn as nn
@@ -17,11 +15,9 @@ class EmbeddingDropout(nn.Module):
         self.mask = None  # (copies, vocab) row mask of the last training forward
 
     def forward(self, weight, words, copies=1, share=False, reuse=False):
-        """Look up ``words`` (seq_len, batch) in ``weight`` (vocab, dim) with word-type dropout.  With ``copies``
-        > 1 the batch stacks copies of one batch, each with its own row mask unless ``share``."""
+        """``copies`` > 1: the batch stacks copies of one batch, each with its own row mask unless ``share``."""
         if not self.training:
-            # As the reference: eval mode looks words up in a detached weight, so ELD's eval-mode pass
-            # sends its penalty's gradient to the embedding only through the tied decoder.
+            # As the reference: ELD's eval-mode pass reaches the embedding only through the tied decoder.
             return F.embedding(words, weight.detach())
         emb = F.embedding(words, weight)
         if self.p == 0:

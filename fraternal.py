@@ -25,11 +25,6 @@ import torch
 import torch.nn.functional as F
 
 
-def mse_penalty(logits1, logits2):
-    """Fraternal dropout's penalty: mean over every element of (logits1 - logits2)^2."""
-    return F.mse_loss(logits1, logits2)
-
-
 def symmetric_kl_penalty(logits1, logits2):
     """R-Drop's penalty: (KL(p1||p2) + KL(p2||p1)) / 2 of the softmax distributions, mean per token."""
     logp1, logp2 = F.log_softmax(logits1, dim=-1), F.log_softmax(logits2, dim=-1)
@@ -38,18 +33,17 @@ def symmetric_kl_penalty(logits1, logits2):
 
 
 # A new penalty is one entry here; without a gradient in fused_loss.py it runs on the plain loss path.
-PENALTIES = {"mse": mse_penalty, "kl": symmetric_kl_penalty}
+PENALTIES = {"mse": F.mse_loss, "kl": symmetric_kl_penalty}  # mse: fraternal dropout's, mean of (l1 - l2)^2
 
 
 def penalty_function(kind):
-    """The penalty named ``kind``: the one place a penalty's name is checked."""
+    """The one place a penalty's name is checked."""
     if kind not in PENALTIES:
         raise ValueError(f"unknown penalty {kind!r}: choose from {', '.join(PENALTIES)}")
     return PENALTIES[kind]
 
 
 def fraternal_penalty(logits1, logits2, kind="mse"):
-    """How much two passes' predictions differ, by the penalty named ``kind``."""
     return penalty_function(kind)(logits1, logits2)
 
 
@@ -89,8 +83,7 @@ class Regularizer:
         penalty_function(self.penalty)
 
     @property
-    def second_pass(self):
-        """The one rule for a second pass: a penalty to weigh, or a second target loss to average."""
+    def second_pass(self):  # the one rule: a penalty to weigh, or a second target loss to average
         return self.kappa > 0 or self.double_target
 
     @property
@@ -104,7 +97,7 @@ class Regularizer:
 
     @classmethod
     def of(cls, variant, **settings):
-        """The regularizer of a variant in VARIANTS, with ``settings`` (kappa, ...) overriding its defaults."""
+        """A variant of VARIANTS, with ``settings`` (kappa, ...) overriding its defaults."""
         v = VARIANTS[variant]
         return cls(**dict(kappa=v.kappa, double_target=v.double_target, eval_auxiliary=v.second_pass == "eval",
                           penalty=v.penalty) | settings)
@@ -144,12 +137,11 @@ class Masks(NamedTuple):
 
 
 def tile_hidden(hidden, copies):
-    """The hidden state (per layer, (h, c) with the batch on dim 1) of a batch stacking ``copies`` copies."""
+    """The hidden state (per layer, (h, c), batch on dim 1) of a batch stacking ``copies`` copies."""
     return [tuple(t.repeat(1, copies, 1) for t in hc) for hc in hidden]
 
 
 def first_copy(hidden, copies):
-    """The hidden state of the first copy of a stacked batch."""
     return [tuple(t[:, : t.size(1) // copies] for t in hc) for hc in hidden]
 
 
@@ -166,16 +158,14 @@ def overlap_blocker(reg, device):
 
 
 @functools.lru_cache(maxsize=None)
-def _side_stream(device):
-    """The stream pass 2 runs on: one per device, made once."""
+def _side_stream(device):  # pass 2's stream, one per device
     return torch.cuda.Stream(device)
 
 
 def _overlapped_passes(model, data, hidden):
-    """Pass 1 on the current CUDA stream, pass 2 beside it on a side stream (each is a chain of small kernels).
-    The sequential path's masks: launched from the host in the same order, each draw gets its Philox offset
-    at launch.  Tensors read across streams are recorded with the allocator; autograd runs each backward
-    op on its forward op's stream and syncs the gradients that cross."""
+    """Pass 1 on the current CUDA stream, pass 2 on a side stream.  Same masks as the sequential path: launched
+    in the same order, each draw gets its Philox offset at launch.  Autograd runs each backward op on its
+    forward op's stream and syncs the gradients that cross."""
     main, side = torch.cuda.current_stream(data.device), _side_stream(data.device)
     side.wait_stream(main)  # fork before pass 1 is queued: pass 2 must not wait for it
     first = model.features(data, hidden)

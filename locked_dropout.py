@@ -1,9 +1,6 @@
-"""Locked (variational) dropout on (seq_len, batch, features), one ``kind`` of mask per setup:
-"sequence" (1, batch, features), one mask per sequence for every time step (awd-lstm-lm since 2017-09-01);
-"timestep" (seq_len, 1, features), a new mask at every time step shared across the batch (awd-lstm-lm's
-tag PyTorch==0.1.12, the AWD-LSTM paper's code); "full", every entry its own (single-layer FD setup).
-The last mask is kept for a second pass to reuse (``same_mask_i/h/o``).
-"""
+"""Locked (variational) dropout on (seq_len, batch, features): "sequence" masks (1, batch, features), as
+awd-lstm-lm since 2017-09-01; "timestep" (seq_len, 1, features), as the AWD-LSTM paper's code; "full", every
+entry its own (the single-layer FD setup).  The last mask is kept for a second pass to reuse."""
 import torch.nn as nn
 
 from masks import check_dropout_p, dropout_mask, stored_mask

@@ -1,16 +1,14 @@
-"""Dropout masks as the three dropout modules draw them (on the input's device and dtype, never through
-the host), kept for a second pass to reuse (``--same_mask_*``); and the five sites named once."""
+"""Dropout masks as the three dropout modules draw them, kept for a second pass to reuse; the five sites."""
 import torch
 
-# The dropout sites of the model, each with the setting of its rate and what it drops.
 SITE_RATE = {"e": "dropoute", "i": "dropouti", "h": "dropouth", "w": "wdrop", "o": "dropout"}
 SITES = {s: f"{what} ({SITE_RATE[s]})" for s, what in zip(SITE_RATE, (
     "embedding rows", "embedding output", "between layers", "W_hh DropConnect", "last layer output"))}
 
 
 def dropout_mask(like, shape, p):
-    """Inverted-dropout mask {0, 1/(1-p)} drawn on ``like``'s device and dtype (no host copy).
-    Thresholding uniform draws is twice as fast as ``bernoulli_`` on CPU, with the same law."""
+    """Mask {0, 1/(1-p)} on ``like``'s device and dtype: thresholding uniform draws is twice as fast as
+    ``bernoulli_`` on CPU, with the same law."""
     return torch.rand(shape, device=like.device, dtype=like.dtype).ge_(p).mul_(1.0 / (1.0 - p))
 
 

@@ -1,11 +1,6 @@
-"""The word-level LSTM language model of AWD-LSTM and of the fraternal dropout experiments.
-
-One ``RNNModel`` builds both setups of the paper: the single-layer ablation (embedding = hidden = 655,
-full-shape dropout masks: ``locked=False``) and the 3-layer AWD-LSTM (400 / 1150, the last layer sized to
-the embedding for weight tying, locked dropout between layers, DropConnect on every W_hh).  Each dropout
-site (masks.SITES) keeps its last mask for a second pass to reuse, and a batch can stack copies of itself
-with independent or shared masks (``fraternal.Masks``): fraternal dropout's passes, MC dropout.
-"""
+"""The AWD-LSTM word-level language model, in both setups of the paper: the single-layer ablation (full-shape
+masks: ``locked=False``) and the 3-layer AWD-LSTM.  Each dropout site keeps its last mask for a second pass to
+reuse, and a batch can stack copies of itself with independent or shared masks (``fraternal.Masks``)."""
 from typing import NamedTuple
 
 import torch.nn as nn
@@ -14,10 +9,7 @@ from embed_regularize import EmbeddingDropout
 from fraternal import Masks
 from fused_loss import FusedDecoder
 from locked_dropout import LockedDropout
-from masks import SITES as SITE_NAMES
 from weight_drop import WeightDropLSTM
-
-SITES = tuple(SITE_NAMES)
 
 
 class Features(NamedTuple):
@@ -29,7 +21,7 @@ class Features(NamedTuple):
 class RNNModel(nn.Module):
     @classmethod
     def from_config(cls, cfg, ntoken):
-        """The model a run's configuration describes (before locked_mask existed: "sequence")."""
+        """The model a run's config describes (before locked_mask existed: "sequence")."""
         return cls(ntoken, ninp=cfg["emsize"], nhid=cfg["nhid"], nlayers=cfg["nlayers"], dropout=cfg["dropout"],
                    dropouth=cfg["dropouth"], dropouti=cfg["dropouti"], dropoute=cfg["dropoute"], wdrop=cfg["wdrop"],
                    tie_weights=cfg["tied"], locked=cfg["locked"], locked_mask=cfg.get("locked_mask", "sequence"))
@@ -39,8 +31,7 @@ class RNNModel(nn.Module):
         super().__init__()
         self.ntoken, self.ninp, self.nhid, self.nlayers = ntoken, ninp, nhid, nlayers
         self.tie_weights = tie_weights
-        # No padding_idx=0, unlike the FD code's master branch: it stops the lookup's gradient to word 0's
-        # row, and word 0 is a real word (the corpora are never padded).  Declared, not followed.
+        # No padding_idx=0 (unlike the FD code): word 0 is a real word, its row must get gradients.
         self.encoder = nn.Embedding(ntoken, ninp)
         sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
         self.rnns = nn.ModuleList(
@@ -59,7 +50,7 @@ class RNNModel(nn.Module):
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def set_dropout(self, dropout=None, dropouth=None, dropouti=None, dropoute=None, wdrop=None):
-        """Change dropout rates in place (rates are hyper-parameters, not part of the state_dict)."""
+        """Change dropout rates in place (they are not part of the state_dict)."""
         for rate, modules, attribute in (
                 (dropout, [self.output_dropout], "p"), (dropouth, self.hidden_dropouts, "p"),
                 (dropouti, [self.input_dropout], "p"), (dropoute, [self.embedding_dropout], "p"),
@@ -71,11 +62,10 @@ class RNNModel(nn.Module):
         return [tuple(self.decoder.bias.new_zeros(1, bsz, rnn.hidden_size) for _ in "hc") for rnn in self.rnns]
 
     def features(self, input, hidden, masks=None):
-        """input (seq_len, batch) -> each layer's outputs before and after dropout, new hidden state.
-        ``outputs[-1]`` is what the decoder reads (and AR penalizes); ``raw_outputs[-1]`` what TAR does."""
+        """input (seq_len, batch) -> each layer's outputs before and after dropout (AR and TAR read the last
+        layer's), new hidden state."""
         masks = masks or Masks()
         kw = lambda site: dict(copies=masks.copies, share=site in masks.share, reuse=site in masks.reuse)  # noqa: E731
-
         emb = self.embedding_dropout(self.encoder.weight, input, **kw("e"))
         output = self.input_dropout(emb, **kw("i"))
         new_hidden, raw_outputs, outputs = [], [], []

@@ -4,8 +4,8 @@
     python plot.py runs/awd-ptb_FD.metrics.jsonl
     python plot.py runs/                    # every run in the folder
 
-A run is named by its checkpoint, its ``.metrics.jsonl`` (one line per epoch) or a folder of runs; its fine-tuning
-(NAME.finetune.metrics.jsonl) follows its training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
+A run is named by its checkpoint, its ``.metrics.jsonl`` or a folder of runs; its fine-tuning follows its
+training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
 """
 import argparse
 from pathlib import Path
@@ -38,7 +38,7 @@ def stem(path):
 
 
 def load_run(stem):
-    """{"training": rows, "fine-tuning": rows} of the run at ``stem``, each where its metrics file exists."""
+    """{"training": rows, "fine-tuning": rows} of the run at ``stem``, each where it has epochs."""
     files = {"training": Path(f"{stem}.metrics.jsonl"), "fine-tuning": Path(f"{stem}.finetune.metrics.jsonl")}
     if not any(p.exists() for p in files.values()):
         raise UserError(f"no metrics at {files['training']}: name a run's checkpoint or its .metrics.jsonl")
@@ -48,17 +48,9 @@ def load_run(stem):
     return {kind: rows for kind, rows in parts.items() if rows}
 
 
-def readable_log(ax):
-    """A log axis labelled at 1-2-5 steps in plain numbers, not only at powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
 def draw(runs, out):
     """One panel per metric, one colour per run; fine-tuning dashed, after its training's last epoch."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     fig, axes = pyplot(required=True).subplots(2, 2, figsize=(10, 7))
     for ax, (key, title, log) in zip(axes.flat, PANELS):
         for i, (label, parts) in enumerate(runs.items()):
@@ -69,8 +61,11 @@ def draw(runs, out):
                 draw_curve(ax, parts["fine-tuning"], key, f"{label} fine-tuning", offset=train[-1]["epoch"] if train
                            else 0, color=f"C{i % 10}", linestyle="--")
         ax.set_ylabel(title)
-        if log:
-            readable_log(ax)
+        if log:  # labelled at 1-2-3-5 steps in plain numbers, not only at powers of ten
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

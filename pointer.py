@@ -1,9 +1,8 @@
 """Evaluate a checkpoint with the continuous cache pointer (Grave, Joulin, Usunier 2017), as AWD-LSTM did.
 
 p(w) = (1 - lambdasm) p_vocab(w) + lambdasm p_cache(w), p_cache putting softmax(theta * h_t . h_i) on the word
-that followed each of the previous --window last-layer outputs h_i.  Each split runs at batch 1 as one stream in
---bptt chunks (memory only); the first token gets p_vocab alone, the loss is the mean over the N - 1 predictions.
-The settings are the preset's source's (``config.PRESET[preset].pointer``) unless --settings or flags say otherwise.
+that followed each of the previous --window last-layer outputs h_i.  Each split runs at batch 1 in --bptt chunks;
+the loss is the mean over the N - 1 predictions.  Settings: the preset's source's, unless --settings or flags.
 
     python pointer.py --save runs/merity-ptb_baseline.finetune.pt   # paper: window 2000, theta 1.0, lambdasm 0.1
     python pointer.py --save runs/awd-ptb_FD.finetune.pt            # README: window 500, theta 1.0, lambdasm 0.1
@@ -46,8 +45,7 @@ def build_parser():
 
 def settings_for(blob, args):
     """The cache settings and their source: flags > --settings > the preset's (unknown: the README's, said so)."""
-    given = {k: getattr(args, k) for k in OPTS if getattr(args, k) is not None}
-    corpus = corpus_of(blob)
+    given, corpus = {k: getattr(args, k) for k in OPTS if getattr(args, k) is not None}, corpus_of(blob)
     if corpus is None:
         if len(given) == len(OPTS):
             return given, "flags"
@@ -79,8 +77,7 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
     """Per-token log-probabilities at batch 1, without and with the cache (``awd_scoring``: as the reference)."""
     model.eval()
     source = batchify(tokens, 1, next(model.parameters()).device)
-    hidden = model.init_hidden(1)
-    mem_h, mem_w = None, source.new_zeros(0)
+    hidden, mem_h, mem_w = model.init_hidden(1), None, source.new_zeros(0)
     log_wv = math.log(1 - lambdasm) if lambdasm < 1 else -math.inf   # log mixture weights
     log_wc = math.log(lambdasm) if lambdasm > 0 else -math.inf
     plain, mixed = [], []

@@ -1,23 +1,16 @@
-"""Reading and summarizing results, torch-free: per-epoch metrics, mean and spread, optional plots.
-
-The table report, the study report and plot.py all read runs through these few functions, so a damaged
-metrics file means the same one line everywhere, and a missing matplotlib is said the same way.
-"""
-import functools
+"""Reading and summarizing results, torch-free: per-epoch metrics, mean and spread, optional plots, shared by
+the table report, the study report and plot.py so that a damaged file or a missing matplotlib reads the same."""
+import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
 
 from runfiles import UserError
 
-MATPLOTLIB_HINT = "pip install matplotlib"
-
-
 def read_metrics(path, keys=("epoch", "valid_ppl")):
-    """The epoch rows of a ``.metrics.jsonl`` (main.py and finetune.py write one JSON line per epoch).
-    Every problem is one UserError naming the file and, where it is one line's, the line."""
-    import json
+    """The epoch rows of a ``.metrics.jsonl``; every problem is one UserError naming the file (and line)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a metrics file: name a run's NAME.metrics.jsonl or checkpoint")
@@ -38,8 +31,7 @@ def read_metrics(path, keys=("epoch", "valid_ppl")):
         except ValueError:
             raise UserError(f"{path} line {number} is not JSON (a truncated or damaged file): rerun or restore "
                             f"the run's metrics") from None
-        bad = [k for k in keys if not isinstance(row, dict) or not _number(row.get(k))]
-        if bad:
+        if bad := [k for k in keys if not isinstance(row, dict) or not _number(row.get(k))]:
             raise UserError(f"{path} line {number}: {bad[0]} is missing or not a number: name a metrics file "
                             f"written by main.py or finetune.py")
         rows.append(row)
@@ -65,31 +57,24 @@ def mean_sd_text(values, digits=2):
     return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-@functools.lru_cache(maxsize=None)
-def _import_pyplot():
+def pyplot(required=False):
+    """matplotlib's pyplot, or (it is optional) None with one line said once; ``required``: a UserError."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
+        if required:
+            raise UserError("matplotlib is not installed, and plotting needs it: pip install matplotlib") from None
+        if not getattr(pyplot, "said", False):
+            print("matplotlib is not installed, so no plots were drawn: pip install matplotlib", file=sys.stderr)
+            pyplot.said = True
         return None
-    return plt
-
-
-def pyplot(required=False):
-    """matplotlib's pyplot, or (it is optional) None with one line said once; ``required``: a UserError."""
-    plt = _import_pyplot()
-    if plt is None and required:
-        raise UserError(f"matplotlib is not installed, and plotting needs it: {MATPLOTLIB_HINT}")
-    if plt is None and not getattr(pyplot, "said", False):
-        print(f"matplotlib is not installed, so no plots were drawn: {MATPLOTLIB_HINT}", file=sys.stderr)
-        pyplot.said = True
-    return plt
 
 
 def draw_curve(ax, rows, key, label=None, offset=0, **style):
-    """One run's ``key`` per epoch on ``ax``: whole epochs on the axis (shifted by ``offset``, so a
-    fine-tuning can follow its training), and a run of one epoch drawn as a point, not an empty line."""
+    """One run's ``key`` per epoch (shifted by ``offset``: a fine-tuning follows its training); one epoch: a point."""
     from matplotlib.ticker import MaxNLocator
     xs = [row["epoch"] + offset for row in rows]
     ys = [row[key] for row in rows]
@@ -101,7 +86,6 @@ def draw_curve(ax, rows, key, label=None, offset=0, **style):
 
 def save_figure(fig, path, dpi=110):
     """Write a figure atomically (temp file, then rename), and close it."""
-    import os
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -112,4 +96,4 @@ def save_figure(fig, path, dpi=110):
     finally:
         if tmp.exists():
             tmp.unlink()
-        _import_pyplot().close(fig)
+        pyplot().close(fig)

@@ -1,10 +1,7 @@
 """DropConnect on an LSTM's hidden-to-hidden weights (AWD-LSTM's WeightDrop) on current PyTorch.
 
-The parameters are never touched (earlier ports swapped ``weight_hh_l0`` on the module: stale state_dict
-tensors, a broken deepcopy and ``eval()``): each training forward hands the fused LSTM kernel the weights
-with W_hh replaced by ``W_hh * mask``.  The one private entry point, ``torch._VF.lstm`` (what
-``nn.LSTM.forward`` calls), is pinned in ``fused_lstm`` and tested against ``nn.LSTM``.
-"""
+The parameters are never swapped (as earlier ports did: stale state_dict, broken deepcopy): each training
+forward hands the fused kernel ``torch._VF.lstm`` (tested against ``nn.LSTM``) W_hh * mask instead."""
 import warnings
 
 import torch
@@ -12,16 +9,14 @@ import torch.nn as nn
 
 from masks import check_dropout_p, dropout_mask, stored_mask
 
-# cuDNN wants all weights in one flat buffer; a freshly dropped W_hh must be copied into one on
-# every call (unavoidable with new masks), and PyTorch would warn about that on every call.
+# cuDNN copies a freshly dropped W_hh into its flat buffer on every call, and would warn each time.
 _COMPACTION_WARNING = "RNN module weights are not part of single contiguous chunk"
 warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
 
 
 def fused_lstm(lstm, input, hx, weights, train=None):
-    """Run ``lstm``'s fused kernel with ``weights`` in place of its own parameters (same order).  ``train``
-    (default ``lstm.training``) selects cuDNN's training kernel, the only one it can back-propagate
-    through.  The warning is silenced here too: test runners and notebooks reset the global filters."""
+    """``lstm``'s fused kernel with ``weights`` for its parameters; ``train``: cuDNN's kernel that can back-propagate.
+    Silenced here too: test runners and notebooks reset the global filters."""
     train = lstm.training if train is None else train
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
@@ -31,8 +26,7 @@ def fused_lstm(lstm, input, hx, weights, train=None):
 
 
 class WeightDropLSTM(nn.LSTM):
-    """``nn.LSTM`` with DropConnect of probability ``weight_dropout`` on every ``weight_hh_l{k}``: one mask
-    per forward, scaled by 1/(1-p), none in eval mode; the last is kept for reuse (``same_mask_w``)."""
+    """``nn.LSTM`` with DropConnect on every ``weight_hh_l{k}``: one mask per training forward, kept for reuse."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, weight_dropout=0.0, **kwargs):
         if kwargs.get("bidirectional") or kwargs.get("proj_size") or kwargs.get("batch_first"):
@@ -43,8 +37,7 @@ class WeightDropLSTM(nn.LSTM):
         self.mask = None  # (copies, layers, 4H, H) mask of the last training forward; not in state_dict
 
     def forward(self, input, hx=None, copies=1, share=False, reuse=False):
-        """input: (seq_len, batch, features).  With ``copies`` > 1 the batch stacks that many copies of one
-        batch: ``share`` runs them with one mask in one kernel call, else each copy with its own."""
+        """``copies`` > 1: the batch stacks copies of one batch, in one kernel call with one mask if ``share``."""
         N = input.size(1)
         hx = hx if hx is not None else (input.new_zeros(self.num_layers, N, self.hidden_size),) * 2
         if not self.training or self.weight_dropout == 0:

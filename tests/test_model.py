@@ -5,7 +5,8 @@ import torch
 from embed_regularize import EmbeddingDropout
 from locked_dropout import LockedDropout
 from fraternal import Masks, Regularizer, first_copy, fraternal_loss, fraternal_loss_pair, tile_hidden
-from model import SITES, RNNModel
+from masks import SITES
+from model import RNNModel
 from weight_drop import WeightDropLSTM
 
 
