@@ -1,7 +1,7 @@
 """Word-level corpora tokenized exactly as AWD-LSTM did (whitespace, ``<eos>`` per line, one dictionary over the
 three splits in order of first appearance).  Tokenizing WikiText-2 takes seconds, so the result is cached under
-the files' hash, and a cache is used only once it proves to be that corpus.
-"""
+the files' hash, and a cache is used only once it proves to be that corpus."""
+import functools
 import hashlib
 import os
 import stat
@@ -57,11 +57,9 @@ def _not_utf8(path, error):
 def content_sha256(paths):
     """What a resume point records to refuse a changed corpus, and the cache's key."""
     h = hashlib.sha256()
-    for p in paths:
-        h.update(f"{Path(p).name}:{os.path.getsize(p)}\n".encode())  # sizes keep file boundaries apart
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    for p in map(Path, paths):
+        text = p.read_bytes()
+        h.update(f"{p.name}:{len(text)}\n".encode() + text)  # sizes keep file boundaries apart
     return h.hexdigest()
 
 
@@ -75,24 +73,16 @@ def payload_sha256(idx2word, splits):
     return h.hexdigest()
 
 
-def _user_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fraternal-dropout"
-
-
-def _writable(folder):
-    """Writable and not marked read-only (root writes anywhere, but a read-only mirror stays untouched)."""
-    return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & stat.S_IWUSR)
-
-
 def _cache_candidates(path, digest):
-    """(cache file, glob of the caches it supersedes): beside the data (one corpus per folder), else in the user
-    cache under the folder's own key."""
+    """(cache file, glob of the caches it supersedes): beside the data (one corpus per folder) unless the folder is
+    marked read-only (root writes anywhere, but a read-only mirror stays untouched), then in the user cache."""
     key = f"v{CACHE_VERSION}-{digest[:24]}"
-    beside = [(Path(path) / f".corpus-cache-{key}.pt", ".corpus-cache-*.pt")] if _writable(path) else []
-    folder = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
-    user = (_user_cache_dir() / f".corpus-cache-{folder}-{key}.pt", f".corpus-cache-{folder}-*.pt")
-    return beside + [user]
+    folder = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fraternal-dropout"
+    places = [(user / f".corpus-cache-{folder}-{key}.pt", f".corpus-cache-{folder}-*.pt")]
+    if os.access(path, os.W_OK) and os.stat(path).st_mode & stat.S_IWUSR:
+        places.insert(0, (path / f".corpus-cache-{key}.pt", ".corpus-cache-*.pt"))
+    return places
 
 
 def _cache_problem(blob, digest):
@@ -115,13 +105,9 @@ def _cache_problem(blob, digest):
     return None
 
 
-_said = set()
-
-
+@functools.cache  # each note is said once
 def _note_once(message):
-    if message not in _said:
-        _said.add(message)
-        print(f"note: {message}", file=sys.stderr)
+    print(f"note: {message}", file=sys.stderr)
 
 
 class Corpus:
@@ -238,18 +224,14 @@ def check_split_sizes(corpus, cfg):
 
 def batchify(data, bsz, device=None):
     """Lay the token stream out as ``bsz`` columns (remainder trimmed): shape (nbatch, bsz)."""
-    nbatch = data.size(0) // bsz
-    data = data.narrow(0, 0, nbatch * bsz)
-    data = data.view(bsz, -1).t().contiguous()
+    data = data.narrow(0, 0, data.size(0) // bsz * bsz).view(bsz, -1).t().contiguous()
     return data.to(device) if device is not None else data
 
 
 def get_batch(source, i, seq_len):
     """Inputs are rows ``i .. i+seq_len`` and targets the next rows, flattened; cut at the stream's end."""
     seq_len = min(seq_len, len(source) - 1 - i)
-    data = source[i:i + seq_len]
-    target = source[i + 1:i + 1 + seq_len].reshape(-1)
-    return data, target
+    return source[i:i + seq_len], source[i + 1:i + 1 + seq_len].reshape(-1)
 
 
 def windows(source, bptt, max_batches=None):

@@ -1,9 +1,6 @@
-"""One run across the processes ``torchrun`` starts (without it, every function here is a no-op), each update the
-single-process update over the whole batch: each rank trains on an equal share of the batch's columns and the
-ranks' gradients are averaged; numpy (BPTT lengths) is seeded alike everywhere, torch (dropout masks) per rank;
-rank 0's validation loss decides for all, and only rank 0 writes.  A resume point holds every rank's RNG and the
-whole batch's hidden state, so it continues with any number of processes.  A failing rank says why and leaves.
-"""
+"""One run across the processes ``torchrun`` starts (else every function here is a no-op): each rank trains on an
+equal share of every batch's columns and the gradients are averaged, so an update is the single-process one; numpy
+(BPTT lengths) is seeded alike everywhere, torch (dropout masks) per rank; rank 0 decides for all and alone writes."""
 import os
 import signal
 import sys
@@ -25,12 +22,8 @@ _world = None  # while a session runs: {"rank", "size", "device", "control"}
 _ctrl_c = False  # torchrun passed a Ctrl-C (SIGINT) on to this process
 
 
-def rank():
-    return _world["rank"] if _world else 0
-
-
 def is_main():
-    return rank() == 0
+    return not _world or _world["rank"] == 0
 
 
 def size():
@@ -79,11 +72,10 @@ def session(cfg):
         # Small values and decisions go through gloo on the CPU, so agreeing never waits for the GPU's queued work.
         control = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else dist.group.WORLD
         _world = {"rank": me, "size": size, "device": device, "control": control}
-        if me == 0:
-            print(f"One run in {size} processes (torchrun, {dist.get_backend()}): each trains on 1/{size} of every "
-                  f"batch's columns")
-        else:
-            sys.stdout = open(os.devnull, "w")
+        if me:
+            sys.stdout = open(os.devnull, "w")  # rank 0 alone speaks
+        print(f"One run in {size} processes (torchrun, {dist.get_backend()}): each trains on 1/{size} of every "
+              f"batch's columns")
         yield
         # Leave together (a rank gone while rank 0 tested was aborted at exit); this barrier takes its own timeout.
         if me and own_signals:
@@ -110,17 +102,13 @@ class _Stopped(Exception):
 
 def gate(error):
     """After the checks (``error``: this rank's UserError or None), the lowest failed rank alone says why."""
-    if not _world:
-        if error is not None:
-            raise error
-        return
-    first = torch.tensor([_world["rank"] if error is not None else _world["size"]], dtype=torch.int64)
-    dist.all_reduce(first, op=dist.ReduceOp.MIN, group=_world["control"])
-    if first.item() == _world["size"]:
-        return
-    if first.item() == _world["rank"]:
+    if _world:
+        first = torch.tensor([_world["rank"] if error is not None else _world["size"]], dtype=torch.int64)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN, group=_world["control"])
+        if first.item() not in (_world["rank"], _world["size"]):
+            raise _Stopped()
+    if error is not None:
         raise error
-    raise _Stopped()
 
 
 def _abort(error, me, size):
@@ -167,10 +155,8 @@ def average_gradients(params):
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat.div_(_world["size"])
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view_as(g))
 
 
 def agree(value):
@@ -188,8 +174,7 @@ def average_stats(stats):
         return stats
     t = torch.tensor([stats["train_loss"], stats["penalty"], stats["tokens"]], dtype=torch.float64)
     dist.all_reduce(t, group=_world["control"])
-    size = _world["size"]
-    tokens = int(t[2].item())
+    size, tokens = _world["size"], int(t[2].item())
     return dict(stats, train_loss=t[0].item() / size, penalty=t[1].item() / size, tokens=tokens,
                 tokens_per_s=tokens / max(stats["seconds"], 1e-9))
 
@@ -210,19 +195,15 @@ def load_best(model, path):
     broadcast_model(model)
 
 
-def _own_rng():
-    state = {"torch": torch.get_rng_state()}
-    if _world["device"].type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(_world["device"])
-    return state
-
-
 def rng_state():
     """``checkpoint.rng_state()`` plus every rank's dropout RNG under "ranks" (a collective)."""
     state = checkpoint.rng_state()
     if _world:
+        own = {"torch": torch.get_rng_state()}
+        if _world["device"].type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(_world["device"])
         state["ranks"] = [None] * _world["size"]
-        dist.all_gather_object(state["ranks"], _own_rng(), group=_world["control"])
+        dist.all_gather_object(state["ranks"], own, group=_world["control"])
     return state
 
 
@@ -230,8 +211,7 @@ SUMS = ("total_ce", "total_pen", "interval_ce")  # a mid-epoch resume point's ru
 
 
 def merge_position(position):
-    """A mid-epoch resume point as one process would have saved it (a collective), so that any number of ranks
-    continues it."""
+    """A mid-epoch resume point as one process would have saved it (a collective): any number of ranks continues it."""
     if not _world:
         return position
     parts = [None] * _world["size"]
@@ -246,18 +226,15 @@ def merge_position(position):
 
 
 def own_position(position):
-    """This rank's share of a mid-epoch resume point: its own loss sums where as many ranks saved it (exactly the
+    """This rank's share of a mid-epoch resume point; its own loss sums where as many ranks saved it (exactly the
     uninterrupted run's), else their mean (equal up to rounding)."""
     if not _world or position is None:
         return position
     size, me = _world["size"], _world["rank"]
-
-    def share(t):
-        return t.narrow(1, me * (t.size(1) // size), t.size(1) // size)
-    own = position.get("shares", {})
+    own, cols = position.get("shares", {}), position["hidden"][0][0].size(1) // size
     sums = {key: own[key][me] for key in SUMS if len(own.get(key, ())) == size}
     return dict(position, tokens=position["tokens"] // size, **sums,
-                hidden=[tuple(share(t) for t in hc) for hc in position["hidden"]])
+                hidden=[tuple(t.narrow(1, me * cols, cols) for t in hc) for hc in position["hidden"]])
 
 
 def prepare(model, cfg, resume=None):

@@ -1,29 +1,27 @@
-"""A run's files, torch-free: their names, the lock against two writers, atomic writes, provenance.
-
-Everything that reads or writes a run's bookkeeping (the trainer, the table runner, the reports) takes
-it from here, so the tools that only report never import torch.
-"""
+"""A run's files, torch-free so the reporting tools never import torch: their names, the lock against two
+writers, atomic writes, provenance."""
 import argparse
+import contextlib
 import errno
 import glob
 import hashlib
 import json
 import os
 import platform
-import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+
 class UserError(Exception):
     """A problem the user caused and can fix; entry points print it as one line, no traceback."""
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C ended a run early, once it had saved what it could (and said what): the run is not finished, so
-    the entry point exits 130, never 0, with this one line (how to continue)."""
+    """Ctrl-C ended a run after it saved what it could: not finished, so exit 130 with how to continue."""
 
 
 def run_cli(main):
@@ -36,7 +34,6 @@ def run_cli(main):
     except KeyboardInterrupt as e:
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         sys.exit(130)
-
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -54,7 +51,6 @@ def sidecar(save, what):
     return Path(f"{stem}.{what}")
 
 
-# The files a run writes beside its best model, by what they are.
 RUN_FILES = {"resume": "resume.pt", "metrics": "metrics.jsonl", "final": "final.json", "lock": "lock"}
 
 
@@ -73,20 +69,15 @@ def read_json(path):
 
 def file_sha256(path):
     """SHA-256 of a file's bytes, or None when it is missing or unreadable."""
-    h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def check_output_path(path, flag="--save", siblings=()):
-    """Fail before any work if ``path`` cannot be written: a folder, a parent that is a file, or a
-    folder that refuses new files (read-only, immutable, another user's).  ``siblings``: the other
-    files the run writes beside it; each is tried too (a folder in the way, a name too long)."""
+    """Fail before any work if ``path`` or the run's other files beside it (``siblings``) cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file path such as {path / 'model.pt'}")
@@ -94,48 +85,35 @@ def check_output_path(path, flag="--save", siblings=()):
         if other.is_dir():
             raise UserError(f"{other} is a folder, where the run of {flag} {path} writes a file: move it away, or "
                             f"choose another {flag}")
-    parent = path.parent
-    for above in [parent, *parent.parents]:
-        if above.exists():
-            if not above.is_dir():
-                raise UserError(f"{flag} {path}: {above} is a file, not a folder: choose another {flag}")
-            break
+    parent, name = path.parent, None
     try:
         parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}): "
-                        f"choose a writable {flag}") from None
-    for name in [path.name, *(Path(s).name for s in siblings)]:  # the temp file's name is the longest written
-        try:
+        for name in [path.name, *(Path(s).name for s in siblings)]:  # the temp file's name is the longest written
             fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{name}.", suffix=".tmp")
             os.close(fd)
             os.unlink(probe)
-        except OSError as e:
-            if e.errno == errno.ENAMETOOLONG:
-                raise UserError(f"{flag} {path}: the run's file {name} cannot be created in {parent} (file name "
-                                f"too long): choose a shorter {flag}") from None
-            raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}): "
-                            f"choose a writable {flag}") from None
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # a file where a folder must be
+            above = next(a for a in [parent, *parent.parents] if a.exists())
+            raise UserError(f"{flag} {path}: {above} is a file, not a folder: choose another {flag}") from None
+        if name and e.errno == errno.ENAMETOOLONG:
+            raise UserError(f"{flag} {path}: the run's file {name} cannot be created in {parent} (file name "
+                            f"too long): choose a shorter {flag}") from None
+        raise UserError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}): "
+                        f"choose a writable {flag}") from None
 
 
 def remove_stale_temp_files(path):
-    """Temp files an atomic write of ``path`` left when its process was killed: exactly mkstemp's names
-    for ``path`` (``.NAME.XXXXXXXX.tmp``), never another file's (``.NAME.b.pt.XXXXXXXX.tmp`` of a run
-    saved at NAME.b.pt)."""
+    """Temp files a killed atomic write of ``path`` left, never another file's (``.NAME.b.pt.XXXXXXXX.tmp``)."""
     path = Path(path)
-    own = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if own.fullmatch(stale.name):
-            try:
-                stale.unlink()
-            except OSError:
-                pass
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'[a-z0-9_]' * 8}.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 class RunLock:
-    """An exclusive lock on a run's files (``fcntl.flock`` on ``path``), so two processes never
-    write the same run.  Released when the process ends, however it ends; the file is removed when the
-    run ends, so one left beside a run belongs to a run in progress (or a killed one)."""
+    """``fcntl.flock`` on ``path`` so two processes never write the same run; released however the process ends, and
+    removed when the run ends, so a lock file left belongs to a run in progress (or a killed one)."""
 
     def __init__(self, path, flag="--save"):
         self.path = Path(path)
@@ -156,11 +134,8 @@ class RunLock:
                 self.file.close()
                 raise UserError(f"another process is running the run whose lock is {self.path}: wait for it to end, "
                                 f"or choose another {self.flag}") from None
-            try:  # the file we locked may have been removed by the run that just ended: lock the current one
-                if os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
-                    return self
-            except FileNotFoundError:
-                pass
+            if self.holds_path():  # else the run that just ended removed the file we locked: lock the current one
+                return self
             self.file.close()
 
     def holds_path(self):
@@ -171,9 +146,7 @@ class RunLock:
             return False
 
     def verify(self):
-        """Before each save of a long run: a lock file removed while the run trains (by hand, by a clean-up
-        script) is put back and locked again, so no second process can start the run; if a second one
-        already has (it locked a new file at the path), this one stops before writing anything more."""
+        """Before each save: a removed lock file is locked again; if another process got it first, this one stops."""
         if self.file is None or self.holds_path():
             return
         again = RunLock(self.path, self.flag)
@@ -190,61 +163,37 @@ class RunLock:
     def __exit__(self, *exc):
         if self.file is not None:  # unlinked while still held, so a lock file left means a run in progress
             if self.holds_path():  # never another process's lock
-                try:
+                with contextlib.suppress(OSError):
                     self.path.unlink()
-                except OSError:
-                    pass
             self.file.close()
 
 
-
-def _umask():
-    """The process's umask: read from /proc where there is one (setting it to read it is not thread-safe)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _disk_full(error):
-    """ENOSPC anywhere in the exception chain: torch's zip writer reports it as a RuntimeError
-    ("unexpected pos", "file write failed") raised while handling the OSError, or with no OSError at all."""
-    seen = set()
+    """ENOSPC anywhere in the exception chain: torch's zip writer reports it as a RuntimeError, OSError or not."""
+    seen, signs = set(), ("file write failed", "No space", "unexpected pos")
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(error, RuntimeError) and any(k in str(error) for k in DISK_FULL_SIGNS):
+        if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+                or isinstance(error, RuntimeError) and any(k in str(error) for k in signs)):
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-DISK_FULL_SIGNS = ("file write failed", "No space", "unexpected pos")
 
 
 def atomic_write(target, write):
     """Write through a temp file in the same folder, then rename: a crash leaves the old file intact."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # a new file with the user's usual permissions (mkstemp's are 0600)
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the user's usual permissions
         os.replace(tmp, target)
     except BaseException as e:
-        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
         if _disk_full(e):
             free = shutil.disk_usage(target.parent).free
             kept = f"the previous {target.name} is intact" if target.exists() else f"{target.name} was not written"
@@ -261,8 +210,6 @@ def size_text(n):
     return f"{n} bytes"
 
 
-
-
 def atomic_write_json(obj, target):
     atomic_write(target, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
@@ -276,8 +223,7 @@ def atomic_write_jsonl(rows, target):
 
 
 def code_commit():
-    """The commit of this checkout's code, ``-dirty`` when a tracked source file (not a result) was edited,
-    for the record of a result; "unknown" outside a git checkout."""
+    """This checkout's commit for a result's record, ``-dirty`` when a tracked source file (not a result) was edited."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=here,
@@ -293,12 +239,9 @@ def code_commit():
 
 def cpu_model():
     """The CPU's model name, for reports of measured speed."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 

@@ -24,11 +24,8 @@ def set_seed(seed):
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
 def check_device_name(name):
-    if not DEVICE_PATTERN.fullmatch(str(name)):
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
         raise UserError(f"--device {name} is not a device this code runs on: use auto, cpu, cuda or cuda:N")
     return name
 
