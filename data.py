@@ -1,6 +1,7 @@
 """Word-level corpora tokenized exactly as AWD-LSTM did (whitespace, ``<eos>`` per line, one dictionary over the
 three splits in order of first appearance).  Tokenizing WikiText-2 takes seconds, so the result is cached under
 the files' hash, and a cache is used only once it proves to be that corpus."""
+import contextlib
 import functools
 import hashlib
 import os
@@ -34,12 +35,6 @@ class Dictionary:
     def fingerprint(self):
         """Identifies the vocabulary (words and their ids) so checkpoints can refuse a different one."""
         return hashlib.sha256("\n".join(self.idx2word).encode("utf-8")).hexdigest()
-
-
-def _tokenize_lines(path):
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.split() + ["<eos>"]
 
 
 def _not_utf8(path, error):
@@ -131,16 +126,12 @@ class Corpus:
 
     def _tokenize(self, files):
         self.dictionary = Dictionary()
-        for f in files:
+        for split, f in zip(SPLITS, files):
             try:
-                for words in _tokenize_lines(f):
-                    for w in words:
-                        self.dictionary.add_word(w)
+                with open(f, encoding="utf-8") as lines:
+                    ids = [self.dictionary.add_word(w) for line in lines for w in line.split() + ["<eos>"]]
             except UnicodeDecodeError as e:
                 raise _not_utf8(f, e) from None
-        w2i = self.dictionary.word2idx
-        for split, f in zip(SPLITS, files):
-            ids = [w2i[w] for words in _tokenize_lines(f) for w in words]
             setattr(self, split, torch.tensor(ids, dtype=torch.long))
 
     def _load_cache(self, digest):
@@ -172,20 +163,13 @@ class Corpus:
             except (OSError, RuntimeError, UserError) as e:  # read-only or full: try the next place
                 reasons.append(f"{cand.parent}: {getattr(e, 'strerror', None) or str(e).split(':')[0]}")
                 continue
-            _remove_stale_caches(cand, superseded)
+            old = time.time() - 3600  # the caches this one supersedes, and temp files of writes killed an hour ago
+            for path in [*cand.parent.glob(superseded), *cand.parent.glob(f".{superseded}.*.tmp")]:
+                with contextlib.suppress(OSError):
+                    if path != cand and (path.suffix != ".tmp" or path.stat().st_mtime < old):
+                        path.unlink()
             return
         _note_once(f"the corpus cache could not be written ({'; '.join(reasons)}): running without it")
-
-
-def _remove_stale_caches(kept, pattern):
-    """Caches this one supersedes, and temp files of cache writes killed more than an hour ago."""
-    old = time.time() - 3600
-    for path in list(kept.parent.glob(pattern)) + list(kept.parent.glob(f".{pattern}.*.tmp")):
-        try:
-            if path != kept and (path.suffix != ".tmp" or path.stat().st_mtime < old):
-                path.unlink()
-        except OSError:
-            pass
 
 
 def write_corpus_cut(source, dest, keep):

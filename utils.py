@@ -92,10 +92,8 @@ class PlainProgress:
     def __enter__(self):
         return self
 
-    def close(self, *exc):
+    def __exit__(self, *exc):
         pass
-
-    __exit__ = close
 
 
 class DeferredInterrupt:
