@@ -93,14 +93,13 @@ class DynamicUpdate:
     """The adaptation step of one run, its scales fixed from the training statistics."""
 
     def __init__(self, model, rms, lr, lamb, epsilon, trained=None):
-        """``trained``: theta_g, one tensor per parameter (default: the model's weights now)."""
         self.params = list(model.parameters())
         avg = torch.stack([r.mean() for r in rms]).mean().item()
         if not (math.isfinite(avg) and avg > 0):
             raise UserError(f"the gradients on the training data are all zero or not finite (mean rms {avg}): "
                             f"use an intact trained checkpoint")
         self.lr = lr
-        self.trained = trained if trained is not None else [p.detach().clone() for p in self.params]
+        self.trained = trained if trained is not None else [p.detach().clone() for p in self.params]  # theta_g
         self.denominators = [r + epsilon for r in rms]
         # lamb * rms / avg, clipped at 1 (the paper clips rms / avg at 1 / lamb): never past theta_g
         self.decay = [torch.clamp(r * (lamb / avg), max=1.0) for r in rms]
@@ -114,7 +113,6 @@ class DynamicUpdate:
 
     @torch.no_grad()
     def reset(self):
-        """Back to the trained weights: each split starts from the checkpoint."""
         for p, theta_g in zip(self.params, self.trained):
             p.copy_(theta_g)
 
@@ -170,14 +168,13 @@ def main(argv=None):
                "batch_size": args.batch_size, "max_batches": args.max_batches, "statistics_batches": batches}
     print(f"| gradient statistics | {batches} training batches of {args.batch_size} x {args.bptt} | "
           f"{seconds['statistics']:.0f} s | defaults: {which or 'none (flags given)'} |")
-    trained = [p.detach().clone() for p in model.parameters()]  # theta_g, for every run
+    trained = [p.detach().clone() for p in model.parameters()]
 
-    def run(split, lr, lamb):
-        """An lr beyond the weights' range (which ``addcdiv_`` cannot take) diverges, as overflowing steps do."""
-        if lr > torch.finfo(trained[0].dtype).max:
+    def run(split, lr, lamb):  # each from the checkpoint's weights
+        if lr > torch.finfo(trained[0].dtype).max:  # beyond what addcdiv_ takes: diverged, as overflowing steps do
             return math.inf, 0.0
         update, start = DynamicUpdate(model, rms, lr, lamb, hyper["epsilon"], trained), time.perf_counter()
-        update.reset()  # each run starts from the checkpoint's weights
+        update.reset()
         loss = dynamic_evaluate(model, getattr(corpus, split), args.bptt, update, f"dynamic eval {split} (lr {lr:.3g})")
         return loss, time.perf_counter() - start
 
@@ -189,7 +186,7 @@ def main(argv=None):
     else:
         results["valid_loss"], seconds["valid"] = run("valid", hyper["lr"], hyper["lamb"])
     fix = "lower --grid_lr" if args.grid else f"lower --lr (it is {hyper['lr']:.4g})"
-    check_finite(results, fix)  # before the test run: a diverged validation is no result
+    check_finite(results, fix)  # before the test run
     results["test_loss"], seconds["test"] = run("test", hyper["lr"], hyper["lamb"])
     results.update(hyper, seconds=seconds)
     lines = [f"| dynamic eval | lr {hyper['lr']:.4g} | lamb {hyper['lamb']:.4g} | epsilon {hyper['epsilon']:.4g} | "

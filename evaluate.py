@@ -1,5 +1,5 @@
-"""Evaluate a saved model: validation (batch 10) and test (batch 1) perplexity, rebuilt from the
-checkpoint alone; optionally train perplexity, Monte Carlo dropout and the mask variance.
+"""Evaluate a saved model: validation (batch 10) and test (batch 1) perplexity; optionally train perplexity,
+Monte Carlo dropout and the mask variance.
 
     python evaluate.py --save runs/awd-ptb_FD.pt
     python evaluate.py --save runs/single_FD.pt --mc 50 --mask_variance --json

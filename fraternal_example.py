@@ -1,10 +1,8 @@
-"""Fraternal dropout and R-Drop on an ordinary PyTorch model, against the same model trained with one pass:
-a dropout MLP on a toy task, each loss's training cross-entropy (last step, pass 1) and test accuracy.
-The method needs fraternal.py alone (copy it into your project; its docstring shows a stateful RNN too).
+"""Fraternal dropout and R-Drop on a dropout MLP (a toy task) against one-pass training: each loss's last training
+cross-entropy and test accuracy.  The method needs fraternal.py alone (copy it into your project).
 
-Choosing kappa: the paper used 0.15 (single layer) and 0.1 (3-layer AWD-LSTM).  In this repository's
-CPU-scale sweep (docs/study.md) kappa 0.5 beat 0.15 by 8.5 ± 3.4 validation perplexity points on 3 of 3
-seeds, and 1.5 was level with 0.15: try a few values from 0.1 to 1 on your validation set.
+Choosing kappa: the paper used 0.15 (single layer) and 0.1 (AWD-LSTM); in our CPU sweep (docs/study.md) 0.5 beat
+0.15 by 8.5 ± 3.4 validation perplexity points on 3 of 3 seeds: try a few values from 0.1 to 1 on your validation set.
 """
 import argparse
 

@@ -1,7 +1,5 @@
-"""Sample text from a checkpoint, one word at a time with the hidden state carried, to see what a model has learned.
-
-Each word is drawn from softmax(logits / --temperature) (below 1: likelier words), starting after an '<eos>';
-the same --seed gives the same text on the same device, and each sampled '<eos>' ends a line.
+"""Sample text from a checkpoint, each word from softmax(logits / --temperature) with the hidden state carried,
+to see what a model has learned.  The same --seed gives the same text on the same device.
 
     python generate.py --save runs/awd-ptb_FD.pt --words 200 --temperature 0.8 --seed 1
     python generate.py --save runs/awd-wt2_FD.finetune.pt --words 1000 --outf samples.txt
@@ -44,12 +42,10 @@ def check_outf(outf, overwrite):
 
 @torch.no_grad()
 def sample(model, dictionary, words, temperature, seed, device):
-    """``words`` word ids drawn from the model, starting after '<eos>', hidden state carried."""
+    """``words`` words drawn from the model, starting after '<eos>'."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    start = dictionary.word2idx.get("<eos>")
-    if start is None:
-        start = int(torch.randint(len(dictionary), (1,), generator=gen, device=device))
+    start = dictionary.word2idx["<eos>"]  # every corpus line ends with one
     inp, hidden, out = torch.full((1, 1), start, dtype=torch.long, device=device), model.init_hidden(1), []
     for _ in tqdm(range(words), desc="sampling", unit="word", leave=False, disable=None):
         logits, hidden = model(inp, hidden)

@@ -1,9 +1,5 @@
-"""Test-time measures that keep dropout on: Monte Carlo dropout evaluation and the mask variance.
-
-MC dropout (Gal & Ghahramani 2016) averages the probabilities, not the log-probabilities, of N masked passes, run
-batched as ``copies`` of the batch (see model.py).  The mask variance is what fraternal dropout minimizes: the mean
-squared difference of two train-mode passes' logits from one hidden state (pass 1's carried on, as in training).
-"""
+"""Test-time measures that keep dropout on: Monte Carlo dropout (Gal & Ghahramani 2016: the probabilities of N
+masked passes averaged) and the mask variance, what fraternal dropout minimizes."""
 import math
 
 import torch
@@ -13,13 +9,13 @@ from scoring import stream
 
 
 def mc_cross_entropy(target_logprobs):
-    """Mean of -log(mean over samples of p(target)) from per-sample log-probs (samples, tokens)."""
+    """Mean of -log(mean over samples of p(target)) from log-probs (samples, tokens)."""
     return -(torch.logsumexp(target_logprobs, dim=0) - math.log(target_logprobs.size(0))).mean()
 
 
 @torch.no_grad()
 def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batches=None, desc="MC dropout"):
-    """MC-dropout mean token cross-entropy over a batchified stream (dropout on at every site)."""
+    """Mean token cross-entropy, the samples run as ``chunk`` copies of the batch per forward."""
     chunk = chunk or max(1, min(samples, (256 << 20) // (bptt * batch_size * model.ntoken * 4)))  # 256 MB of logits
     sizes = [min(chunk, samples - s) for s in range(0, samples, chunk)]
     model.train()
@@ -42,7 +38,7 @@ def mc_evaluate(model, source, bptt, batch_size, samples, chunk=None, max_batche
 
 @torch.no_grad()
 def mask_variance(model, source, bptt, batch_size, max_batches=None, desc="mask variance"):
-    """Mean over all elements of (logits of one dropout pass - logits of another)^2."""
+    """Mean of (logits of one train-mode pass - another's)^2, from one hidden state (pass 1's carried on)."""
     model.train()
     hidden, total, count = model.init_hidden(batch_size), torch.zeros((), device=source.device), 0
     try:

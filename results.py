@@ -2,12 +2,11 @@
 the table report, the study report and plot.py so that a damaged file or a missing matplotlib reads the same."""
 import json
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
 
-from runfiles import UserError
+from runfiles import UserError, atomic_write
 
 def read_metrics(path, keys=("epoch", "valid_ppl")):
     """The epoch rows of a ``.metrics.jsonl``; every problem is one UserError naming the file (and line)."""
@@ -85,15 +84,11 @@ def draw_curve(ax, rows, key, label=None, offset=0, **style):
 
 
 def save_figure(fig, path, dpi=110):
-    """Write a figure atomically (temp file, then rename), and close it."""
+    """Write a figure atomically, and close it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or None, dpi=dpi, bbox_inches="tight"))
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror or e}): choose a writable folder for it") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
         pyplot().close(fig)

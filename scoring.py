@@ -25,9 +25,7 @@ def stream(source, bptt, desc, max_batches=None, unit="batch"):
 def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation"):
     """Mean token cross-entropy over a batchified stream, hidden state carried throughout."""
     model.eval()
-    hidden = model.init_hidden(batch_size)
-    total = torch.zeros((), device=source.device)
-    count = 0
+    hidden, total, count = model.init_hidden(batch_size), torch.zeros((), device=source.device), 0
     for data, targets in stream(source, bptt, desc, max_batches):
         logits, hidden = model(data, hidden)
         total += F.cross_entropy(logits.view(-1, model.ntoken), targets, reduction="sum")
@@ -37,8 +35,7 @@ def evaluate(model, source, bptt, batch_size, max_batches=None, desc="evaluation
 
 def check_finite(results, fix):
     """A diverged evaluation is no result: one line naming ``fix``, so no record or report ever takes up an inf."""
-    bad = [k[:-5] for k, v in results.items() if k.endswith("_loss") and not math.isfinite(ppl(v))]
-    if bad:
+    if bad := [k[:-5] for k, v in results.items() if k.endswith("_loss") and not math.isfinite(ppl(v))]:
         raise UserError(f"the result is not finite ({bad[0]} perplexity inf): {fix} and rerun")
 
 
