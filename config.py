@@ -1,7 +1,5 @@
-"""A run's configuration, declared once (``SETTINGS``, ``PRESET``), so that the command lines, --help, validation
-and the plain dict every checkpoint stores cannot drift apart: a new hyper-parameter is one ``Setting``.
-Every flag defaults to None: an explicit flag wins, then the preset (or the variant), then the setting's default.
-"""
+"""A run's configuration, declared once (``SETTINGS``), so that command lines, --help, validation and checkpoints
+cannot drift apart.  Every flag defaults to None: a flag given wins, then the preset (or variant), then the default."""
 import argparse
 import difflib
 import math
@@ -23,8 +21,9 @@ OVERRIDE = "override the checkpoint's rate"
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting.  ``resume``: a resumed run may change it; ``finetune``: finetune.py's help (empty: no flag);
-    ``before``: its value in checkpoints older than it; ``result``: False where it says only where or how a run ran."""
+    """One setting.  ``resume``: a resumed run may change it; ``finetune``: finetune.py's help (empty: no flag, True:
+    main.py's); ``before``: its value in checkpoints older than it; ``result``: False where it only says where or how a
+    run ran."""
     name: str
     kind: type
     help: str
@@ -34,7 +33,7 @@ class Setting:
     choices: tuple = ()
     flag: bool = True
     resume: bool = False
-    finetune: str = ""
+    finetune: object = ""
     before: object = None
     optional: bool = False
     result: bool = True
@@ -47,9 +46,9 @@ SETTINGS = (
             "(symmetric KL), baseline (one pass)", "FD", "choice", "run", tuple(VARIANTS)),
     Setting("data", str, "corpus folder with train/valid/test.txt", group="run", resume=True,
             finetune="corpus folder (default: the one recorded in the checkpoint)", result=False),
-    Setting("train_fraction", float, "train on the first FRACTION of the training text's lines, as ablation.py cuts "
-            "it; validation and test stay whole, and so does the vocabulary, so finetune.py, evaluate.py, pointer.py "
-            "and generate.py read the same --data", 1.0, "fraction", "run", before=1.0),
+    Setting("train_fraction", float, "train on the first FRACTION of the training text's lines (as ablation.py); "
+            "validation, test and the vocabulary stay whole, so every other tool reads the same --data", 1.0,
+            "fraction", "run", before=1.0),
     Setting("save", str, "best-model checkpoint (default runs/<preset>_<model>.pt); metrics, final results and the "
             "resume checkpoint are written beside it", None, "", "running", result=False),
     Setting("emsize", int, "word embedding size", rule="positive_int", group="model"),
@@ -62,13 +61,12 @@ SETTINGS = (
     Setting("wdrop", float, "DropConnect on every W_hh", rule="probability", group="model", finetune=OVERRIDE),
     Setting("locked", bool, "one dropout mask per sequence, reused over time; --no-locked draws full-shape masks",
             group="model"),
-    Setting("locked_mask", str, "sequence: one mask per sequence reused over time (awd-lstm-lm since 2017-09-01); "
-            "timestep: a new mask at every time step shared across the batch, as awd-lstm-lm's tag PyTorch==0.1.12 "
-            "drew it", "sequence", "choice", "model", ("sequence", "timestep"), before="sequence"),
+    Setting("locked_mask", str, "sequence: one mask per sequence (awd-lstm-lm since 2017-09-01); timestep: a new mask "
+            "each step, shared across the batch (its tag PyTorch==0.1.12)", "sequence", "choice", "model",
+            ("sequence", "timestep"), before="sequence"),
     Setting("tied", bool, "tie embedding and softmax weights", group="model"),
-    Setting("kappa", float, "weight of the penalty between the two passes. 0 keeps FD's two passes and averaged "
-            "target without a penalty (the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative",
-            "regularizer"),
+    Setting("kappa", float, "weight of the penalty between the two passes; 0 keeps FD's two passes and averaged target "
+            "(the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative", "regularizer"),
     Setting("double_target", bool, "average the target loss of both passes (on for FD and RD)", FROM_VARIANT,
             group="regularizer"),
     Setting("eval_auxiliary", bool, "run the second pass in eval mode, without dropout (on for ELD)", FROM_VARIANT,
@@ -79,14 +77,12 @@ SETTINGS = (
             "regularizer", flag=False),
     Setting("batch_passes", bool, "with --same_mask_w, run both passes as one forward of twice the batch (same "
             "values, faster where the batch is small); on by default", True, group="regularizer", before=True),
-    Setting("fused_loss", bool, "decoder, cross-entropies and penalty in cache-sized chunks with gradients formed in "
-            "the forward (fused_loss.py): the plain loss's values, less memory traffic; on by default", True,
-            group="regularizer", before=True, result=False),
-    Setting("overlap_passes", bool, "run the second pass on a second CUDA stream beside the first, so that their "
-            "kernels overlap (same masks and values as one pass after the other). CUDA only: on a CPU, with "
-            "--same_mask_* and with ELD's eval-mode pass the passes run one after the other (the run says so). Off "
-            "by default: its speed has not been measured on a GPU", False, group="regularizer", before=False,
-            result=False),
+    Setting("fused_loss", bool, "decoder, cross-entropies and penalty in cache-sized chunks, gradients formed in the "
+            "forward (fused_loss.py): same values, less memory traffic; on by default", True, "", "regularizer",
+            before=True, result=False),
+    Setting("overlap_passes", bool, "run the second pass on a second CUDA stream beside the first (same values). CUDA "
+            "only: on a CPU, with --same_mask_* or ELD the passes run in turn (the run says so). Off by default: "
+            "its speed is not measured on a GPU", False, "", "regularizer", before=False, result=False),
     Setting("alpha", float, "activation regularization (AR) weight", rule="non_negative", group="regularizer",
             finetune="AR weight (2)"),
     Setting("beta", float, "temporal activation regularization (TAR) weight", rule="non_negative",
@@ -99,8 +95,8 @@ SETTINGS = (
             finetune="learning rate of averaged SGD (the training run's, 30)"),
     Setting("clip", float, "gradient norm clipping", rule="positive", finetune="gradient norm clipping (the run's)"),
     Setting("wdecay", float, "weight decay", rule="non_negative", finetune="weight decay (the training run's)"),
-    Setting("epochs", int, "upper epoch limit", rule="positive_int", resume=True, finetune="upper epoch limit"),
-    Setting("batch_size", int, "training batch size", rule="positive_int", finetune="batch size"),
+    Setting("epochs", int, "upper epoch limit", rule="positive_int", resume=True, finetune=True),
+    Setting("batch_size", int, "training batch size", rule="positive_int", finetune=True),
     Setting("bptt", int, "base sequence length", rule="positive_int", finetune="base sequence length (the run's)"),
     Setting("max_seq_len", int, "cap on the drawn sequence length, 0 for none", rule="seq_cap"),
     Setting("reset_hidden_prob", float, "probability of zeroing the hidden state before a batch", rule="probability"),
@@ -109,18 +105,15 @@ SETTINGS = (
     Setting("patience", int, "sgd-anneal: epochs without a new best before annealing", rule="positive_int"),
     Setting("anneal", float, "sgd-anneal: divide lr by this", rule="positive"),
     Setting("min_lr", float, "sgd-anneal: stop once lr falls below", rule="non_negative"),
-    Setting("seed", int, "random seed", rule="seed", finetune="random seed"),
-    Setting("eval_batch_size", int, "validation batch size (10)", 10, "positive_int",
-            finetune="validation batch size (10)"),
-    Setting("test_batch_size", int, "test batch size (1)", 1, "positive_int", finetune="test batch size (1)"),
-    Setting("device", str, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)", "auto", "device",
-            "running", resume=True, result=False,
-            finetune="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)"),
-    Setting("log_interval", int, "batches between progress lines (default 200)", 200, "positive_int", "running",
-            resume=True, finetune="batches between progress lines (default 200)", result=False),
+    Setting("seed", int, "random seed", rule="seed", finetune=True),
+    Setting("eval_batch_size", int, "validation batch size", 10, "positive_int", finetune=True),
+    Setting("test_batch_size", int, "test batch size", 1, "positive_int", finetune=True),
+    Setting("device", str, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", "auto", "device", "running",
+            resume=True, finetune=True, result=False),
+    Setting("log_interval", int, "batches between progress lines", 200, "positive_int", "running", resume=True,
+            finetune=True, result=False),
     Setting("checkpoint_every", float, "minutes between mid-epoch resume points written beside the checkpoint, 0 for "
-            "none (default 10)", 10.0, "non_negative", "running", resume=True, before=0.0,
-            finetune="minutes between mid-epoch resume points, 0 for none (default 10)", result=False),
+            "none", 10.0, "non_negative", "running", resume=True, finetune=True, before=0.0, result=False),
     Setting("dry_run", bool, "two training batches and a short validation and test, then exit (smoke test)", False,
             group="running", resume=True),
     Setting("stage", str, "finetune for a fine-tuning run", "train", flag=False, optional=True),
@@ -166,13 +159,12 @@ def choice(s):
     return parse
 
 
-def add_flag(group, s, help_text=None):
+def add_flag(group, s, text=None):
     """``s`` as a flag defaulting to None: the help says where its value comes from when not given."""
-    text = help_text or s.help
-    if help_text is None and s.name == "kappa":
-        text += f" ({kappa_values()})"
-    elif help_text is None and s.default not in (FROM_PRESET, FROM_VARIANT, None, False) and "default" not in text:
-        text += f" (default {s.default})"
+    if text is None:
+        text = s.help + (f" ({kappa_values()})" if s.name == "kappa" else "")
+        if s.default not in (FROM_PRESET, FROM_VARIANT, None, False) and "default" not in text:
+            text += f" (default {s.default})"
     names = [f"--{s.name}"] + ([f"--{s.name.replace('_', '-')}"] if s.name == "log_interval" else [])
     if s.kind is bool:
         action = "store_true" if s.name == "dry_run" else argparse.BooleanOptionalAction
@@ -216,7 +208,7 @@ def build_finetune_parser(doc):
     g = p.add_argument_group("fine-tuning (defaults: the reference's fine-tuning row of the checkpoint's preset)")
     for s in SETTINGS:
         if s.finetune:
-            add_flag(g, s, s.finetune)
+            add_flag(g, s, None if s.finetune is True else s.finetune)
     g.add_argument("--resume", help="continue an interrupted fine-tuning from its .resume.pt checkpoint")
     g.add_argument("--dry_run", action="store_true", default=None, help="two batches, a short validation and test")
     return p
@@ -226,10 +218,8 @@ def build_config(flags, stage="train", base=None):
     """A run's plain-dict configuration, validated once, here: for "train" the preset, the variant and the flags;
     for "finetune" the trained run's config ``base``, the reference's fine-tuning row and the flags; for "resume"
     ``base`` with the few flags a resumed run may change."""
-    builders = {"train": lambda: _train_config(flags), "finetune": lambda: _finetune_config(flags, base),
-                "resume": lambda: _resume_config(flags, base)}
-    cfg, given = builders[stage]()
-    check_train_config(cfg, given)
+    cfg = {"train": _train_config, "finetune": _finetune_config, "resume": _resume_config}[stage](flags, base)
+    validate(cfg)
     return cfg
 
 
@@ -238,7 +228,7 @@ def train_config(argv):
     return build_config(vars(build_train_parser().parse_args(argv)))
 
 
-def _train_config(flags):
+def _train_config(flags, _base):
     given = {k: v for k, v in flags.items() if v is not None}
     preset = given.get("preset") or SETTING["preset"].default
     model = given.get("model") or SETTING["model"].default
@@ -251,21 +241,32 @@ def _train_config(flags):
             continue
         default = from_variant[s.name] if s.default == FROM_VARIANT else PRESETS[preset].get(s.name, s.default)
         cfg[s.name] = given[s.name] if s.flag and s.name in given else default
-    cfg.update(preset=preset, model=model, dry_run=bool(given.get("dry_run")))
+    cfg.update(preset=preset, model=model)
     cfg["same_mask"] = "".join(site for site in MASK_SITES if given.get(f"same_mask_{site}"))
-    # A dry run writes to a temporary folder unless told where.
-    cfg["save"] = given.get("save") or (None if cfg["dry_run"] else f"runs/{preset}_{model}.pt")
-    if cfg["save"] is not None:  # resolved now, so a resumed run writes here from any folder
-        cfg["save"] = os.path.abspath(cfg["save"])
+    if model == "baseline":  # flags that would silently do nothing
+        bad = [f"--kappa {given['kappa']}"] if given.get("kappa") else []
+        bad += [f"--{k}" for k in ("double_target", "eval_auxiliary", "overlap_passes") if given.get(k)]
+        bad += [f"--same_mask_{s}" for s in cfg["same_mask"]]
+        if bad:
+            raise UserError(f"--model baseline runs no second pass, so {' '.join(bad)} would do nothing: "
+                            f"drop it or choose --model FD, ELD, PM or RD")
+    return _output(cfg, given, "save", f"runs/{preset}_{model}.pt")
+
+
+def _output(cfg, given, flag, default):
+    """A dry run trains one epoch and writes to a temporary folder unless told where; the path is resolved now, so
+    a resumed run writes there from any folder."""
+    cfg["dry_run"] = bool(given.get("dry_run"))
     if cfg["dry_run"]:
         cfg["epochs"] = 1
-    return cfg, given
+    out = given.get(flag) or (None if cfg["dry_run"] else default)
+    cfg["save"] = os.path.abspath(out) if out is not None else None
+    return cfg
 
 
 # What fine-tuning changes in the trained run's configuration (the reference's finetune.py).
 FINETUNE_RECIPE = dict(alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0, double_target=False,
                        eval_auxiliary=False, same_mask="", overlap_passes=False, stage="finetune")
-FINETUNE_FLAGS = tuple(s.name for s in SETTINGS if s.finetune)
 # Settings a fine-tuning run starts at their defaults rather than inheriting from the trained run.
 FRESH = ("eval_batch_size", "test_batch_size", "device", "log_interval", "checkpoint_every")
 
@@ -280,20 +281,16 @@ def _finetune_config(flags, trained):
     cfg = with_settings_added_since(trained)
     cfg.update(**FINETUNE[preset], **FINETUNE_RECIPE, finetuned_from=str(source),
                **{k: SETTING[k].default for k in FRESH})
-    cfg.update({k: given[k] for k in FINETUNE_FLAGS if k in given})
+    cfg.update({s.name: given[s.name] for s in SETTINGS if s.finetune and s.name in given})
     cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
-    cfg["dry_run"] = bool(given.get("dry_run"))
-    if cfg["dry_run"]:
-        cfg["epochs"] = 1
-    out = given.get("out") or (None if cfg["dry_run"] else str(sidecar(source, "finetune.pt")))
-    cfg["save"] = os.path.abspath(out) if out is not None else None
+    _output(cfg, given, "out", str(sidecar(source, "finetune.pt")))
     if cfg["save"] is not None:
         own = run_paths(cfg["save"]).values()
         if os.path.realpath(cfg["save"]) == os.path.realpath(source) or any(
                 os.path.exists(p) and os.path.samefile(p, source) for p in own):
             raise UserError("--out names the input checkpoint (or a file of its run); fine-tuning never overwrites "
                             "its input: choose another --out")
-    return cfg, {}
+    return cfg
 
 
 def with_settings_added_since(cfg):
@@ -334,20 +331,7 @@ def _resume_config(flags, blob):
     if cfg.get("dry_run"):  # a smoke test of the resumed run, in a temporary folder: the run's files stay as they are
         cfg["epochs"] = blob["schedule"]["epoch"] + 1
         cfg["save"] = None
-    return cfg, {}
-
-
-def check_train_config(cfg, given):
-    """Variant-specific combinations that would silently do nothing, then every value (``validate``)."""
-    model = cfg.get("model")
-    if model == "baseline":
-        bad = [f"--{k} {given[k]}" for k in ("kappa",) if given.get(k)]
-        bad += [f"--{k}" for k in ("double_target", "eval_auxiliary", "overlap_passes") if given.get(k)]
-        bad += [f"--same_mask_{s}" for s in cfg["same_mask"]]
-        if bad:
-            raise UserError(f"--model baseline runs no second pass, so {' '.join(bad)} would do nothing: "
-                            f"drop it or choose --model FD, ELD, PM or RD")
-    validate(cfg)
+    return cfg
 
 
 def _has_type(value, s):

@@ -80,34 +80,20 @@ def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_le
 
 class EpochState:
     """Where an epoch stands, its loss sums (device tensors, read only at log intervals: host syncs are costly)
-    and its hidden state: ``position()`` is all a mid-epoch resume point needs, ``from_position`` takes it back."""
+    and its hidden state: ``position()`` is all a mid-epoch resume point needs, ``position=`` takes it back."""
 
-    def __init__(self, model, train_data, epoch):
+    def __init__(self, model, train_data, epoch, position=None):
         self.epoch, self.batch, self.i, self.tokens = epoch, 0, 0, 0
-        zero = torch.zeros((), device=train_data.device)
+        device = train_data.device
+        zero = torch.zeros((), device=device)
         self.total_ce, self.total_pen, self.interval_ce = zero.clone(), zero.clone(), zero.clone()
         self.hidden = model.init_hidden(train_data.size(1))
         self.start = self.interval_start = time.time()
-
-    @classmethod
-    def from_position(cls, model, train_data, epoch, position):
-        state = cls(model, train_data, epoch)
         if position is not None:
-            device = train_data.device
-            state.batch, state.i, state.tokens = position["batch"], position["i"], position["tokens"]
-            state.total_ce, state.total_pen, state.interval_ce = (position[k].to(device) for k in distributed.SUMS)
-            state.hidden = [tuple(t.to(device) for t in hc) for hc in position["hidden"]]
-            state.start -= position["seconds"]
-        return state
-
-    def add(self, out, seq_len, targets):
-        self.hidden = out.hidden
-        self.total_ce += out.ce
-        self.total_pen += out.penalty
-        self.interval_ce += out.ce
-        self.batch += 1
-        self.i += seq_len
-        self.tokens += targets.numel()
+            self.batch, self.i, self.tokens = position["batch"], position["i"], position["tokens"]
+            self.total_ce, self.total_pen, self.interval_ce = (position[k].to(device) for k in distributed.SUMS)
+            self.hidden = [tuple(t.to(device) for t in hc) for hc in position["hidden"]]
+            self.start -= position["seconds"]
 
     def position(self):
         return {"epoch": self.epoch, "batch": self.batch, "i": self.i, "tokens": self.tokens,
@@ -143,7 +129,7 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
     ``stop.requested``, before KeyboardInterrupt."""
     model.train()
     params = list(model.parameters())
-    state = EpochState.from_position(model, train_data, epoch, position)
+    state = EpochState(model, train_data, epoch, position)
     log_every = cfg["log_interval"]
     check_every = log_every if train_data.device.type == "cuda" else min(10, log_every)  # host syncs are costly on GPU
     resume_every, last_resume_point = cfg.get("checkpoint_every", 0) * 60, time.time()
@@ -157,8 +143,12 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             if cfg["reset_hidden_prob"] and np.random.random() < cfg["reset_hidden_prob"]:
                 state.hidden = model.init_hidden(train_data.size(1))
             data, targets = get_batch(train_data, state.i, seq_len)
-            state.add(train_step(model, optimizer, params, data, targets, state.hidden, reg, cfg, seq_len), seq_len,
-                      targets)
+            out = train_step(model, optimizer, params, data, targets, state.hidden, reg, cfg, seq_len)
+            state.hidden = out.hidden
+            state.total_ce += out.ce
+            state.total_pen += out.penalty
+            state.interval_ce += out.ce
+            state.batch, state.i, state.tokens = state.batch + 1, state.i + seq_len, state.tokens + targets.numel()
             bar.update(1)
             # 1: a resume point is due, 2: Ctrl-C (rank 0's word, so every rank joins the same collective write)
             due = distributed.agree(int(bool(resume_every) and time.time() - last_resume_point >= resume_every)

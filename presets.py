@@ -32,9 +32,8 @@ _AWD = dict(_FD, nonmono=5, alpha=2.0, beta=1.0)
 _MERITY_PTB = dict(_AWD, batch_size=40, seed=141, epochs=500)
 _MERITY_WT2 = dict(_AWD, batch_size=80, dropouti=0.65, seed=1882)
 FD_PAPER = "Zolna et al. 2018 (fraternal dropout)"
-# The seeds of merity-* and merity-readme-*: neither the paper nor the README at bf0742c names one; we take the
-# README commands' (141 PTB, 1882 WT2).  The README of awd-lstm-lm's tag PyTorch==0.1.12 does name its seeds
-# (28 PTB; 20923 WT2, 1111 for its fine-tuning): the merity-tag-* presets use them.
+# Seeds: neither the paper nor the README at bf0742c names one, so merity-* and merity-readme-* take the README
+# commands' (141 PTB, 1882 WT2); merity-tag-* take those its tag's README names (28 PTB; 20923 WT2, 1111 fine-tuning).
 TAG = "awd-lstm-lm at tag PyTorch==0.1.12, its README's exact-reproduction commands"
 PRESET = {
     "single": Preset("ptb", _SINGLE, dict(batch_size=64, epochs=500, seed=141), "readme",
@@ -43,9 +42,8 @@ PRESET = {
     # trains at batch 40 and fine-tunes at 80, as the WT2 README command fine-tuned
     "awd-wt2": Preset("wt2", dict(_FD, batch_size=40, dropouth=0.2, dropouti=0.65),
                       dict(batch_size=80, epochs=750, seed=1882), "readme", f"{FD_PAPER}, 3-layer WikiText-2"),
-    # The paper's text (arXiv 1708.02182, "Experiment details"): batch 40 (PTB) and 80 (WT2), dropouts 0.4 / 0.3 /
-    # 0.4 / 0.1, input dropout 0.65 on WT2, 750 epochs; except PTB's 500: the authors' later note (awd-lstm-lm
-    # README at 19470c8) on how the paper's PTB model was trained.  Each fine-tunes at its training batch.
+    # The paper's text (arXiv 1708.02182, "Experiment details"), except PTB's 500 epochs: the authors' later note
+    # (awd-lstm-lm README at 19470c8) on how the paper's PTB model was trained.  Each fine-tunes at its training batch.
     "merity-ptb": Preset("ptb", _MERITY_PTB, dict(batch_size=40, epochs=500, seed=141), "paper",
                          "Merity et al. 2017 (arXiv 1708.02182), Experiment details; 500 epochs: README at 19470c8"),
     "merity-wt2": Preset("wt2", _MERITY_WT2, dict(batch_size=80, epochs=750, seed=1882), "paper",

@@ -1,8 +1,5 @@
-"""What a run decides after each epoch (kept apart from the loop so each rule reads and tests on its own):
-``asgd-nt`` switches to averaged SGD (restarting from the initial lr) by Merity et al.'s non-monotone rule;
-``asgd`` averages from the start and stops by that rule (fine-tuning); ``sgd-anneal`` divides lr by ``anneal``
-after more than ``patience`` epochs without a new best (the loop reloads the best model) and stops below
-``min_lr``; ``sgd`` and ``adam`` never switch, anneal or stop."""
+"""What a run decides after each epoch, apart from the loop so each rule reads and tests on its own (the rules:
+--optimizer's help in config.py)."""
 SWITCH, ANNEAL, STOP = "switch", "anneal", "stop"
 
 
@@ -52,16 +49,11 @@ class Schedule:
         self.epoch = epoch
         return action
 
-    @property
-    def phase(self):
-        if self.averaging:
-            return "asgd"
-        return "adam" if self.cfg["optimizer"] == "adam" else "sgd"
+    phase = property(lambda self: "asgd" if self.averaging else "adam" if self.cfg["optimizer"] == "adam" else "sgd")
 
     def state_dict(self):
         return {k: v for k, v in vars(self).items() if k != "cfg"}
 
     def load_state_dict(self, state):
-        for key, value in state.items():
-            setattr(self, key, value)
+        vars(self).update(state)
         return self

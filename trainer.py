@@ -28,8 +28,6 @@ from schedule import ANNEAL, STOP, SWITCH, Schedule
 from utils import DeferredInterrupt, get_device, set_seed
 
 RULE = "-" * 89
-
-
 Stage = namedtuple("Stage", "name tool flag")  # what the run is called, the tool that continues it, its output's flag
 TRAINING, FINE_TUNING = Stage("training", "main.py", "--save"), Stage("fine-tuning", "finetune.py", "--out")
 
@@ -96,32 +94,9 @@ class Run:
                                           self.cfg["eval_batch_size"], max_batches, desc))
 
 
-def epoch_row(epoch, stats, val_loss, improved, schedule, epoch_start):
-    """The epoch's line of metrics.jsonl."""
-    return {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
-            "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
-            "penalty": stats["penalty"], "lr": schedule.lr, "phase": schedule.phase,
-            "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved,
-            "elapsed": round(schedule.elapsed + time.time() - epoch_start, 3)}
-
-
-def follow_schedule(r, action, epoch):
-    """Carry out the schedule's decision after an epoch."""
-    if action == SWITCH:
-        print("Switching to ASGD")
-        r.optimizer = make_optimizer(r.cfg, r.schedule, r.model.parameters(), r.device)
-    elif action == ANNEAL:
-        distributed.load_best(r.model, r.paths["best"])
-        for group in r.optimizer.param_groups:
-            group["lr"] = r.schedule.lr
-        print(f"Annealing: reloaded the best model (epoch {r.schedule.best_epoch}), lr now {r.schedule.lr:g}")
-    elif action == STOP:
-        print(f"Stopping: the {r.cfg['optimizer']} schedule ended training after epoch {epoch}")
-
-
 def run_epoch(r, epoch, stop):
     """Train one epoch, validate, save the best model, follow the schedule, write the resume point and metrics."""
-    dry = r.dry
+    dry, schedule = r.dry, r.schedule
     epoch_start = time.time() - (r.position["seconds"] if r.position else 0.0)
     stats = distributed.average_stats(train_epoch(r.model, r.optimizer, r.splits["train"], r.cfg, r.reg, epoch,
                                                   2 if dry else None, position=r.position,
@@ -132,21 +107,33 @@ def run_epoch(r, epoch, stop):
         if not math.isfinite(val_loss):
             raise non_finite("validation", val_loss, f"epoch {epoch}", r.paths["best"])
         r.still_ours()
-        improved = r.schedule.improves(val_loss)
+        improved = schedule.improves(val_loss)
         if improved:
             r.save_best(epoch=epoch, valid_loss=val_loss)
-    row = epoch_row(epoch, stats, val_loss, improved, r.schedule, epoch_start)
-    r.schedule.elapsed = row["elapsed"]  # wall clock of training and validation so far
-    weights = "averaged" if r.schedule.averaging else "raw"
-    action = r.schedule.update(epoch, val_loss)
+    schedule.elapsed = round(schedule.elapsed + time.time() - epoch_start, 3)  # training and validation so far
+    row = {"epoch": epoch, "seconds": round(stats["seconds"], 3), "train_loss": stats["train_loss"],
+           "train_ppl": ppl(stats["train_loss"]), "valid_loss": val_loss, "valid_ppl": ppl(val_loss),
+           "penalty": stats["penalty"], "lr": schedule.lr, "phase": schedule.phase,
+           "tokens_per_s": round(stats["tokens_per_s"], 1), "best": improved, "elapsed": schedule.elapsed}
+    weights = "averaged" if schedule.averaging else "raw"
+    action = schedule.update(epoch, val_loss)
     print(f"{RULE}\n| end of epoch {epoch:3d} | time: {stats['seconds']:5.2f}s | valid loss {val_loss:5.2f} | "
           f"valid ppl {ppl(val_loss):8.2f} | {weights} weights{' | saved' if improved else ''}\n{RULE}")
-    follow_schedule(r, action, epoch)
-    r.schedule.metrics.append(row)
+    if action == SWITCH:
+        print("Switching to ASGD")
+        r.optimizer = make_optimizer(r.cfg, schedule, r.model.parameters(), r.device)
+    elif action == ANNEAL:
+        distributed.load_best(r.model, r.paths["best"])
+        for group in r.optimizer.param_groups:
+            group["lr"] = schedule.lr
+        print(f"Annealing: reloaded the best model (epoch {schedule.best_epoch}), lr now {schedule.lr:g}")
+    elif action == STOP:
+        print(f"Stopping: the {r.cfg['optimizer']} schedule ended training after epoch {epoch}")
+    schedule.metrics.append(row)
     if not dry:  # the resume point first: metrics are never ahead of it
         r.save_resume_point()
     if distributed.is_main():
-        atomic_write_jsonl(r.schedule.metrics, r.paths["metrics"])
+        atomic_write_jsonl(schedule.metrics, r.paths["metrics"])
     if distributed.agree(stop.requested):  # Ctrl-C during validation: stop after the epoch's resume point
         raise KeyboardInterrupt
 
@@ -164,29 +151,21 @@ def fit(r):
     stop = DeferredInterrupt("stopping at the end of this batch (or of this validation) and writing a resume point",
                              say=distributed.is_main())
     try:
-        for epoch in range(r.schedule.epoch + 1, r.cfg["epochs"] + 1):
-            if r.schedule.stopped:
-                break
-            run_epoch(r, epoch, stop)
-    except KeyboardInterrupt:
+        while not r.schedule.stopped and r.schedule.epoch < r.cfg["epochs"]:
+            run_epoch(r, r.schedule.epoch + 1, stop)
+    except KeyboardInterrupt:  # say what Ctrl-C left, in full; the exception carries the one line for the exit
         print(f"{RULE}\nExiting from training early")
-        raise Interrupted(stopped_early(r)) from None
+        if r.dry:
+            print("A dry run writes no resume point.")
+            raise Interrupted("a dry run writes no resume point") from None
+        if not (r.written or os.path.exists(r.paths["resume"])):
+            print("No resume point was written yet.")
+            raise Interrupted("no resume point was written yet: start the run again") from None
+        command = f"python {r.stage.tool} --resume {r.paths['resume']}"
+        print(f"Resume point{f' ({r.written})' if r.written else ''}: {r.paths['resume']}\nContinue with: {command}")
+        raise Interrupted(f"continue with: {command}") from None
     finally:
         stop.restore()
-
-
-def stopped_early(r):
-    """What a Ctrl-C left: the resume point to continue from, said in full; returns the one line for the exit."""
-    if r.dry:
-        print("A dry run writes no resume point.")
-        return "a dry run writes no resume point"
-    if r.written or os.path.exists(r.paths["resume"]):
-        where = f" ({r.written})" if r.written else ""
-        command = f"python {r.stage.tool} --resume {r.paths['resume']}"
-        print(f"Resume point{where}: {r.paths['resume']}\nContinue with: {command}")
-        return f"continue with: {command}"
-    print("No resume point was written yet.")
-    return "no resume point was written yet: start the run again"
 
 
 def final_evaluation(r, interrupted_after=None):
@@ -255,20 +234,6 @@ def run(cfg, resume=None, source=None, overwrite=False):
                           ) from None
 
 
-def describe_files(cfg, paths):
-    """The run's files in plain words, before any work: where to look, and how to continue."""
-    every = cfg.get("checkpoint_every", 0)
-    resume = ("none (a dry run)" if cfg["dry_run"] else
-              f"{paths['resume']} (after each epoch{f' and every {every:g} min' if every else ''}; continue "
-              f"with: python {stage_of(cfg).tool} --resume {paths['resume']})")
-    print(f"Files of this run:\n"
-          f"  best model     {paths['best']} (rewritten at each new best validation loss)\n"
-          f"  resume point   {resume}\n"
-          f"  metrics        {paths['metrics']} (one JSON line per epoch)\n"
-          f"  final results  {paths['final']} (validation and test of the best model, at the end)\n"
-          f"  lock           {paths['lock']} (only while the run is in progress)")
-
-
 def read_corpus(cfg, resume, source):
     """The run's corpus, checked against the checkpoints it continues or starts from, cut to --train_fraction."""
     corpus = Corpus(cfg["data"])
@@ -290,9 +255,19 @@ def read_corpus(cfg, resume, source):
 
 
 def prepare(cfg, device, paths, resume, source):
-    """Everything that can refuse the run, touching no file: corpus, sizes, model, resume state."""
+    """Everything that can refuse the run, touching no file: corpus, sizes, model, resume state; first the run's
+    files in plain words: where to look, and how to continue."""
     print("Configuration: " + json.dumps(cfg, sort_keys=True))
-    describe_files(cfg, paths)
+    every = cfg.get("checkpoint_every", 0)
+    resume_point = ("none (a dry run)" if cfg["dry_run"] else
+                    f"{paths['resume']} (after each epoch{f' and every {every:g} min' if every else ''}; continue "
+                    f"with: python {stage_of(cfg).tool} --resume {paths['resume']})")
+    print(f"Files of this run:\n"
+          f"  best model     {paths['best']} (rewritten at each new best validation loss)\n"
+          f"  resume point   {resume_point}\n"
+          f"  metrics        {paths['metrics']} (one JSON line per epoch)\n"
+          f"  final results  {paths['final']} (validation and test of the best model, at the end)\n"
+          f"  lock           {paths['lock']} (only while the run is in progress)")
     set_seed(cfg["seed"])
     corpus = read_corpus(cfg, resume, source)
     splits = {"train": distributed.shard(batchify(corpus.train, cfg["batch_size"], device)),
@@ -315,8 +290,9 @@ def prepare(cfg, device, paths, resume, source):
     return r
 
 
-def start(r):
-    """Say where the run starts; a fine-tuning run scores its input first, the loss to beat."""
+def train(r):
+    """Say where the run starts (a fine-tuning run scores its input first, the loss to beat), train, then score the
+    best model (rank 0); after Ctrl-C too, then raise: an interrupted run is not finished."""
     if r.resume is not None:
         if not r.dry and distributed.is_main():
             atomic_write_jsonl(r.schedule.metrics, r.paths["metrics"])  # exactly the resume point's epochs
@@ -337,11 +313,6 @@ def start(r):
         reason = overlap_blocker(r.reg, r.device)
         print("--overlap_passes: " + (f"the two passes run one after the other here: {reason}" if reason
                                       else "pass 2 runs on a second CUDA stream beside pass 1"))
-
-
-def train(r):
-    """Train, then score the best model (rank 0); after Ctrl-C too, then raise: an interrupted run is not finished."""
-    start(r)
     interrupted = None
     try:
         fit(r)
