@@ -2,7 +2,6 @@
 PyTorch upgrades and are safe to open.  Kinds: ``best`` and ``resume`` (adds optimizer, schedule, RNG states).
 """
 import argparse
-import hashlib
 import pickle
 import random
 from pathlib import Path
@@ -14,7 +13,7 @@ from config import SETTINGS, check_flags, with_settings_added_since
 from data import Corpus
 from model import RNNModel
 from runfiles import UserError, sidecar
-from utils import atomic_torch_save, get_device
+from utils import atomic_torch_save, get_device, weights_sha256
 
 FORMAT = "fraternal-dropout-checkpoint-v1"
 # Vocabulary fingerprints of getdata.sh's corpora: a checkpoint's corpus is its vocabulary's, never a folder's.
@@ -38,16 +37,6 @@ def schedule_finished(resume, epochs):
 
 def vocab_info(dictionary):
     return {"size": len(dictionary), "sha256": dictionary.fingerprint()}
-
-
-def weights_sha256(state):
-    """Stored in every checkpoint, so a flipped bit is found on load instead of giving a perplexity of inf."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_checkpoint(path, kind, model, config, vocab, **extra):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from utils import atomic_torch_save
+from utils import atomic_torch_save, weights_sha256
 from runfiles import UserError
 
 SPLITS = ("train", "valid", "test")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 class Dictionary:
@@ -58,14 +58,9 @@ def content_sha256(paths):
     return h.hexdigest()
 
 
-def payload_sha256(idx2word, splits):
-    """SHA-256 of a tokenized corpus (vocabulary and id tensors): a cache must match it to be used."""
-    h = hashlib.sha256("\n".join(idx2word).encode("utf-8"))
-    for name in SPLITS:
-        t = splits[name]
-        h.update(f"\n{name}:{t.numel()}\n".encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _checksum(words, splits):
+    """Of the vocabulary and the id tensors: a cache must match it to be used."""
+    return Dictionary(words).fingerprint() + weights_sha256({name: splits[name] for name in SPLITS})
 
 
 def _cache_candidates(path, digest):
@@ -95,7 +90,7 @@ def _cache_problem(blob, digest):
             return f"no 1-D int64 {name} split"
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= len(words)):
             return f"{name} ids outside the vocabulary"
-    if blob.get("checksum") != payload_sha256(words, blob):
+    if blob.get("checksum") != _checksum(words, blob):
         return "checksum mismatch"
     return None
 
@@ -155,7 +150,7 @@ class Corpus:
     def _save_cache(self, digest):
         splits = {s: getattr(self, s) for s in SPLITS}
         blob = {"version": CACHE_VERSION, "corpus_sha256": digest, "idx2word": self.dictionary.idx2word,
-                "checksum": payload_sha256(self.dictionary.idx2word, splits), **splits}
+                "checksum": _checksum(self.dictionary.idx2word, splits), **splits}
         reasons = []
         for cand, superseded in _cache_candidates(self.path, digest):
             try:

@@ -1,4 +1,5 @@
 """Small torch-side helpers shared by the entry points: seeding, devices, progress, Ctrl-C, saving tensors."""
+import hashlib
 import random
 import re
 import signal
@@ -120,6 +121,16 @@ class DeferredInterrupt:
         if self.installed:
             signal.signal(signal.SIGINT, self.previous)
             self.installed = False
+
+
+def weights_sha256(state):
+    """Of named tensors, stored with them (checkpoints, the corpus cache): a flipped bit is found on load."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def atomic_torch_save(obj, target):
