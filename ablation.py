@@ -1,13 +1,8 @@
-"""A CPU-scale ablation study on the single-layer PTB setup: baseline, FD, ELD, PM and RD over several seeds,
-and FD's kappa and same-mask sweeps, trained by main.py's own code and parser at a scale a 2-core CPU affords.
-
-Runs differ only in what their name says: ``FD_seed322``, ``FD_kappa0.5_seed321`` (kappa off the variant's
-default), ``FD_samew_seed321`` (``--same_mask_w``).  Each scores its best model on validation and test, measures its
-mask variance on validation and leaves ``runs/NAME.summary.json`` in --out (committed; checkpoints are not).  A run
-whose summary matches its configuration is reused and an interrupted one resumes, so the study spans sittings.
-Committed results never change by accident: a summary that no longer matches stops the study (--retrain replaces
-it), a folder holds one scale (study.json), and --scale tiny writes to a new temporary folder unless --out is given.
-study_report.py writes the tables, plots and STUDY.md.
+"""A CPU-scale ablation study on the single-layer PTB setup (baseline, FD, ELD, PM and RD over seeds; FD's kappa and
+same-mask sweeps), trained by main.py's own code. A run is named by what it changes (``FD_seed322``,
+``FD_kappa0.5_seed321``, ``FD_samew_seed321``) and leaves ``runs/NAME.summary.json`` (committed) in --out: a
+matching summary is reused, an interrupted run resumes, a mismatching one stops the study. study_report.py writes the
+tables, plots and STUDY.md.
 
     python ablation.py --threads 1                  # the whole committed study (--study full), in priority order
     python ablation.py --study seeds --model baseline FD --seeds 321 322
@@ -106,12 +101,9 @@ def build_plan(args):
 def run_config(spec, study, corpus_dir, save, device):
     """The run's configuration from main.py's own parser, exactly as ``python main.py ...`` builds it."""
     argv = ["--preset", "single", "--model", spec["variant"], "--data", str(corpus_dir), "--save", str(save),
-            "--seed", str(spec["seed"]), "--device", device]
+            "--seed", str(spec["seed"]), "--device", device] + [f"--same_mask_{s}" for s in spec["same"]]
     argv += [arg for key in ("emsize", "nhid", "epochs", "batch_size", "bptt") for arg in (f"--{key}", str(study[key]))]
-    if spec["kappa"] is not None:
-        argv += ["--kappa", repr(spec["kappa"])]
-    argv += [f"--same_mask_{s}" for s in spec["same"]]
-    return train_config(argv)
+    return train_config(argv + (["--kappa", repr(spec["kappa"])] if spec["kappa"] is not None else []))
 
 
 def cut_corpus(data, fraction, dest):
@@ -143,13 +135,6 @@ def train(cfg):
     return run(build_config({"resume": paths["resume"]}, "resume", blob), resume=blob)
 
 
-def measure_mask_variance(save, data, device):
-    blob = load_checkpoint(save, "best")
-    model = model_from_checkpoint(blob, device)
-    set_seed(1234)  # the same masks' law for every model; the seed only fixes the draw
-    return mask_variance(model, batchify(Corpus(data).valid, 10, device), blob["config"]["bptt"], 10)
-
-
 def summary_mismatch(summary, cfg, study, train_sha):
     """Why a committed summary does not stand for this run ('' when it does)."""
     if summary.get("study") != study:
@@ -161,12 +146,12 @@ def summary_mismatch(summary, cfg, study, train_sha):
     return f"its configuration differs in {', '.join(keys)}" if keys else ""
 
 
-def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, retrain=False):
+def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False):
     """Reuse the run's committed summary when it matches, else train and write it; replacing a stale one takes
     ``retrain``, so committed results never change silently."""
     name = run_name(spec)
-    cfg = run_config(spec, study, corpus_dir, out / "runs" / f"{name}.pt", device)
-    path = out / "runs" / f"{name}.summary.json"
+    cfg = run_config(spec, study, out / "corpus", out / "runs" / f"{name}.pt", device)
+    path, paths = out / "runs" / f"{name}.summary.json", run_paths(cfg["save"])
     if path.is_file():
         summary = json.loads(path.read_text(encoding="utf-8"))
         why = summary_mismatch(summary, cfg, study, train_sha)
@@ -180,41 +165,34 @@ def run_one(spec, study, out, corpus_dir, train_sha, ntrain, device, command, re
     print(f"=== {name} ===")
     started = time.strftime("%Y-%m-%d %H:%M")
     final = train(cfg)
-    if final is None or not finished(cfg, run_paths(cfg["save"])):
+    if final is None or not finished(cfg, paths):
         raise UserError(f"the run {name} did not finish (interrupted): rerun the same command to continue it")
-    rows = read_metrics(run_paths(cfg["save"])["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed",
-                                                             "tokens_per_s"))
+    rows = read_metrics(paths["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed", "tokens_per_s"))
     best = min(rows, key=lambda r: r["valid_loss"])
+    blob = load_checkpoint(cfg["save"], "best")
+    model = model_from_checkpoint(blob, torch.device(device))
+    set_seed(1234)  # the same masks' law for every model; the seed only fixes the draw
+    mvar = mask_variance(model, batchify(Corpus(out / "corpus").valid, 10, torch.device(device)),
+                         blob["config"]["bptt"], 10)
     env = {"command": command, "torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
            "started": started, "date": time.strftime("%Y-%m-%d"), "commit": COMMIT}
     summary = {"name": name, "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
                "same_mask": cfg["same_mask"], "best_valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"],
                "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"], "epochs": len(rows),
                "wall_s": rows[-1]["elapsed"], "tokens_per_s": mean_sd(r["tokens_per_s"] for r in rows)[0],
-               "final_train_ppl": rows[-1]["train_ppl"],
-               "mask_variance": measure_mask_variance(cfg["save"], corpus_dir, torch.device(device)), "study": study,
+               "final_train_ppl": rows[-1]["train_ppl"], "mask_variance": mvar, "study": study,
                "train_sha256": train_sha, "train_tokens": ntrain, "environment": env, "config": cfg, "epoch_rows": rows}
     atomic_write_json(summary, path)
     print(f"Wrote {path}")
     return summary
 
 
-def check_out_folder(out, study):
-    """One scale per out folder: the tables never mix studies of different sizes."""
-    path = out / "study.json"
-    held = json.loads(path.read_text(encoding="utf-8")).get("study") if path.is_file() else study
-    if held != study:
-        raise UserError(f"{out} holds a study at another scale ({held}); this one is {study}: "
-                        f"choose another --out (one folder holds one configuration)")
-
-
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=STUDIES,
-                   help="full (default without --model, --seeds, --kappas): baseline and FD on seeds 321-324, FD's "
-                        "kappa and same-mask sweeps on seed 321, ELD / PM / RD on 321-323, in that order; seeds "
-                        "(default with --model or --seeds): --model x --seeds; kappa (default with --kappas): FD at "
-                        "each of --kappas; masks: FD sharing one mask site at a time")
+                   help="full (default): baseline and FD on seeds 321-324, FD's kappa and mask sweeps on 321, ELD / "
+                        "PM / RD on 321-323, in that order; seeds (default with --model or --seeds): --model x "
+                        "--seeds; kappa (default with --kappas): FD at each kappa; masks: FD sharing one mask site")
     p.add_argument("--runs", nargs="+", metavar="NAME",
                    help="run exactly these, e.g. FD_seed322 FD_kappa0.5_seed321 FD_samew_seed321 (instead of --study)")
     p.add_argument("--model", nargs="+", choices=list(VARIANTS), help="--study seeds: regularizers (default all)")
@@ -251,32 +229,30 @@ def main(argv=None):
     out = Path(tempfile.mkdtemp(prefix="ablation-tiny-")) if temporary else Path(args.out or DEFAULT_OUT)
     if temporary:
         print(f"--scale tiny writes to {out} (pass --out to choose)")
-    check_out_folder(out, study)
+    claim = out / "study.json"  # one scale per folder: the tables never mix studies of different sizes
+    held = json.loads(claim.read_text(encoding="utf-8")).get("study") if claim.is_file() else study
+    if held != study:
+        raise UserError(f"{out} holds a study at another scale ({held}); this one is {study}: "
+                        f"choose another --out (one folder holds one configuration)")
     if args.report:
         return report(out, study, command)
     plan = build_plan(args)
-    if not (out / "study.json").is_file():  # claim the folder before the first run: an interrupted study guards it too
-        atomic_write_json({"study": study}, out / "study.json")
+    if not claim.is_file():  # claimed before the first run, so an interrupted study guards its folder too
+        atomic_write_json({"study": study}, claim)
     device = str(get_device(args.device))
     train_sha = cut_corpus(args.data, study["train_fraction"], out / "corpus")
     ntrain = Corpus(out / "corpus").train.numel()
     print(f"{len(plan)} runs: {' '.join(run_name(s) for s in plan)}")
     try:
-        summaries = [run_one(spec, study, out, out / "corpus", train_sha, ntrain, device, command, args.retrain)
-                     for spec in plan]
+        summaries = [run_one(spec, study, out, train_sha, ntrain, device, command, args.retrain) for spec in plan]
         report(out, study, command)
     finally:
-        if temporary:
-            drop_checkpoints(out)
+        if temporary:  # a tiny study keeps its report, not its checkpoints or corpus cut
+            for path in (out / "runs").glob("*.pt"):
+                path.unlink()
+            shutil.rmtree(out / "corpus", ignore_errors=True)
+            print(f"Removed the checkpoints and the corpus cut from {out}; the report stays: {report_path(out)}")
     return summaries
-
-
-def drop_checkpoints(out):
-    """A tiny study keeps its report, not its checkpoints or corpus cut: a rerun starts a new folder anyway."""
-    for path in (out / "runs").glob("*.pt"):
-        path.unlink()
-    shutil.rmtree(out / "corpus", ignore_errors=True)
-    print(f"Removed the checkpoints and the corpus cut from {out}; the report stays: {report_path(out)}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,11 @@
 """Benchmark: what one training step of main.py costs, per preset, for FD against the baseline.
 
 FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``).  Timed is
-``trainer.train_step`` as ``train_epoch`` calls it, on main.py's model and configuration with random token ids; a
-preset's configurations step in turn on the same batches, so outside load weighs on all alike (the minimum is the
-least disturbed figure).  FLOPs: 2 per weight per token of every matrix product (W_ih, W_hh, decoder), times 3
-(forward and both gradients), times 2 for a second pass.  "of peak": the step's FLOP rate over the best float32
-``torch.mm`` rate at the step's own product shapes, timed in every round on the same device and threads (TF32 on
-CUDA where cuDNN may use it): a ceiling for the step's products, not the hardware's peak.  ``--overlap`` also steps
-every two-pass model with ``--overlap_passes`` (pass 2 on a second CUDA stream; elsewhere sequential, rows say so).
+``epoch.train_step`` on main.py's model and configuration with random token ids; a preset's configurations step in
+turn on the same batches, so outside load weighs on all alike (the minimum is the least disturbed figure).  FLOPs: 2
+per weight per token of every matrix product (W_ih, W_hh, decoder), times 3 (forward and both gradients), times 2 for
+a second pass.  "of peak": over the best float32 ``torch.mm`` rate at the step's own product shapes, timed in every
+round (TF32 on CUDA where cuDNN may use it): a ceiling for the step's products, not the hardware's peak.
 
     python bench.py --out results/bench.json                 # every preset, baseline and FD
     python bench.py --preset single --model baseline FD RD --overlap --eval
@@ -42,9 +40,15 @@ TINY_VOCAB = 50
 MM_SECONDS = 0.02  # time short products over repeated calls, so that launch and timer costs vanish
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def timed(device, work, reps=1):
+    """Seconds per call of ``work()`` over ``reps`` calls, the device's queue drained before and after; its result."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = work()
+    sync(device)
+    return (time.perf_counter() - t0) / reps, out
 
 
 def step_flops(model, tokens, passes):
@@ -72,12 +76,7 @@ def time_mm(shapes, best, device):
         b = torch.rand((n, k) if tb else (k, n), device=device)
         a, b, c = a.t() if ta else a, b.t() if tb else b, torch.empty(m, n, device=device)
         reps = max(1, min(100, math.ceil(MM_SECONDS / best.get(key, MM_SECONDS))))
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b, out=c)
-        sync(device)
-        best[key] = min(best.get(key, math.inf), (time.perf_counter() - t0) / reps)
+        best[key] = min(best.get(key, math.inf), timed(device, lambda: torch.mm(a, b, out=c), reps)[0])
 
 
 def mm_tf32(device):
@@ -93,7 +92,7 @@ def peak_mb(device):
 
 
 class Runner:
-    """One configuration's model and optimizer, stepped by ``trainer.train_step`` as ``train_epoch`` does."""
+    """One configuration's model and optimizer, stepped by ``epoch.train_step`` as an epoch does."""
 
     def __init__(self, cfg, vocab, device):
         set_seed(cfg["seed"])
@@ -105,12 +104,10 @@ class Runner:
         self.hidden = self.model.init_hidden(cfg["batch_size"])
 
     def step(self, data, targets, seq_len):
-        sync(self.device)
-        t0 = time.perf_counter()
-        out = train_step(self.model, self.opt, self.params, data, targets, self.hidden, self.reg, self.cfg, seq_len)
-        sync(self.device)
+        seconds, out = timed(self.device, lambda: train_step(self.model, self.opt, self.params, data, targets,
+                                                             self.hidden, self.reg, self.cfg, seq_len))
         self.hidden = out.hidden
-        return time.perf_counter() - t0
+        return seconds
 
 
 def bench_preset(preset, models, args, device):
@@ -165,16 +162,12 @@ def bench_preset(preset, models, args, device):
 
 
 def eval_rates(run, preset, vocab, device, batches):
-    """Tokens per second of ``trainer.evaluate`` at the validation (10) and test (1) batch sizes."""
+    """Tokens per second of ``scoring.evaluate`` at the validation (10) and test (1) batch sizes."""
     out, bptt = [], run.cfg["bptt"]
     for bsz in (10, 1):
         source = torch.randint(vocab, (bptt * batches + 1, bsz), device=device)
         evaluate(run.model, source, bptt, bsz, max_batches=1)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        evaluate(run.model, source, bptt, bsz)
-        sync(device)
-        seconds = time.perf_counter() - t0
+        seconds, _ = timed(device, lambda: evaluate(run.model, source, bptt, bsz))
         out.append({"preset": preset, "batch_size": bsz, "tokens_per_s": bptt * batches * bsz / seconds})
     run.model.train()
     return out
@@ -207,10 +200,9 @@ def build_parser():
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 3, at --scale tiny 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--eval", action="store_true", help="also tokens/s of trainer.evaluate at batch 10 and 1")
-    p.add_argument("--overlap", action="store_true",
-                   help="also step every two-pass model with --overlap_passes (pass 2 on a second CUDA stream); "
-                        "off a CUDA device those rows run the sequential path and say so")
+    p.add_argument("--eval", action="store_true", help="also tokens/s of scoring.evaluate at batch 10 and 1")
+    p.add_argument("--overlap", action="store_true", help="also step every two-pass model with --overlap_passes "
+                   "(pass 2 on a second CUDA stream; off CUDA those rows run the sequential path and say so)")
     p.add_argument("--train_flags", default="", help="extra main.py flags, e.g. --train_flags='--same_mask_w'")
     p.add_argument("--out", help="write every figure as JSON here")
     return p

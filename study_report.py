@@ -29,7 +29,7 @@ STUDY_SITES = "".join(SITE_NAMES)
 
 BEGIN = "<!-- ablation.py --report writes from here to the end marker; text outside is kept -->"
 END = "<!-- end of ablation.py's report -->"
-RESULTS = "best valid ppl | test ppl | mask variance | best epoch"  # the columns of result_cells
+RESULTS = "seeds | best valid ppl | test ppl | mask variance | best epoch"  # the columns of result_cells
 PAPER = "published full-scale single-layer PTB: FD 67.5 / 64.9, FD with the same W_hh mask 66.9 / 64.6"
 
 
@@ -65,23 +65,29 @@ def scale_text(study, ntrain):
 def scale_args(study):
     """The flags of ``study``'s scale: the nearer named scale (none for full) plus every value that differs."""
     name = min(SCALES, key=lambda n: sum(study.get(k) != v for k, v in SCALES[n].items()))
-    base = SCALES[name]
-    args = [f"--scale {name}"] * (name != "full") + [f"--{k} {study[k]:g}" for k in base
-                                                     if study.get(k, base[k]) != base[k]]
+    args = [f"--scale {name}"] * (name != "full") + [f"--{k} {study[k]:g}" for k, v in SCALES[name].items()
+                                                     if study.get(k, v) != v]
     return "".join(f" {a}" for a in args)
 
 
-def caption(runs, command, study, ntrain):
-    """Where a table's numbers come from: command, seeds, scale, torch, CPU (runs per CPU), dates."""
+def table(runs, command, scale, header, rows, note):
+    """A table under its caption (command, seeds, scale, torch, CPU with runs per CPU, dates) and above its note."""
     cpus = Counter(s["environment"]["cpu"] for s in runs)
     cpu_text = "; ".join(f"{cpu} ({n} run{'s' * (n > 1)})" for cpu, n in cpus.items())
     dates, torches, threads = (sorted({s["environment"][k] for s in runs}) for k in ("date", "torch", "threads"))
-    return (f"Command: `{command}{scale_args(study)}`. Seeds: {seed_list(s['seed'] for s in runs)}. "
-            f"Scale: {scale_text(study, ntrain)}. torch {', '.join(torches)}; CPU: {cpu_text}; threads "
-            f"{', '.join(map(str, threads))}; run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.")
+    return [f"Command: `{command}{scale_args(scale[0])}`. Seeds: {seed_list(s['seed'] for s in runs)}. "
+            f"Scale: {scale_text(*scale)}. torch {', '.join(torches)}; CPU: {cpu_text}; threads "
+            f"{', '.join(map(str, threads))}; run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.", "",
+            header, "|---" * (header.count("|") - 1) + "|", *rows, "", note]
 
 
-def variants_table(summaries, study, ntrain):
+def result_cells(runs, train=True):
+    keys = [("best_valid_ppl", 2), ("test_ppl", 2), ("mask_variance", 4), ("best_epoch", 1)]
+    return " | ".join([seed_list(x["seed"] for x in runs)]
+                      + [fmt([x[k] for x in runs], d) for k, d in keys + [("final_train_ppl", 2)] * train])
+
+
+def variants_table(summaries, scale):
     runs = [s for s in summaries if is_default(s)]
     if not runs:
         return []
@@ -90,37 +96,30 @@ def variants_table(summaries, study, ntrain):
     same_seeds = all(seed_list(s["seed"] for s in runs if s["variant"] == v) == seeds for v in variants)
     command = (f"python ablation.py --study seeds --model {' '.join(variants)} --seeds {seeds}" if same_seeds
                else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
-    lines = [caption(runs, command, study, ntrain), "",
-             f"| variant | kappa | seeds | {RESULTS} | train ppl (last epoch) | wall time (min) |", "|---" * 9 + "|"]
-    for v in variants:
-        s = [x for x in runs if x["variant"] == v]
-        lines.append(f"| {v} | {s[0]['kappa']:g} | {seed_list(x['seed'] for x in s)} | {result_cells(s)} | "
-                     f"{fmt([x['wall_s'] / 60 for x in s], 1)} |")
-    return lines + ["", "Mean ± sample standard deviation over the seeds listed (one value: one seed)."]
+    groups = {v: [x for x in runs if x["variant"] == v] for v in variants}
+    return table(runs, command, scale,
+                 f"| variant | kappa | {RESULTS} | train ppl (last epoch) | wall time (min) |",
+                 [f"| {v} | {s[0]['kappa']:g} | {result_cells(s)} | {fmt([x['wall_s'] / 60 for x in s], 1)} |"
+                  for v, s in groups.items()],
+                 "Mean ± sample standard deviation over the seeds listed (one value: one seed).")
 
 
-def result_cells(runs, train=True):
-    keys = [("best_valid_ppl", 2), ("test_ppl", 2), ("mask_variance", 4), ("best_epoch", 1)]
-    return " | ".join(fmt([x[k] for x in runs], d) for k, d in keys + [("final_train_ppl", 2)] * train)
-
-
-def paired_table(summaries, study, ntrain):
+def paired_table(summaries, scale):
     valid, test, mvar = (paired(summaries, k) for k in ("best_valid_ppl", "test_ppl", "mask_variance"))
     if not valid["n"]:
         return []
-    runs = [s for s in summaries if is_default(s) and s["variant"] in ("baseline", "FD")
-            and s["seed"] in {r[0] for r in valid["rows"]}]
-    lines = [caption(runs, f"python ablation.py --study seeds --model baseline FD "
-                           f"--seeds {seed_list(r[0] for r in valid['rows'])}", study, ntrain), "",
-             "| seed | baseline valid / test | FD valid / test | FD − baseline, valid | FD − baseline, test | "
-             "FD − baseline, mask variance |", "|---" * 6 + "|"]
-    for (seed, bv, fv, dv), (_, bt, ft, dt), (_, _, _, dm) in zip(valid["rows"], test["rows"], mvar["rows"]):
-        lines.append(f"| {seed} | {bv:.2f} / {bt:.2f} | {fv:.2f} / {ft:.2f} | {dv:+.2f} | {dt:+.2f} | {dm:+.4f} |")
-    lines.append(f"| mean ± sd | | | {signed(valid['diffs'], 2)} | {signed(test['diffs'], 2)} | "
-                 f"{signed(mvar['diffs'], 4)} |")
-    return lines + ["", f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and "
-                        f"the lower test perplexity on {test['wins']} of {test['n']}; the lower mask variance on "
-                        f"{mvar['wins']} of {mvar['n']}."]
+    seeds = [r[0] for r in valid["rows"]]
+    runs = [s for s in summaries if is_default(s) and s["variant"] in ("baseline", "FD") and s["seed"] in seeds]
+    rows = [f"| {seed} | {bv:.2f} / {bt:.2f} | {fv:.2f} / {ft:.2f} | {dv:+.2f} | {dt:+.2f} | {dm:+.4f} |"
+            for (seed, bv, fv, dv), (_, bt, ft, dt), (*_, dm) in zip(valid["rows"], test["rows"], mvar["rows"])]
+    rows.append(f"| mean ± sd | | | {signed(valid['diffs'], 2)} | {signed(test['diffs'], 2)} | "
+                f"{signed(mvar['diffs'], 4)} |")
+    return table(runs, f"python ablation.py --study seeds --model baseline FD --seeds {seed_list(seeds)}", scale,
+                 "| seed | baseline valid / test | FD valid / test | FD − baseline, valid | FD − baseline, test | "
+                 "FD − baseline, mask variance |", rows,
+                 f"FD has the lower best validation perplexity on {valid['wins']} of {valid['n']} seeds and the "
+                 f"lower test perplexity on {test['wins']} of {test['n']}; the lower mask variance on {mvar['wins']} "
+                 f"of {mvar['n']}.")
 
 
 def fd_by_seed(summaries):
@@ -133,6 +132,13 @@ def versus_fd(group, fd, key):
     return signed(diffs, 2, f" (lower on {sum(d < 0 for d in diffs)} of {len(diffs)})") if diffs else "–"
 
 
+def sweep_cells(group, fd):
+    """Against plain FD (valid, test), then short CPU names: a sweep's rows may come from machines whose kernels
+    round differently."""
+    names = sorted({" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in group})
+    return f"{versus_fd(group, fd, 'best_valid_ppl')} | {versus_fd(group, fd, 'test_ppl')} | {', '.join(names)}"
+
+
 def kappa_rows(summaries):
     """FD's runs per kappa, on the seeds the sweep covers (so every kappa averages the same seeds)."""
     runs = [s for s in summaries if s["variant"] == "FD" and not s["same_mask"]]
@@ -141,24 +147,19 @@ def kappa_rows(summaries):
     return {k: [s for s in runs if s["kappa"] == k] for k in sorted({s["kappa"] for s in runs})}
 
 
-def kappa_table(summaries, study, ntrain):
-    groups = kappa_rows(summaries)
+def kappa_table(summaries, scale):
+    groups, fd = kappa_rows(summaries), fd_by_seed(summaries)
     if len(groups) < 2:
         return []
     runs = [s for g in groups.values() for s in g]
-    lines = [caption(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
-                           f"--seeds {seed_list(s['seed'] for s in runs)}", study, ntrain), "",
-             f"| kappa | seeds | {RESULTS} | train ppl (last epoch) | − FD at 0.15, valid | − FD at 0.15, test | "
-             f"CPU |", "|---" * 10 + "|"]
-    fd = fd_by_seed(summaries)
-    for k, s in groups.items():
-        lines.append(f"| {k:g}{' (default)' if all(map(is_default, s)) else ''} | {seed_list(x['seed'] for x in s)} "
-                     f"| {result_cells(s)} | {versus_fd(s, fd, 'best_valid_ppl')} | {versus_fd(s, fd, 'test_ppl')} | "
-                     f"{cpus(s)} |")
-    return lines + ["", "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard "
-                        "deviation over the seeds listed; the two differences are paired by seed with FD at the "
-                        "default kappa 0.15 (mean ± sd of the per-seed differences; negative: lower perplexity than "
-                        "FD)."]
+    return table(runs, f"python ablation.py --study kappa --kappas {' '.join(f'{k:g}' for k in groups)} "
+                       f"--seeds {seed_list(s['seed'] for s in runs)}", scale,
+                 f"| kappa | {RESULTS} | train ppl (last epoch) | − FD at 0.15, valid | − FD at 0.15, test | CPU |",
+                 [f"| {k:g}{' (default)' if all(map(is_default, s)) else ''} | {result_cells(s)} | "
+                  f"{sweep_cells(s, fd)} |" for k, s in groups.items()],
+                 "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard "
+                 "deviation over the seeds listed; the two differences are paired by seed with FD at the default "
+                 "kappa 0.15 (mean ± sd of the per-seed differences; negative: lower perplexity than FD).")
 
 
 def mask_runs(summaries):
@@ -168,39 +169,26 @@ def mask_runs(summaries):
     return ([s for s in runs if str(s["seed"]) in seeds.split()], seeds) if seeds else ([], "")
 
 
-def masks_table(summaries, study, ntrain):
-    runs, seeds = mask_runs(summaries)
+def masks_table(summaries, scale):
+    (runs, seeds), fd = mask_runs(summaries), fd_by_seed(summaries)
     if not runs:
         return []
-    lines = [caption(runs, f"python ablation.py --study masks --seeds {seeds}", study, ntrain), "",
-             f"| pass 2 reuses pass 1's mask at | seeds | {RESULTS} | − FD, valid | − FD, test | CPU |",
-             "|---" * 9 + "|"]
-    fd = fd_by_seed(summaries)
-    for site in ["", *STUDY_SITES]:
-        s = [x for x in runs if x["same_mask"] == site]
-        if s:
-            lines.append(f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {seed_list(x['seed'] for x in s)} | "
-                         f"{result_cells(s, train=False)} | {versus_fd(s, fd, 'best_valid_ppl')} | "
-                         f"{versus_fd(s, fd, 'test_ppl')} | {cpus(s)} |")
-    return lines + ["", "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at "
-                        "every site (what the penalty of plain FD sees), so the rows compare the same quantity. The "
-                        "differences are paired by seed with plain FD (mean ± sd of the per-seed differences)."]
-
-
-def cpus(runs):
-    """Short CPU names: the sweeps' rows may come from machines whose kernels round differently."""
-    return ", ".join(sorted({" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in runs}))
+    groups = {site: [x for x in runs if x["same_mask"] == site] for site in ["", *STUDY_SITES]}
+    return table(runs, f"python ablation.py --study masks --seeds {seeds}", scale,
+                 f"| pass 2 reuses pass 1's mask at | {RESULTS} | − FD, valid | − FD, test | CPU |",
+                 [f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {result_cells(s, train=False)} | "
+                  f"{sweep_cells(s, fd)} |" for site, s in groups.items() if s],
+                 "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
+                 "site (what the penalty of plain FD sees), so the rows compare the same quantity. The differences "
+                 "are paired by seed with plain FD (mean ± sd of the per-seed differences).")
 
 
 def runs_table(summaries):
-    lines = ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | "
-             "date | commit |", "|---" * 10 + "|"]
-    for s in summaries:
-        e = s["environment"]
-        lines.append(f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
-                     f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | "
-                     f"{e['date']} | {e.get('commit', 'not recorded')} |")
-    return lines
+    return ["| run | best valid ppl | test ppl | best epoch | mask variance | wall time (min) | threads | CPU | "
+            "date | commit |", "|---" * 10 + "|"] + [
+        f"| {s['name']} | {s['best_valid_ppl']:.2f} | {s['test_ppl']:.2f} | {s['best_epoch']} | "
+        f"{s['mask_variance']:.4f} | {s['wall_s'] / 60:.1f} | {e['threads']} | {e['cpu']} | {e['date']} | "
+        f"{e.get('commit', 'not recorded')} |" for s in summaries for e in [s["environment"]]]
 
 
 def plot_seeds(summaries, path, title):
@@ -215,9 +203,8 @@ def plot_seeds(summaries, path, title):
         group = [s for s in runs if s["variant"] == v]
         for s in group:
             draw_curve(ax1, s["epoch_rows"], "valid_ppl", color=colors[v], lw=0.8, alpha=0.3)
-        n = min(len(s["epoch_rows"]) for s in group)
         mean = [{"epoch": e + 1, "valid_ppl": mean_sd(s["epoch_rows"][e]["valid_ppl"] for s in group)[0]}
-                for e in range(n)]
+                for e in range(min(len(s["epoch_rows"]) for s in group))]
         draw_curve(ax1, mean, "valid_ppl", f"{v} ({len(group)} seed{'s' * (len(group) > 1)})", color=colors[v], lw=2.2)
         best = [s["best_valid_ppl"] for s in group]
         ax2.scatter([i] * len(best), best, color=colors[v], alpha=0.5, s=18)
@@ -230,18 +217,16 @@ def plot_seeds(summaries, path, title):
 
 
 def plot_kappa(summaries, path, title):
+    """Perplexity and mask variance per kappa: mean and sd over its seeds (a one-seed point gets no bar)."""
     groups = kappa_rows(summaries)
     if len(groups) < 2 or (plt := pyplot()) is None:
         return False
     ks = list(groups)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-
-    def bars(key):  # mean and sd over each kappa's seeds; a one-seed point gets no bar
+    for ax, key, style in ((ax1, "best_valid_ppl", {"label": "best validation"}), (ax1, "test_ppl", {"label": "test"}),
+                           (ax2, "mask_variance", {"color": "C2"})):
         stats = [mean_sd(s[key] for s in groups[k]) for k in ks]
-        return [m for m, _ in stats], [sd or 0.0 for _, sd in stats]
-    for key, label in (("best_valid_ppl", "best validation"), ("test_ppl", "test")):
-        ax1.errorbar(ks, *bars(key), marker="o", capsize=3, label=label)
-    ax2.errorbar(ks, *bars("mask_variance"), marker="o", capsize=3, color="C2")
+        ax.errorbar(ks, [m for m, _ in stats], [sd or 0.0 for _, sd in stats], marker="o", capsize=3, **style)
     for ax, label in ((ax1, "perplexity"), (ax2, "mask variance (validation)")):
         ax.set_xscale("symlog", linthresh=0.05)
         ax.set_xticks(ks, [f"{k:g}" for k in ks])
@@ -326,47 +311,41 @@ PLOTS = (("curves.png", plot_seeds, "Variants over seeds", "validation perplexit
           "perplexity per shared mask site, plain FD's seed range shaded"))
 
 
-def report_text(out, summaries, study, command, rel):
-    """STUDY.md's generated block and the variants table; draws the plots the block links."""
-    ntrain, title = summaries[0]["train_tokens"], scale_text(study, summaries[0]["train_tokens"])
-    plotted = {heading: (name, f"![{alt}]({rel}/{name})") for name, draw, heading, alt in PLOTS
-               if draw(summaries, out / name, title)}
-    sections = {"Variants over seeds": variants_table(summaries, study, ntrain),
-                "FD minus baseline, paired by seed": paired_table(summaries, study, ntrain),
-                "FD's kappa": kappa_table(summaries, study, ntrain),
-                "FD sharing one mask site between the passes": masks_table(summaries, study, ntrain),
-                "Every run": runs_table(summaries), "Archived runs, not in the tables": archived(out, study, rel)}
-    lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
-             f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
-    for heading, body in sections.items():
-        if body:
-            lines += ["", f"### {heading}", "", *body] + (["", plotted[heading][1]] if heading in plotted else [])
-    return "\n".join(lines), sections["Variants over seeds"], [name for name, _ in plotted.values()]
-
-
 def report(out, study, command):
     """Every table and plot from the runs' summaries in ``out``: what --report does, and every study at its end."""
     summaries = sorted((s for s in load_summaries(out) if s["study"] == study), key=sort_key)
     if not summaries:
         print(f"No finished runs at scale {study} in {out}/runs: nothing to report")
         return None
-    md = report_path(out)
-    generated, table, plotted = report_text(out, summaries, study, command, os.path.relpath(out, md.parent))
+    md, scale = report_path(out), (study, summaries[0]["train_tokens"])
+    rel, title = os.path.relpath(out, md.parent), scale_text(*scale)
+    plotted = {heading: (name, f"![{alt}]({rel}/{name})") for name, draw, heading, alt in PLOTS
+               if draw(summaries, out / name, title)}
+    sections = {"Variants over seeds": variants_table(summaries, scale),
+                "FD minus baseline, paired by seed": paired_table(summaries, scale),
+                "FD's kappa": kappa_table(summaries, scale),
+                "FD sharing one mask site between the passes": masks_table(summaries, scale),
+                "Every run": runs_table(summaries), "Archived runs, not in the tables": archived(out, study, rel)}
+    lines = [BEGIN, f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the {len(summaries)} run "
+                    f"summaries in [{rel}/runs/]({rel}/runs/) ({title}). For comparison, {PAPER}."]
+    for heading, body in sections.items():
+        if body:
+            lines += ["", f"### {heading}", "", *body] + (["", plotted[heading][1]] if heading in plotted else [])
     old = md.read_text(encoding="utf-8") if md.is_file() else ""
     keep = (old[:old.index(BEGIN)], old[old.index(END):]) if BEGIN in old and END in old else \
         ("# Ablation study\n\n", END + "\n" + old)
-    atomic_write_text(f"{keep[0]}{BEGIN}\n{generated}\n{keep[1]}", md)
-    if table:
-        atomic_write_text(f"Ablation: {scale_text(study, summaries[0]['train_tokens'])}.\n\n" + "\n".join(table)
-                          + "\n", out / "results.md")
+    atomic_write_text(keep[0] + "\n".join(lines) + "\n" + keep[1], md)
+    variants = sections["Variants over seeds"]
+    if variants:
+        atomic_write_text(f"Ablation: {title}.\n\n" + "\n".join(variants) + "\n", out / "results.md")
     atomic_write_text(epochs_csv(summaries), out / "epochs.csv")
     atomic_write_json({"study": study, **{k: summaries[0][k] for k in ("train_tokens", "train_sha256")},
                        "report": {"command": command, "date": time.strftime("%Y-%m-%d")},
                        "runs": [{k: v for k, v in s.items() if k not in ("epoch_rows", "config")} for s in summaries]},
                       out / "study.json")
-    print("\n".join(table))
+    print("\n".join(variants))
     print(f"Wrote {md}, {out / 'results.md'}, {out / 'epochs.csv'}, {out / 'study.json'}"
-          + "".join(f", {out / p}" for p in plotted))
+          + "".join(f", {out / name}" for name, _ in plotted.values()))
     return summaries
 
 
