@@ -17,7 +17,7 @@ RULES = {"eval_batch_size": "positive_int", "test_batch_size": "positive_int", "
          **{k: "probability" for k in DROPOUT_FLAGS}}
 
 
-def build_parser():
+def main(argv=None):
     p = tool_parser(__doc__)
     p.add_argument("--bptt", type=int, help="sequence length of evaluation windows (default: the run's)")
     p.add_argument("--eval_batch_size", type=int, default=10, help="validation batch size")
@@ -31,11 +31,7 @@ def build_parser():
     for name in DROPOUT_FLAGS:
         p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the run's)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
-    return p
-
-
-def main(argv=None):
-    args = tool_args(build_parser(), argv, RULES)
+    args = tool_args(p, argv, RULES)
     blob, corpus, model, device = open_checkpoint(args)
     check_split_sizes(corpus, {"batch_size": 1, "eval_batch_size": args.eval_batch_size,
                                "test_batch_size": args.test_batch_size})

@@ -37,7 +37,6 @@ PENALTIES = {"mse": F.mse_loss, "kl": symmetric_kl_penalty}  # mse: fraternal dr
 
 
 def penalty_function(kind):
-    """The one place a penalty's name is checked."""
     if kind not in PENALTIES:
         raise ValueError(f"unknown penalty {kind!r}: choose from {', '.join(PENALTIES)}")
     return PENALTIES[kind]
@@ -129,8 +128,7 @@ def fraternal_loss_pair(logits1, logits2, targets, reg):
 
 
 class Masks(NamedTuple):
-    """How one forward draws its masks: the batch stacks ``copies`` copies of one batch, each with its own
-    masks but at the sites in ``share``; the sites in ``reuse`` apply the previous forward's masks."""
+    """The batch stacks ``copies`` of one batch, own masks but at ``share``; ``reuse``: the last forward's masks."""
     copies: int = 1
     share: str = ""
     reuse: str = ""
@@ -146,8 +144,7 @@ def first_copy(hidden, copies):
 
 
 def overlap_blocker(reg, device):
-    """Why ``reg``'s two passes cannot run on two CUDA streams on ``device``; None when they can.
-    The overlap needs a pass 2 that depends on nothing of pass 1 and draws every mask of its own."""
+    """Why ``reg``'s two passes cannot run on two CUDA streams on ``device`` (pass 2 must not depend on pass 1)."""
     reasons = ((not reg.second_pass, "there is no second pass"),
                (device.type != "cuda", f"CUDA streams exist only on a CUDA device, not on {device.type}"),
                (reg.batched, "with --same_mask_w the two passes already run as one forward of twice the batch"),
@@ -186,8 +183,7 @@ def _two_passes(model, data, hidden, reg):
     if reg.overlap and overlap_blocker(reg, data.device) is None:
         return _overlapped_passes(model, data, hidden)
     if reg.batched:
-        # One forward of twice the batch: the shared W_hh mask lets both halves go through one
-        # LSTM kernel call; every other site gives each half its own mask unless it is shared too.
+        # One forward of twice the batch, one LSTM kernel call (one W_hh mask); other sites per half unless shared.
         B = data.size(1)
         f = model.features(data.repeat(1, 2), tile_hidden(hidden, 2), Masks(copies=2, share=reg.same_mask))
         first = f._replace(hidden=first_copy(f.hidden, 2), raw_outputs=[r[:, :B] for r in f.raw_outputs],
@@ -204,9 +200,8 @@ def _two_passes(model, data, hidden, reg):
 
 
 def fraternal_loss(model, data, targets, hidden, reg):
-    """Loss of one batch under ``reg`` (``fraternal_loss_pair`` on the decoded passes, plus AR and TAR).
-    ``hidden`` must already be detached.  A decoder with a ``fused_loss`` (fused_loss.FusedDecoder) computes
-    the same values in cache-sized chunks, or returns None for a penalty it has no gradient for."""
+    """Loss of one batch under ``reg``, plus AR and TAR; ``hidden`` detached.  A decoder's ``fused_loss``
+    (fused_loss.FusedDecoder) gives the same values in cache-sized chunks, or None for an unknown penalty."""
     first, out2 = _two_passes(model, data, hidden, reg)
     x1, x2 = (t if t is None else t.reshape(-1, t.size(-1)) for t in (first.outputs[-1], out2))
     fused = getattr(model.decoder, "fused_loss", None) if reg.fused else None

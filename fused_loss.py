@@ -8,10 +8,9 @@ import torch.nn as nn
 FUSED_PENALTIES = ("mse", "kl")
 
 
-def chunk_rows(vocab, device, budget_bytes=None):
-    """Rows per chunk: a few MB of logits on CPU (cache-resident), far more on GPU."""
-    budget_bytes = budget_bytes or ((256 << 20) if device.type == "cuda" else (8 << 20))
-    return max(16, budget_bytes // (4 * vocab))
+def chunk_rows(vocab, device):
+    """Rows per chunk: 8 MB of logits on CPU (cache-resident), 256 MB on GPU."""
+    return max(16, ((256 << 20) if device.type == "cuda" else (8 << 20)) // (4 * vocab))
 
 
 class _DecoderLoss(torch.autograd.Function):

@@ -17,16 +17,6 @@ from runfiles import RUN_FILES, UserError, atomic_write_text, check_output_path,
 RUN_SUFFIXES = (".pt", *(f".{suffix}" for suffix in RUN_FILES.values()))  # a checkpoint, or a file of a run
 
 
-def build_parser():
-    p = tool_parser(__doc__, json=False)
-    p.add_argument("--words", type=int, default=1000, help="number of words to sample, '<eos>' included")
-    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits: lower is more conservative")
-    p.add_argument("--seed", type=int, default=1111, help="seed of the sampler")
-    p.add_argument("--outf", help="file to write the text to (default: standard output)")
-    p.add_argument("--overwrite", action="store_true", help="allow --outf to replace an existing file")
-    return p
-
-
 def check_outf(outf, overwrite):
     """Before sampling: never a folder or a run's file, even with --overwrite; a text file only with --overwrite."""
     target = Path(outf)
@@ -63,7 +53,13 @@ def to_text(words):
 
 
 def main(argv=None):
-    args = tool_args(build_parser(), argv, {"words": "positive_int", "temperature": "positive", "seed": "seed"})
+    p = tool_parser(__doc__, json=False)
+    p.add_argument("--words", type=int, default=1000, help="number of words to sample, '<eos>' included")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits: lower is more conservative")
+    p.add_argument("--seed", type=int, default=1111, help="seed of the sampler")
+    p.add_argument("--outf", help="file to write the text to (default: standard output)")
+    p.add_argument("--overwrite", action="store_true", help="allow --outf to replace an existing file")
+    args = tool_args(p, argv, {"words": "positive_int", "temperature": "positive", "seed": "seed"})
     if args.outf:
         check_outf(args.outf, args.overwrite)
     _, corpus, model, device = open_checkpoint(args)

@@ -7,8 +7,7 @@ SITES = {s: f"{what} ({SITE_RATE[s]})" for s, what in zip(SITE_RATE, (
 
 
 def dropout_mask(like, shape, p):
-    """Mask {0, 1/(1-p)} on ``like``'s device and dtype: thresholding uniform draws is twice as fast as
-    ``bernoulli_`` on CPU, with the same law."""
+    """Mask {0, 1/(1-p)} on ``like``'s device and dtype (uniform draws thresholded: twice bernoulli_'s speed)."""
     return torch.rand(shape, device=like.device, dtype=like.dtype).ge_(p).mul_(1.0 / (1.0 - p))
 
 

@@ -62,8 +62,7 @@ class RNNModel(nn.Module):
         return [tuple(self.decoder.bias.new_zeros(1, bsz, rnn.hidden_size) for _ in "hc") for rnn in self.rnns]
 
     def features(self, input, hidden, masks=None):
-        """input (seq_len, batch) -> each layer's outputs before and after dropout (AR and TAR read the last
-        layer's), new hidden state."""
+        """input (seq_len, batch) -> new hidden state, each layer's outputs before and after dropout."""
         masks = masks or Masks()
         kw = lambda site: dict(copies=masks.copies, share=site in masks.share, reuse=site in masks.reuse)  # noqa: E731
         emb = self.embedding_dropout(self.encoder.weight, input, **kw("e"))

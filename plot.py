@@ -8,6 +8,7 @@ A run is named by its checkpoint, its ``.metrics.jsonl`` or a folder of runs; it
 training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
 """
 import argparse
+import re
 from pathlib import Path
 
 from results import draw_curve, pyplot, read_metrics, save_figure
@@ -31,10 +32,7 @@ def run_stems(arg):
 
 
 def stem(path):
-    name = path.name
-    for suffix in (".metrics.jsonl", ".pt", ".finetune"):
-        name = name[:-len(suffix)] if name.endswith(suffix) else name
-    return path.with_name(name)
+    return path.with_name(re.sub(r"(\.finetune)?(\.pt)?(\.metrics\.jsonl)?$", "", path.name))
 
 
 def load_run(stem):
@@ -72,17 +70,13 @@ def draw(runs, out):
     save_figure(fig, out)
 
 
-def build_parser():
+def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="runs: their checkpoints (runs/NAME.pt), metrics (runs/NAME.metrics.jsonl) "
                                            "or a folder of runs")
     p.add_argument("--out", help="the PNG to write (default: beside the first run, NAME.curves.png)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = p.parse_args(argv)
     pyplot(required=True)  # before any work: a missing matplotlib is one line
     stems = list(dict.fromkeys(s for run in args.runs for s in run_stems(run)))  # a run and its fine-tuning: once
     out = Path(args.out or f"{stems[0]}.curves.png")

@@ -59,9 +59,8 @@ def settings_for(blob, args):
 
 
 def cache_logprob(h, targets, mem_h, mem_w, window, theta):
-    """log p_cache(targets) (L,) of a chunk's outputs h (L, d), after the last M <= window outputs mem_h (M, d)
-    and their next words mem_w (M,): position t sees [mem; chunk][M + t - window : M + t], the past only.
-    -inf where no cached entry has the target, NaN where the cache is empty."""
+    """log p_cache(targets) (L,) of outputs h (L, d) after cached mem_h (M, d), next words mem_w (M,): t sees
+    [mem; chunk][M + t - window : M + t].  -inf where no entry has the target, NaN where the cache is empty."""
     words, m, length = torch.cat([mem_w, targets]), mem_h.size(0), h.size(0)   # words: (M + L,)
     scores = theta * (h @ torch.cat([mem_h, h]).t())                             # (L, M + L)
     t = torch.arange(length, device=h.device).unsqueeze(1) + m

@@ -84,7 +84,6 @@ def draw_curve(ax, rows, key, label=None, offset=0, **style):
 
 
 def save_figure(fig, path, dpi=110):
-    """Write a figure atomically, and close it."""
     path = Path(path)
     try:
         atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or None, dpi=dpi, bbox_inches="tight"))

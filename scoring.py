@@ -16,7 +16,6 @@ def ppl(loss):
 
 
 def stream(source, bptt, desc, max_batches=None, unit="batch"):
-    """The (data, targets) windows of a batchified split, with the progress of the main process."""
     return progress(windows(source, bptt, max_batches), count_windows(source, bptt, max_batches), desc, unit=unit,
                     enabled=distributed.is_main())
 

@@ -11,12 +11,11 @@ from masks import check_dropout_p, dropout_mask, stored_mask
 
 # cuDNN copies a freshly dropped W_hh into its flat buffer on every call, and would warn each time.
 _COMPACTION_WARNING = "RNN module weights are not part of single contiguous chunk"
-warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
+warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)  # and in fused_lstm: test runners reset filters
 
 
 def fused_lstm(lstm, input, hx, weights, train=None):
-    """``lstm``'s fused kernel with ``weights`` for its parameters; ``train``: cuDNN's kernel that can back-propagate.
-    Silenced here too: test runners and notebooks reset the global filters."""
+    """``lstm``'s fused kernel with ``weights`` for its parameters; ``train``: cuDNN's that can back-propagate."""
     train = lstm.training if train is None else train
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
