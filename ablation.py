@@ -1,8 +1,6 @@
-"""A CPU-scale ablation study on the single-layer PTB setup (baseline, FD, ELD, PM and RD over seeds; FD's kappa and
-same-mask sweeps), trained by main.py's own code. A run is named by what it changes (``FD_seed322``,
-``FD_kappa0.5_seed321``, ``FD_samew_seed321``) and leaves ``runs/NAME.summary.json`` (committed) in --out: a
-matching summary is reused, an interrupted run resumes, a mismatching one stops the study. study_report.py writes the
-tables, plots and STUDY.md.
+"""A CPU-scale ablation study on the single-layer PTB setup, trained by main.py's own code: runs named by what they
+change (FD_seed322, FD_kappa0.5_seed321, FD_samew_seed321) leave runs/NAME.summary.json in --out, reused while it
+matches the run (--retrain replaces one that does not); study_report.py writes the tables, plots and STUDY.md.
 
     python ablation.py --threads 1                  # the whole committed study (--study full), in priority order
     python ablation.py --study seeds --model baseline FD --seeds 321 322
@@ -46,8 +44,7 @@ def make_spec(variant, seed, kappa=None, same=""):
     """A run: variant, seed, kappa (None: the variant's default) and shared mask sites."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
-    bad = set(same) - set(STUDY_SITES)
-    if bad:
+    if bad := set(same) - set(STUDY_SITES):
         raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {STUDY_SITES} ({SITE_NAMES})")
     if kappa is not None and float(kappa) == default_kappa("single", variant):
         kappa = None  # the default-kappa run has one name, so a sweep reuses it
@@ -193,8 +190,7 @@ def build_parser():
                    help="full (default): baseline and FD on seeds 321-324, FD's kappa and mask sweeps on 321, ELD / "
                         "PM / RD on 321-323, in that order; seeds (default with --model or --seeds): --model x "
                         "--seeds; kappa (default with --kappas): FD at each kappa; masks: FD sharing one mask site")
-    p.add_argument("--runs", nargs="+", metavar="NAME",
-                   help="run exactly these, e.g. FD_seed322 FD_kappa0.5_seed321 FD_samew_seed321 (instead of --study)")
+    p.add_argument("--runs", nargs="+", metavar="NAME", help="only these runs (not --study), e.g. FD_kappa0.5_seed321")
     p.add_argument("--model", nargs="+", choices=list(VARIANTS), help="--study seeds: regularizers (default all)")
     p.add_argument("--seeds", nargs="+", type=int, help="--study seeds / kappa / masks: seeds (default 321)")
     p.add_argument("--kappas", nargs="+", type=float,

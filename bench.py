@@ -1,11 +1,10 @@
 """Benchmark: what one training step of main.py costs, per preset, for FD against the baseline.
 
-FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``).  Timed is
-``epoch.train_step`` on main.py's model and configuration with random token ids; a preset's configurations step in
-turn on the same batches, so outside load weighs on all alike (the minimum is the least disturbed figure).  FLOPs: 2
-per weight per token of every matrix product (W_ih, W_hh, decoder), times 3 (forward and both gradients), times 2 for
-a second pass.  "of peak": over the best float32 ``torch.mm`` rate at the step's own product shapes, timed in every
-round (TF32 on CUDA where cuDNN may use it): a ceiling for the step's products, not the hardware's peak.
+FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``). Timed is
+``epoch.train_step`` on main.py's model with random token ids, a preset's configurations in turn on the same batches
+(so outside load weighs on all alike; the minimum is the least disturbed figure). FLOPs: 2 per weight per token of
+every matrix product, times 3 (forward, both gradients), times 2 for a second pass. "of peak": over the best float32
+``torch.mm`` rate at the step's own shapes, timed every round (TF32 where cuDNN may use it): a ceiling, not the peak.
 
     python bench.py --out results/bench.json                 # every preset, baseline and FD
     python bench.py --preset single --model baseline FD RD --overlap --eval
@@ -35,8 +34,8 @@ from runfiles import (ArgumentParser, UserError, atomic_write_json, check_output
                       run_cli)
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
-TINY = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"]  # --scale tiny: flags, vocabulary
-TINY_VOCAB = 50
+TINY, TINY_VOCAB = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"], 50  # --scale tiny
+RSS_UNIT = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss is in bytes on macOS, KiB elsewhere
 MM_SECONDS = 0.02  # time short products over repeated calls, so that launch and timer costs vanish
 
 
@@ -58,8 +57,7 @@ def step_flops(model, tokens, passes):
 
 
 def mm_shapes(model, seq_len, batch, device):
-    """(m, k, n, a transposed, b transposed) of the step's products: per weight W applied to m rows, x @ W.t(),
-    G @ W and G.t() @ X."""
+    """(m, k, n, a transposed, b transposed) of the step's products: x @ W.t(), G @ W and G.t() @ X per weight."""
     rows = seq_len * batch
     uses = [(w, rows) for rnn in model.rnns for w in (rnn.weight_ih_l0, rnn.weight_hh_l0)]
     uses += [(rnn.weight_hh_l0, batch) for rnn in model.rnns]  # W_hh also one time step at a time
@@ -84,30 +82,17 @@ def mm_tf32(device):
     return device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
-def peak_mb(device):
-    """CUDA: the allocator's peak since its last reset.  CPU: the process's max RSS (process-wide)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 class Runner:
     """One configuration's model and optimizer, stepped by ``epoch.train_step`` as an epoch does."""
 
     def __init__(self, cfg, vocab, device):
         set_seed(cfg["seed"])
-        self.cfg, self.device, self.times, self.mem = cfg, device, [], 0.0
+        self.cfg, self.times, self.mem = cfg, [], 0.0
         self.model = RNNModel.from_config(cfg, vocab).to(device).train()
         self.params = list(self.model.parameters())
         self.opt = make_optimizer(cfg, Schedule(cfg), self.model.parameters(), device)
         self.reg = Regularizer.from_config(cfg)
         self.hidden = self.model.init_hidden(cfg["batch_size"])
-
-    def step(self, data, targets, seq_len):
-        seconds, out = timed(self.device, lambda: train_step(self.model, self.opt, self.params, data, targets,
-                                                             self.hidden, self.reg, self.cfg, seq_len))
-        self.hidden = out.hidden
-        return seconds
 
 
 def bench_preset(preset, models, args, device):
@@ -134,10 +119,13 @@ def bench_preset(preset, models, args, device):
         for run in runners:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = run.step(data, targets, length)
-            if r >= args.warmup:
+            seconds, out = timed(device, lambda: train_step(run.model, run.opt, run.params, data, targets, run.hidden,
+                                                            run.reg, run.cfg, length))
+            run.hidden = out.hidden
+            if r >= args.warmup:  # memory: CUDA's allocator peak since its reset, else the process's max RSS
                 run.times.append(seconds)
-                run.mem = max(run.mem, peak_mb(device))
+                run.mem = max(run.mem, torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / RSS_UNIT)
     peak = max(2 * m * k * n / t for (m, k, n, _, _), t in best.items())
     rows, base = [], runners[models.index("baseline")] if "baseline" in models else None
     sequential = {run.cfg["model"]: run for run in runners[:len(models)]}
@@ -181,11 +169,10 @@ def table(header, rows):
 def known(given, names, flag):
     """``given`` as ``names`` spell them (any case will do); else one line naming the closest."""
     lower = {n.lower(): n for n in names}
-    for name in given:
-        if name.lower() not in lower:
-            close = difflib.get_close_matches(name.lower(), lower, 1)
-            raise UserError(f"unknown {flag} {name!r}" + (f" (did you mean {lower[close[0]]}?)" if close else "")
-                            + f": choose from {', '.join(names)}")
+    for name in (n for n in given if n.lower() not in lower):
+        close = difflib.get_close_matches(name.lower(), lower, 1)
+        raise UserError(f"unknown {flag} {name!r}" + (f" (did you mean {lower[close[0]]}?)" if close else "")
+                        + f": choose from {', '.join(names)}")
     return [lower[n.lower()] for n in given]
 
 

@@ -133,8 +133,7 @@ def versus_fd(group, fd, key):
 
 
 def sweep_cells(group, fd):
-    """Against plain FD (valid, test), then short CPU names: a sweep's rows may come from machines whose kernels
-    round differently."""
+    """Against plain FD (valid, test), then short CPU names: the rows may come from CPUs that round differently."""
     names = sorted({" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in group})
     return f"{versus_fd(group, fd, 'best_valid_ppl')} | {versus_fd(group, fd, 'test_ppl')} | {', '.join(names)}"
 
@@ -166,7 +165,7 @@ def mask_runs(summaries):
     """FD at its default kappa on the seeds of the same-mask sweep (plain FD included), and those seeds."""
     runs = [s for s in summaries if s["variant"] == "FD" and "_kappa" not in s["name"]]
     seeds = seed_list(s["seed"] for s in runs if s["same_mask"])
-    return ([s for s in runs if str(s["seed"]) in seeds.split()], seeds) if seeds else ([], "")
+    return [s for s in runs if str(s["seed"]) in seeds.split()], seeds
 
 
 def masks_table(summaries, scale):
@@ -217,7 +216,7 @@ def plot_seeds(summaries, path, title):
 
 
 def plot_kappa(summaries, path, title):
-    """Perplexity and mask variance per kappa: mean and sd over its seeds (a one-seed point gets no bar)."""
+    """Perplexity and mask variance per kappa: mean and sd over its seeds (one seed: no bar)."""
     groups = kappa_rows(summaries)
     if len(groups) < 2 or (plt := pyplot()) is None:
         return False
@@ -263,15 +262,6 @@ def finish(fig, axes, path, title):
     fig.tight_layout()
     save_figure(fig, path)
     return True
-
-
-def epochs_csv(summaries):
-    keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
-            "penalty", "lr", "tokens_per_s"]
-    f = io.StringIO(newline="")
-    csv.writer(f).writerows([keys] + [[s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]]
-                                      + [r[k] for k in keys[5:]] for s in summaries for r in s["epoch_rows"]])
-    return f.getvalue()
 
 
 def load_summaries(out, folder="runs"):
@@ -338,7 +328,12 @@ def report(out, study, command):
     variants = sections["Variants over seeds"]
     if variants:
         atomic_write_text(f"Ablation: {title}.\n\n" + "\n".join(variants) + "\n", out / "results.md")
-    atomic_write_text(epochs_csv(summaries), out / "epochs.csv")
+    keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
+            "penalty", "lr", "tokens_per_s"]
+    epochs = io.StringIO(newline="")
+    csv.writer(epochs).writerows([keys] + [[s["name"], s["variant"], s["seed"], s["kappa"], s["same_mask"]]
+                                           + [r[k] for k in keys[5:]] for s in summaries for r in s["epoch_rows"]])
+    atomic_write_text(epochs.getvalue(), out / "epochs.csv")
     atomic_write_json({"study": study, **{k: summaries[0][k] for k in ("train_tokens", "train_sha256")},
                        "report": {"command": command, "date": time.strftime("%Y-%m-%d")},
                        "runs": [{k: v for k, v in s.items() if k not in ("epoch_rows", "config")} for s in summaries]},
