@@ -1,7 +1,6 @@
 """Dynamic evaluation (Krause, Kahembwe, Murray, Renals, ICML 2018): the model keeps learning from the text it scores.
 
-Each split is read from the checkpoint's weights at batch 1 in --bptt segments, each scored before it is learned
-from (dropout off), per parameter element:
+Each split from the checkpoint's weights, batch 1: each --bptt segment is scored, then learned from (dropout off):
 
     theta <- theta - lr * grad / (rms + epsilon) + min(lamb * rms / avg, 1) * (theta_g - theta)
 

@@ -68,8 +68,7 @@ def main(argv=None):
         atomic_write_text(text, args.outf)
         print(f"| wrote {args.words} words to {args.outf} |", file=sys.stderr)
     else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        print(text, end="", flush=True)
     return text
 
 

@@ -51,9 +51,7 @@ def mean_sd(values):
 
 def mean_sd_text(values, digits=2):
     mean, sd = mean_sd(values)
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+    return "-" if mean is None else f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
 def pyplot(required=False):
