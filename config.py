@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from runfiles import ArgumentParser, UserError, run_paths, sidecar
 from fraternal import PENALTIES, VARIANTS, Regularizer
 from masks import SITE_RATE, SITES as MASK_SITES
-from presets import FINETUNE, PRESET, PRESETS, default_kappa, kappa_values
+from presets import PRESET, PRESETS, default_kappa, kappa_values
 from utils import check_device_name
 
-OPTIMIZERS = ("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")
 DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropouti, dropoute, wdrop
 
 FROM_PRESET, FROM_VARIANT = "<preset>", "<variant>"  # defaults read from the preset / the variant
@@ -21,9 +20,8 @@ OVERRIDE = "override the checkpoint's rate"
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting.  ``resume``: a resumed run may change it; ``finetune``: finetune.py's help (empty: no flag, True:
-    main.py's); ``before``: its value in checkpoints older than it; ``result``: False where it only says where or how a
-    run ran."""
+    """``resume``: a resumed run may change it; ``finetune``: finetune.py's help (empty: no flag, True: main.py's);
+    ``before``: its value in checkpoints older than it; ``result``: False where it only says where or how a run ran."""
     name: str
     kind: type
     help: str
@@ -73,8 +71,7 @@ SETTINGS = (
             group="regularizer"),
     Setting("penalty", str, "the penalty between the passes", FROM_VARIANT, "choice", "regularizer", tuple(PENALTIES),
             flag=False),
-    Setting("same_mask", str, "sites of pass 1's masks that pass 2 reuses (--same_mask_e/i/h/w/o)", "", "mask_sites",
-            "regularizer", flag=False),
+    Setting("same_mask", str, "mask sites pass 2 reuses from pass 1", "", "mask_sites", "regularizer", flag=False),
     Setting("batch_passes", bool, "with --same_mask_w, run both passes as one forward of twice the batch (same "
             "values, faster where the batch is small); on by default", True, group="regularizer", before=True),
     Setting("fused_loss", bool, "decoder, cross-entropies and penalty in cache-sized chunks, gradients formed in the "
@@ -88,11 +85,10 @@ SETTINGS = (
     Setting("beta", float, "temporal activation regularization (TAR) weight", rule="non_negative",
             group="regularizer", finetune="TAR weight (1)"),
     Setting("optimizer", str, "sgd-anneal: SGD, lr / --anneal after more than --patience epochs without a new best "
-            "(reloading the best model), stop below --min_lr; asgd-nt: SGD switching to averaged SGD by the "
-            "non-monotone rule; sgd: plain SGD; asgd: averaged SGD from the start, stopping by the non-monotone "
-            "rule; adam", rule="choice", choices=OPTIMIZERS),
-    Setting("lr", float, "initial learning rate", rule="positive",
-            finetune="learning rate of averaged SGD (the training run's, 30)"),
+            "(reloading the best model), stop below --min_lr; asgd-nt: SGD, then averaged SGD (from the initial lr) "
+            "by the non-monotone rule; sgd; asgd: averaged SGD, stopping by that rule; adam", rule="choice",
+            choices=("sgd-anneal", "asgd-nt", "sgd", "asgd", "adam")),
+    Setting("lr", float, "initial learning rate", rule="positive", finetune="averaged SGD's lr (the run's, 30)"),
     Setting("clip", float, "gradient norm clipping", rule="positive", finetune="gradient norm clipping (the run's)"),
     Setting("wdecay", float, "weight decay", rule="non_negative", finetune="weight decay (the training run's)"),
     Setting("epochs", int, "upper epoch limit", rule="positive_int", resume=True, finetune=True),
@@ -147,14 +143,14 @@ RULES = {
 
 def choice(s):
     """A choice flag's type: the name in any case; else one line with the valid names and the closest one."""
+    options = {option.lower(): option for option in s.choices}
+
     def parse(value):
-        for option in s.choices:
-            if option.lower() == value.lower():
-                return option
-        close = difflib.get_close_matches(value, s.choices, 1, 0.0) or difflib.get_close_matches(
-            value.lower(), [c.lower() for c in s.choices], 1, 0.0)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise argparse.ArgumentTypeError(f"unknown {s.name} {value!r}: choose from {', '.join(s.choices)}{hint}")
+        if value.lower() in options:
+            return options[value.lower()]
+        close = difflib.get_close_matches(value, s.choices, 1, 0.0)[0]  # cutoff 0: always the closest one
+        raise argparse.ArgumentTypeError(f"unknown {s.name} {value!r}: choose from {', '.join(s.choices)}; "
+                                         f"did you mean {close}?")
     parse.__name__ = s.name
     return parse
 
@@ -176,12 +172,9 @@ def add_flag(group, s, text=None):
         group.add_argument(*names, dest=s.name, type=s.kind, help=text)
 
 
-def parser(prog, description):
-    return ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def build_train_parser():
-    p = parser("main.py", "Train an LSTM language model with fraternal dropout (or a comparison regularizer).")
+    p = ArgumentParser(prog="main.py", description="Train an LSTM language model with fraternal dropout (or a "
+                       "comparison regularizer).")
     groups = {"run": p, "model": p.add_argument_group("model (default: the preset's value)"),
               "regularizer": p.add_argument_group("regularizer (default: set by --model)"),
               "optimization": p.add_argument_group("optimization (default: the preset's value)"),
@@ -201,7 +194,7 @@ def build_train_parser():
 
 def build_finetune_parser(doc):
     """finetune.py's command line: the settings a fine-tuning run may change, with the reference's row."""
-    p = parser("finetune.py", doc.split("\n\n")[0])
+    p = ArgumentParser(prog="finetune.py", description=doc.split("\n\n")[0])
     p.add_argument("--save", help="the trained best-model checkpoint to fine-tune (never modified)")
     p.add_argument("--out", help="where the fine-tuned best model goes (default: <save stem>.finetune.pt)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
@@ -215,9 +208,8 @@ def build_finetune_parser(doc):
 
 
 def build_config(flags, stage="train", base=None):
-    """A run's plain-dict configuration, validated once, here: for "train" the preset, the variant and the flags;
-    for "finetune" the trained run's config ``base``, the reference's fine-tuning row and the flags; for "resume"
-    ``base`` with the few flags a resumed run may change."""
+    """A run's plain-dict configuration, validated once, here: for "train" from the preset, the variant and the flags;
+    for "finetune" and "resume" from the trained run's config ``base`` (``blob``) and the flags it allows."""
     cfg = {"train": _train_config, "finetune": _finetune_config, "resume": _resume_config}[stage](flags, base)
     validate(cfg)
     return cfg
@@ -254,8 +246,7 @@ def _train_config(flags, _base):
 
 
 def _output(cfg, given, flag, default):
-    """A dry run trains one epoch and writes to a temporary folder unless told where; the path is resolved now, so
-    a resumed run writes there from any folder."""
+    """A dry run trains one epoch, in a temporary folder unless told where; a resumed run writes here from anywhere."""
     cfg["dry_run"] = bool(given.get("dry_run"))
     if cfg["dry_run"]:
         cfg["epochs"] = 1
@@ -267,20 +258,18 @@ def _output(cfg, given, flag, default):
 # What fine-tuning changes in the trained run's configuration (the reference's finetune.py).
 FINETUNE_RECIPE = dict(alpha=2.0, beta=1.0, nonmono=5, optimizer="asgd", kappa=0.0, double_target=False,
                        eval_auxiliary=False, same_mask="", overlap_passes=False, stage="finetune")
-# Settings a fine-tuning run starts at their defaults rather than inheriting from the trained run.
-FRESH = ("eval_batch_size", "test_batch_size", "device", "log_interval", "checkpoint_every")
 
 
 def _finetune_config(flags, trained):
     given = {k: v for k, v in flags.items() if v is not None and v is not False}
     source = flags["save"]
     preset = trained.get("preset", "awd-ptb")
-    if preset not in FINETUNE:
+    if preset not in PRESET:
         raise UserError(f"{source} was trained with an unknown preset {preset!r}: fine-tune a checkpoint written "
                         f"by main.py")
     cfg = with_settings_added_since(trained)
-    cfg.update(**FINETUNE[preset], **FINETUNE_RECIPE, finetuned_from=str(source),
-               **{k: SETTING[k].default for k in FRESH})
+    fresh = {s.name: s.default for s in SETTINGS if s.finetune is True and s.default != FROM_PRESET}  # not inherited
+    cfg.update(**PRESET[preset].finetune, **FINETUNE_RECIPE, finetuned_from=str(source), **fresh)
     cfg.update({s.name: given[s.name] for s in SETTINGS if s.finetune and s.name in given})
     cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
     _output(cfg, given, "out", str(sidecar(source, "finetune.pt")))
@@ -303,14 +292,12 @@ def with_settings_added_since(cfg):
 
 
 def outcome(cfg):
-    """The settings a run's numbers depend on: two runs of equal outcome compute the same numbers, so the study
-    and reproduce.py may reuse one for the other."""
+    """The settings a run's numbers depend on, so the study and reproduce.py may reuse one run for another."""
     return {k: v for k, v in with_settings_added_since(cfg).items() if k not in SETTING or SETTING[k].result}
 
 
 def _resume_config(flags, blob):
-    """A resume file continues only its own run, writing where that run started or, if the run's folder moved as
-    a whole, beside the resume file."""
+    """A resume file continues only its own run, where it started or, if its folder moved, beside the resume file."""
     cfg = with_settings_added_since(blob["config"])
     given = os.path.abspath(flags["resume"])
     own = run_paths(cfg["save"])["resume"]
@@ -355,11 +342,9 @@ def validate(cfg):
             raise UserError(f"--{s.name} must be of type {s.kind.__name__}, got {value!r}")
         test, what = RULES[s.rule]
         if value is not None and not test(value, s):
-            if s.rule == "choice":
-                raise UserError(f"--{s.name} {value!r} is unknown: choose from {', '.join(s.choices)}")
-            if s.rule == "mask_sites":
-                raise UserError(f"unknown mask sites {value!r}: {what}")
-            raise UserError(f"--{s.name} must be {what}, got {value}")
+            raise UserError({"choice": f"--{s.name} {value!r} is unknown: choose from {', '.join(s.choices)}",
+                             "mask_sites": f"unknown mask sites {value!r}: {what}"}.get(
+                                 s.rule, f"--{s.name} must be {what}, got {value}"))
     if cfg["eval_auxiliary"] and cfg["same_mask"]:
         raise UserError("the eval-mode second pass (--eval_auxiliary, ELD) has no dropout masks to share: "
                         "drop the --same_mask_* flags or --eval_auxiliary")

@@ -63,8 +63,7 @@ def draw_seq_len(cfg):
 
 
 def train_step(model, optimizer, params, data, targets, hidden, reg, cfg, seq_len):
-    """One step, the lr scaled by seq_len / bptt for it only (seq_len as drawn, even where the stream's end cut the
-    batch: so did the reference)."""
+    """One step, lr scaled by seq_len / bptt (as drawn, even where the stream's end cut the batch, as the reference)."""
     lr = optimizer.param_groups[0]["lr"]
     optimizer.param_groups[0]["lr"] = lr * seq_len / cfg["bptt"]
     optimizer.zero_grad(set_to_none=True)
@@ -100,15 +99,6 @@ class EpochState:
                 "seconds": time.time() - self.start, **{k: getattr(self, k).cpu() for k in distributed.SUMS},
                 "hidden": [tuple(t.detach().cpu() for t in hc) for hc in self.hidden]}
 
-    def log_interval(self, lr, approx, interval):
-        """The reference's progress line over the last ``interval`` batches."""
-        cur = self.interval_ce.item() / interval
-        ms = (time.time() - self.interval_start) * 1000 / interval
-        tqdm.write(f"| epoch {self.epoch:3d} | {self.batch:5d}/{max(approx, self.batch):5d} batches | lr {lr:05.5f} | "
-                   f"ms/batch {ms:5.2f} | loss {cur:5.2f} | ppl {ppl(cur):8.2f}")
-        self.interval_ce.zero_()
-        self.interval_start = time.time()
-
     def running_loss(self, cfg, where):
         loss = self.total_ce.item() / max(self.batch, 1)
         if not math.isfinite(loss):
@@ -124,9 +114,8 @@ class EpochState:
 
 def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None, position=None, checkpoint=None,
                 stop=None):
-    """One pass over the training stream from ``position`` (a mid-epoch resume point's).  ``checkpoint(position)``
-    runs every --checkpoint_every minutes, so a kill costs minutes, not an epoch, and once more when Ctrl-C set
-    ``stop.requested``, before KeyboardInterrupt."""
+    """One pass over the training stream from ``position``; ``checkpoint(position)`` runs every --checkpoint_every
+    minutes, so a kill costs minutes, not an epoch, and once more on Ctrl-C (``stop``) before KeyboardInterrupt."""
     model.train()
     params = list(model.parameters())
     state = EpochState(model, train_data, epoch, position)
@@ -161,6 +150,11 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
             if state.batch % check_every == 0 or state.batch % log_every == 0:
                 running = state.running_loss(cfg, f"epoch {epoch} (batch {state.batch}, lr {lr:g})")
                 bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{state.tokens / (time.time() - state.start):.0f}")
-            if state.batch % log_every == 0:
-                state.log_interval(lr, approx, log_every)
+            if state.batch % log_every == 0:  # the reference's progress line over the last log_every batches
+                cur = state.interval_ce.item() / log_every
+                ms = (time.time() - state.interval_start) * 1000 / log_every
+                tqdm.write(f"| epoch {epoch:3d} | {state.batch:5d}/{max(approx, state.batch):5d} batches | lr "
+                           f"{lr:05.5f} | ms/batch {ms:5.2f} | loss {cur:5.2f} | ppl {ppl(cur):8.2f}")
+                state.interval_ce.zero_()
+                state.interval_start = time.time()
     return state.summary(cfg)

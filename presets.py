@@ -60,7 +60,6 @@ PRESET = {
                              dict(batch_size=80, epochs=750, seed=1111), "tag", TAG),
 }
 PRESETS = {name: p.values for name, p in PRESET.items()}
-FINETUNE = {name: p.finetune for name, p in PRESET.items()}
 
 
 def default_kappa(preset, model):

@@ -30,10 +30,7 @@ from utils import DeferredInterrupt, get_device, set_seed
 RULE = "-" * 89
 Stage = namedtuple("Stage", "name tool flag")  # what the run is called, the tool that continues it, its output's flag
 TRAINING, FINE_TUNING = Stage("training", "main.py", "--save"), Stage("fine-tuning", "finetune.py", "--out")
-
-
-def stage_of(cfg):
-    return FINE_TUNING if cfg.get("stage") == "finetune" else TRAINING
+STAGES = {"train": TRAINING, "finetune": FINE_TUNING}  # by the config's "stage" (a trained run's has none)
 
 
 @dataclass
@@ -57,7 +54,7 @@ class Run:
     written: str = ""  # where the last resume point of this process stands
     result: Optional[dict] = None  # the finished run's final results, once written
 
-    stage = property(lambda self: stage_of(self.cfg))
+    stage = property(lambda self: STAGES[self.cfg.get("stage", "train")])
     dry = property(lambda self: self.cfg["dry_run"])
     vocab = property(lambda self: vocab_info(self.corpus.dictionary))
 
@@ -195,15 +192,15 @@ def final_evaluation(r, interrupted_after=None):
 
 
 def run(cfg, resume=None, source=None, overwrite=False):
-    """Everything main.py and finetune.py do.  ``source``: the best model whose weights start a fine-tuning run.
-    Every check comes before any file is touched: an earlier run's files (``overwrite``) go only once this can start."""
+    """Everything main.py and finetune.py do (``source``: the best model that starts a fine-tuning run); every check
+    comes before any file is touched, and an earlier run's files (``overwrite``) go only once this one can start."""
     if cfg["dry_run"] and cfg.get("save") is None:
         with tempfile.TemporaryDirectory(prefix="fd-dry-run-") as tmp:
             print(f"A dry run writes to a temporary folder, removed at its end: {tmp}")
             return run(dict(cfg, save=os.path.join(tmp, "model.pt")), resume, source, overwrite)
     if resume is None:  # --data resolved now, as --save is, so a resume from any folder reads the same corpus
         cfg = dict(cfg, data=os.path.abspath(cfg["data"]))
-    paths, flag = run_paths(cfg["save"]), stage_of(cfg).flag
+    paths, flag = run_paths(cfg["save"]), STAGES[cfg.get("stage", "train")].flag
     r = None
     try:
         with ExitStack() as held:
@@ -261,7 +258,7 @@ def prepare(cfg, device, paths, resume, source):
     every = cfg.get("checkpoint_every", 0)
     resume_point = ("none (a dry run)" if cfg["dry_run"] else
                     f"{paths['resume']} (after each epoch{f' and every {every:g} min' if every else ''}; continue "
-                    f"with: python {stage_of(cfg).tool} --resume {paths['resume']})")
+                    f"with: python {STAGES[cfg.get('stage', 'train')].tool} --resume {paths['resume']})")
     print(f"Files of this run:\n"
           f"  best model     {paths['best']} (rewritten at each new best validation loss)\n"
           f"  resume point   {resume_point}\n"
