@@ -103,25 +103,13 @@ def run_config(spec, study, corpus_dir, save, device):
     return train_config(argv + (["--kappa", repr(spec["kappa"])] if spec["kappa"] is not None else []))
 
 
-def cut_corpus(data, fraction, dest):
-    """Cut the training text to its first ``fraction`` of lines; its SHA-256 is what a reused run must share."""
-    src = Path(data)
-    for split in SPLITS:
-        if not (src / f"{split}.txt").is_file():
-            raise UserError(f"no corpus at {src} ({split}.txt missing): run ./getdata.sh or pass --data DIR")
-    lines = len((src / "train.txt").read_text(encoding="utf-8").splitlines())
-    texts = write_corpus_cut(src, dest, {"train": max(1, round(lines * fraction))})
-    return hashlib.sha256(texts["train"].encode("utf-8")).hexdigest()
-
-
 def finished(cfg, paths):
     """True once the schedule ran to its end (not merely stopped by Ctrl-C, which still writes final.json)."""
     return os.path.exists(paths["final"]) and schedule_finished(paths["resume"], cfg["epochs"])
 
 
 def train(cfg):
-    """Train one run, continuing or reusing this checkout's run of the same configuration (corpus path absolute,
-    as trainer.run stores it)."""
+    """Train one run, continuing or reusing this checkout's run of the same configuration (data path resolved)."""
     paths, resolved = run_paths(cfg["save"]), lambda c: dict(c, data=os.path.abspath(c["data"]))
     blob = load_checkpoint(paths["resume"], "resume") if os.path.exists(paths["resume"]) else None
     if blob is None or resolved(with_settings_added_since(blob["config"])) != resolved(cfg):
@@ -144,8 +132,7 @@ def summary_mismatch(summary, cfg, study, train_sha):
 
 
 def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False):
-    """Reuse the run's committed summary when it matches, else train and write it; replacing a stale one takes
-    ``retrain``, so committed results never change silently."""
+    """The run's committed summary when it matches, else train and write it (a stale one only with ``retrain``)."""
     name = run_name(spec)
     cfg = run_config(spec, study, out / "corpus", out / "runs" / f"{name}.pt", device)
     path, paths = out / "runs" / f"{name}.summary.json", run_paths(cfg["save"])
@@ -236,7 +223,13 @@ def main(argv=None):
     if not claim.is_file():  # claimed before the first run, so an interrupted study guards its folder too
         atomic_write_json({"study": study}, claim)
     device = str(get_device(args.device))
-    train_sha = cut_corpus(args.data, study["train_fraction"], out / "corpus")
+    src = Path(args.data)
+    for split in SPLITS:
+        if not (src / f"{split}.txt").is_file():
+            raise UserError(f"no corpus at {src} ({split}.txt missing): run ./getdata.sh or pass --data DIR")
+    lines = len((src / "train.txt").read_text(encoding="utf-8").splitlines())  # cut to its first train_fraction
+    texts = write_corpus_cut(src, out / "corpus", {"train": max(1, round(lines * study["train_fraction"]))})
+    train_sha = hashlib.sha256(texts["train"].encode("utf-8")).hexdigest()  # what a reused summary must share
     ntrain = Corpus(out / "corpus").train.numel()
     print(f"{len(plan)} runs: {' '.join(run_name(s) for s in plan)}")
     try:

@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import torch
 
@@ -50,12 +51,6 @@ def timed(device, work, reps=1):
     return (time.perf_counter() - t0) / reps, out
 
 
-def step_flops(model, tokens, passes):
-    """Matrix-product FLOPs of one step, from the model's own weight shapes."""
-    weights = [w for rnn in model.rnns for w in (rnn.weight_ih_l0, rnn.weight_hh_l0)] + [model.decoder.weight]
-    return passes * 3 * 2 * tokens * sum(w.numel() for w in weights)
-
-
 def mm_shapes(model, seq_len, batch, device):
     """(m, k, n, a transposed, b transposed) of the step's products: x @ W.t(), G @ W and G.t() @ X per weight."""
     rows = seq_len * batch
@@ -82,17 +77,13 @@ def mm_tf32(device):
     return device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
-class Runner:
+def runner(cfg, vocab, device):
     """One configuration's model and optimizer, stepped by ``epoch.train_step`` as an epoch does."""
-
-    def __init__(self, cfg, vocab, device):
-        set_seed(cfg["seed"])
-        self.cfg, self.times, self.mem = cfg, [], 0.0
-        self.model = RNNModel.from_config(cfg, vocab).to(device).train()
-        self.params = list(self.model.parameters())
-        self.opt = make_optimizer(cfg, Schedule(cfg), self.model.parameters(), device)
-        self.reg = Regularizer.from_config(cfg)
-        self.hidden = self.model.init_hidden(cfg["batch_size"])
+    set_seed(cfg["seed"])
+    model = RNNModel.from_config(cfg, vocab).to(device).train()
+    return SimpleNamespace(cfg=cfg, times=[], mem=0.0, model=model, params=list(model.parameters()),
+                           opt=make_optimizer(cfg, Schedule(cfg), model.parameters(), device),
+                           reg=Regularizer.from_config(cfg), hidden=model.init_hidden(cfg["batch_size"]))
 
 
 def bench_preset(preset, models, args, device):
@@ -105,7 +96,7 @@ def bench_preset(preset, models, args, device):
         cfgs += [train_config(a + ["--overlap_passes"]) for a, c in zip(argv, cfgs)
                  if Regularizer.from_config(c).second_pass]
     vocab = TINY_VOCAB if tiny else VOCAB[cfgs[0]["data"]]
-    runners = [Runner(c, vocab, device) for c in cfgs]
+    runners = [runner(c, vocab, device) for c in cfgs]
     B, T = cfgs[0]["batch_size"], cfgs[0]["bptt"]
     shapes, best = mm_shapes(runners[0].model, T, B, device), {}
     lengths = [min(T, 5) if tiny else T] * args.warmup + [T] * args.steps
@@ -130,8 +121,10 @@ def bench_preset(preset, models, args, device):
     rows, base = [], runners[models.index("baseline")] if "baseline" in models else None
     sequential = {run.cfg["model"]: run for run in runners[:len(models)]}
     for run in runners:
-        passes = 2 if run.reg.second_pass else 1
-        flops, med, low = step_flops(run.model, T * B, passes), statistics.median(run.times), min(run.times)
+        passes = 2 if run.reg.second_pass else 1  # FLOPs: 2 per weight per token, 3 products per weight, per pass
+        weights = sum(w.numel() for rnn in run.model.rnns for w in (rnn.weight_ih_l0, rnn.weight_hh_l0))
+        flops = passes * 3 * 2 * T * B * (weights + run.model.decoder.weight.numel())
+        med, low = statistics.median(run.times), min(run.times)
         seq = sequential[run.cfg["model"]] if run.reg.overlap else None
         fallback = overlap_blocker(run.reg, device) if run.reg.overlap else None
         rows.append({"preset": preset, "model": run.cfg["model"], "overlap": run.reg.overlap,

@@ -1,6 +1,5 @@
 """The CPU-scale ablation study, declared once, and its report: tables, plots and STUDY.md from the committed run
-summaries, without torch, a checkpoint or a corpus, so any checkout can regenerate it (matplotlib only draws plots).
-"""
+summaries, without torch, a checkpoint or a corpus, so any checkout can regenerate it (matplotlib only draws plots)."""
 import csv
 import io
 import json
@@ -275,8 +274,7 @@ def load_summaries(out, folder="runs"):
 
 
 def archived(out, study, rel="."):
-    """Runs kept in ``runs-*/`` (another CPU kind, older code): listed, never in the tables, which compare within
-    one CPU kind and one version of the code."""
+    """Runs kept in ``runs-*/`` (another CPU kind, older code): listed apart, never in the tables."""
     lines = []
     for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
         runs = sorted((s for s in load_summaries(out, folder) if s["study"] == study), key=sort_key)
