@@ -36,7 +36,6 @@ from study_report import (ALL_VARIANTS, DEFAULT_OUT, FULL_SEEDS, KAPPAS, OTHER_S
 from trainer import run
 from utils import get_device, set_seed
 
-STUDIES = ("full", "seeds", "kappa", "masks")
 COMMIT = "unknown"
 
 
@@ -173,7 +172,7 @@ def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False)
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", choices=STUDIES,
+    p.add_argument("--study", choices=("full", "seeds", "kappa", "masks"),
                    help="full (default): baseline and FD on seeds 321-324, FD's kappa and mask sweeps on 321, ELD / "
                         "PM / RD on 321-323, in that order; seeds (default with --model or --seeds): --model x "
                         "--seeds; kappa (default with --kappas): FD at each kappa; masks: FD sharing one mask site")
@@ -190,8 +189,7 @@ def build_parser():
     p.add_argument("--out", help=f"the study's folder (default {DEFAULT_OUT}; at --scale tiny a new temporary one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for every run (default: PyTorch's choice)")
-    p.add_argument("--retrain", action="store_true",
-                   help="retrain and replace runs whose summary no longer matches (without it they stop the study)")
+    p.add_argument("--retrain", action="store_true", help="retrain and replace runs whose summary no longer matches")
     p.add_argument("--report", action="store_true",
                    help="train nothing: rewrite the tables, plots and STUDY.md from the finished runs' summaries")
     return p

@@ -72,11 +72,6 @@ def time_mm(shapes, best, device):
         best[key] = min(best.get(key, math.inf), timed(device, lambda: torch.mm(a, b, out=c), reps)[0])
 
 
-def mm_tf32(device):
-    """Whether the ceiling is measured with TF32: wherever any kernel of the step (cuDNN's LSTM) may use it."""
-    return device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
-
-
 def runner(cfg, vocab, device):
     """One configuration's model and optimizer, stepped by ``epoch.train_step`` as an epoch does."""
     set_seed(cfg["seed"])
@@ -86,7 +81,7 @@ def runner(cfg, vocab, device):
                            reg=Regularizer.from_config(cfg), hidden=model.init_hidden(cfg["batch_size"]))
 
 
-def bench_preset(preset, models, args, device):
+def bench_preset(preset, models, args, device, ceiling_tf32):
     """Rows of one preset: rounds of (matmul shapes, then one step of each model), the first ``warmup`` untimed."""
     tiny = args.scale == "tiny"
     argv = [["--preset", preset, "--model", m, "--device", args.device] + TINY * tiny
@@ -101,7 +96,7 @@ def bench_preset(preset, models, args, device):
     shapes, best = mm_shapes(runners[0].model, T, B, device), {}
     lengths = [min(T, 5) if tiny else T] * args.warmup + [T] * args.steps
     source = torch.randint(vocab, (sum(lengths) + 1, B), device=device)
-    tf32, ceiling_tf32 = torch.backends.cuda.matmul.allow_tf32, mm_tf32(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     for r, length in enumerate(lengths):
         torch.backends.cuda.matmul.allow_tf32 = ceiling_tf32
         time_mm(shapes, best, device)
@@ -199,22 +194,24 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
+    cuda = device.type == "cuda"  # the ceiling uses TF32 wherever a kernel of the step (cuDNN's LSTM) may use it
+    tf32 = cuda and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
     header = {"torch": torch.__version__, "device": str(device), "gpu": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else None, "cpu": cpu_model(), "threads": torch.get_num_threads(),
+              if cuda else None, "cpu": cpu_model(), "threads": torch.get_num_threads(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": code_commit(),
               "command": shlex.join(["python", "bench.py", *argv]), "steps": args.steps, "warmup": args.warmup,
-              "mm_tf32": mm_tf32(device) if device.type == "cuda" else None}
+              "mm_tf32": tf32 if cuda else None}
     print("  ".join(f"{k}: {v}" for k, v in header.items() if v is not None), flush=True)
     rows, evals, matmul = [], [], {}
     for preset in presets:
-        r, matmul[preset], e = bench_preset(preset, models, args, device)
+        r, matmul[preset], e = bench_preset(preset, models, args, device, tf32)
         rows, evals = rows + r, evals + e
         print(f"{preset}: " + ", ".join(f"{x['model']}{' overlapped' if x['overlap'] else ''} "
                                         f"{x['median_s'] * 1e3:.1f} ms" for x in r), flush=True)
     print("\n" + table(
         ["preset", "model", "overlap", "batch x seq", "GFLOP", "median ms", "min ms", "tokens/s", "GFLOP/s",
          "peak GFLOP/s", "of peak", "x base", "x base min", "x seq", "x seq min",
-         "peak MiB" if device.type == "cuda" else "max RSS MiB"],
+         "peak MiB" if cuda else "max RSS MiB"],
         [[r["preset"], r["model"], ("on" if r["overlap_active"] else "sequential") if r["overlap"] else "-",
           f"{r['batch_size']}x{r['seq_len']}", f"{r['flops_per_step'] / 1e9:.4g}",
           f"{r['median_s'] * 1e3:.1f}", f"{r['min_s'] * 1e3:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['gflops']:.1f}",

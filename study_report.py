@@ -72,10 +72,10 @@ def scale_args(study):
 def table(runs, command, scale, header, rows, note):
     """A table under its caption (command, seeds, scale, torch, CPU with runs per CPU, dates) and above its note."""
     cpus = Counter(s["environment"]["cpu"] for s in runs)
-    cpu_text = "; ".join(f"{cpu} ({n} run{'s' * (n > 1)})" for cpu, n in cpus.items())
+    cpus = "; ".join(f"{cpu} ({n} run{'s' * (n > 1)})" for cpu, n in cpus.items())
     dates, torches, threads = (sorted({s["environment"][k] for s in runs}) for k in ("date", "torch", "threads"))
     return [f"Command: `{command}{scale_args(scale[0])}`. Seeds: {seed_list(s['seed'] for s in runs)}. "
-            f"Scale: {scale_text(*scale)}. torch {', '.join(torches)}; CPU: {cpu_text}; threads "
+            f"Scale: {scale_text(*scale)}. torch {', '.join(torches)}; CPU: {cpus}; threads "
             f"{', '.join(map(str, threads))}; run {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}.", "",
             header, "|---" * (header.count("|") - 1) + "|", *rows, "", note]
 
@@ -263,30 +263,28 @@ def finish(fig, axes, path, title):
     return True
 
 
-def load_summaries(out, folder="runs"):
+def load_summaries(out, study, folder="runs"):
+    """The run summaries at scale ``study`` in ``out/folder``, in the tables' order."""
     summaries = []
     for path in sorted((out / folder).glob("*.summary.json")):
         try:
             summaries.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read the run summary {path} ({e}): restore it from git") from None
-    return summaries
+    return sorted((s for s in summaries if s["study"] == study), key=lambda s: (
+        ALL_VARIANTS.index(s["variant"]), s["kappa"], STUDY_SITES.find(s["same_mask"]) if s["same_mask"] else -1,
+        s["seed"]))
 
 
 def archived(out, study, rel="."):
     """Runs kept in ``runs-*/`` (another CPU kind, older code): listed apart, never in the tables."""
     lines = []
     for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
-        runs = sorted((s for s in load_summaries(out, folder) if s["study"] == study), key=sort_key)
+        runs = load_summaries(out, study, folder)
         if runs:
             lines += [""] * bool(lines) + [f"In [{rel}/{folder}/]({rel}/{folder}/), {len(runs)} run"
                                            f"{'s' * (len(runs) > 1)}:", "", *runs_table(runs)]
     return lines
-
-
-def sort_key(s):
-    return (ALL_VARIANTS.index(s["variant"]), s["kappa"], STUDY_SITES.find(s["same_mask"]) if s["same_mask"] else -1,
-            s["seed"])
 
 
 def report_path(out):
@@ -301,7 +299,7 @@ PLOTS = (("curves.png", plot_seeds, "Variants over seeds", "validation perplexit
 
 def report(out, study, command):
     """Every table and plot from the runs' summaries in ``out``: what --report does, and every study at its end."""
-    summaries = sorted((s for s in load_summaries(out) if s["study"] == study), key=sort_key)
+    summaries = load_summaries(out, study)
     if not summaries:
         print(f"No finished runs at scale {study} in {out}/runs: nothing to report")
         return None

@@ -199,7 +199,7 @@ def test_archived_runs_are_listed_apart_and_never_in_the_tables(tmp_path):
     lines = study_report.archived(tmp_path, study, "ablation")  # linked from the report's folder, as STUDY.md is
     assert lines[0] == "In [ablation/runs-xeon/](ablation/runs-xeon/), 1 run:"
     assert "| FD_seed321 | 246.10 | 243.60 |" in lines[-1]
-    assert lines[-1].endswith("| not recorded |") and study_report.load_summaries(tmp_path) == []
+    assert lines[-1].endswith("| not recorded |") and study_report.load_summaries(tmp_path, study) == []
     assert study_report.archived(tmp_path, dict(study, epochs=1)) == []
 
 
