@@ -62,8 +62,7 @@ NAME_RE = re.compile(r"^(?P<variant>[A-Za-z]+)(?:_kappa(?P<kappa>[0-9.e+-]+))?(?
 
 
 def parse_run(name):
-    m = NAME_RE.match(name)
-    if not m:
+    if not (m := NAME_RE.match(name)):
         raise UserError(f"cannot read run name {name!r}: write VARIANT[_kappaK][_sameSITES]_seedN, "
                         f"e.g. FD_seed322, FD_kappa0.5_seed321, FD_samew_seed321")
     try:
@@ -152,11 +151,9 @@ def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False)
         raise UserError(f"the run {name} did not finish (interrupted): rerun the same command to continue it")
     rows = read_metrics(paths["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed", "tokens_per_s"))
     best = min(rows, key=lambda r: r["valid_loss"])
-    blob = load_checkpoint(cfg["save"], "best")
-    model = model_from_checkpoint(blob, torch.device(device))
+    model = model_from_checkpoint(load_checkpoint(cfg["save"], "best"), torch.device(device))
     set_seed(1234)  # the same masks' law for every model; the seed only fixes the draw
-    mvar = mask_variance(model, batchify(Corpus(out / "corpus").valid, 10, torch.device(device)),
-                         blob["config"]["bptt"], 10)
+    mvar = mask_variance(model, batchify(Corpus(out / "corpus").valid, 10, torch.device(device)), cfg["bptt"], 10)
     env = {"command": command, "torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
            "started": started, "date": time.strftime("%Y-%m-%d"), "commit": COMMIT}
     summary = {"name": name, "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
@@ -190,8 +187,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for every run (default: PyTorch's choice)")
     p.add_argument("--retrain", action="store_true", help="retrain and replace runs whose summary no longer matches")
-    p.add_argument("--report", action="store_true",
-                   help="train nothing: rewrite the tables, plots and STUDY.md from the finished runs' summaries")
+    p.add_argument("--report", action="store_true", help="train nothing; rewrite the report (tables, plots, STUDY.md)")
     return p
 
 
