@@ -65,10 +65,8 @@ SETTINGS = (
     Setting("tied", bool, "tie embedding and softmax weights", group="model"),
     Setting("kappa", float, "weight of the penalty between the two passes; 0 keeps FD's two passes and averaged target "
             "(the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative", "regularizer"),
-    Setting("double_target", bool, "average the target loss of both passes (on for FD and RD)", FROM_VARIANT,
-            group="regularizer"),
-    Setting("eval_auxiliary", bool, "run the second pass in eval mode, without dropout (on for ELD)", FROM_VARIANT,
-            group="regularizer"),
+    Setting("double_target", bool, "average both passes' target loss (on for FD, RD)", FROM_VARIANT, "", "regularizer"),
+    Setting("eval_auxiliary", bool, "pass 2 in eval mode, no dropout (on for ELD)", FROM_VARIANT, "", "regularizer"),
     Setting("penalty", str, "the penalty between the passes", FROM_VARIANT, "choice", "regularizer", tuple(PENALTIES),
             flag=False),
     Setting("same_mask", str, "mask sites pass 2 reuses from pass 1", "", "mask_sites", "regularizer", flag=False),
@@ -284,11 +282,7 @@ def _finetune_config(flags, trained):
 
 def with_settings_added_since(cfg):
     """A checkpoint's config with every setting added since, at the value that keeps its meaning."""
-    cfg = dict(cfg)
-    for s in SETTINGS:
-        if s.before is not None:
-            cfg.setdefault(s.name, s.before)
-    return cfg
+    return {**cfg, **{s.name: s.before for s in SETTINGS if s.before is not None and s.name not in cfg}}
 
 
 def outcome(cfg):

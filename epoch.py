@@ -18,12 +18,11 @@ from utils import progress, repackage_hidden
 
 
 class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite."""
+    """The ``which`` loss became NaN or infinite; ``best``: the checkpoint that stays intact, if written yet."""
 
-
-def non_finite(which, value, where, best):
-    kept = f"the best checkpoint {best} is intact" if os.path.exists(best) else "no checkpoint had been saved yet"
-    return NonFiniteLoss(f"the {which} loss became {value} in {where}; {kept}: retry with a lower --lr or --clip")
+    def __init__(self, which, value, where, best):
+        kept = f"the best checkpoint {best} is intact" if os.path.exists(best) else "no checkpoint had been saved yet"
+        super().__init__(f"the {which} loss became {value} in {where}; {kept}: retry with a lower --lr or --clip")
 
 
 @contextmanager
@@ -102,7 +101,7 @@ class EpochState:
     def running_loss(self, cfg, where):
         loss = self.total_ce.item() / max(self.batch, 1)
         if not math.isfinite(loss):
-            raise non_finite("training", loss, where, cfg["save"])
+            raise NonFiniteLoss("training", loss, where, cfg["save"])
         return loss
 
     def summary(self, cfg):

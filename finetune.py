@@ -1,10 +1,8 @@
 """Fine-tune a trained model the way the reference did for the 3-layer setups, without touching it.
 
-Averaged SGD from the first step (t0 = 0, lambda = 0), one pass per batch (no FD term), AR alpha 2
-and TAR beta 1, stopping when the averaged validation loss breaks the non-monotone rule (nonmono 5).
-Batch size, epoch limit and seed follow the reference's fine-tuning row for the checkpoint's preset;
-dropout rates are the checkpoint's (the reference's script in effect kept them too).  The input
-checkpoint is only read; the result goes to --out, evaluated on validation and test at the end.
+Averaged SGD from the first step, one pass per batch, AR 2, TAR 1, stopping by the non-monotone rule (5);
+batch size, epochs and seed from the reference's row for the checkpoint's preset, dropout from the checkpoint
+(as the reference's script in effect did).  The result goes to --out, scored on validation and test.
 
     python finetune.py --save runs/awd-ptb_FD.pt            # writes runs/awd-ptb_FD.finetune.pt
 """

@@ -24,10 +24,9 @@ class Schedule:
     def decide(self, val_loss):
         """The rule's verdict on ``val_loss`` before it is recorded: None, SWITCH, ANNEAL or STOP."""
         c = self.cfg
-        if c["optimizer"] == "asgd-nt" and not self.averaging:
-            return SWITCH if nonmono_triggered(self.val_history, val_loss, c["nonmono"]) else None
-        if c["optimizer"] == "asgd":
-            return STOP if nonmono_triggered(self.val_history, val_loss, c["nonmono"]) else None
+        if c["optimizer"] == "asgd" or (c["optimizer"] == "asgd-nt" and not self.averaging):
+            triggered = nonmono_triggered(self.val_history, val_loss, c["nonmono"])
+            return (STOP if c["optimizer"] == "asgd" else SWITCH) if triggered else None
         if c["optimizer"] == "sgd-anneal" and self.bad_epochs > c["patience"]:
             return STOP if self.lr / c["anneal"] < c["min_lr"] else ANNEAL
         return None

@@ -21,7 +21,7 @@ from runfiles import (Interrupted, RunLock, UserError, atomic_write_json, atomic
                       remove_stale_temp_files, run_paths)
 from scoring import evaluate, ppl
 from data import Corpus, batchify, check_split_sizes, first_lines
-from epoch import averaged_weights, make_optimizer, non_finite, train_epoch
+from epoch import NonFiniteLoss, averaged_weights, make_optimizer, train_epoch
 from fraternal import Regularizer, overlap_blocker
 from model import RNNModel
 from schedule import ANNEAL, STOP, SWITCH, Schedule
@@ -102,7 +102,7 @@ def run_epoch(r, epoch, stop):
     with averaged_weights(r.model, r.optimizer):
         val_loss = r.validate(5 if dry else None, f"validation, epoch {epoch}")
         if not math.isfinite(val_loss):
-            raise non_finite("validation", val_loss, f"epoch {epoch}", r.paths["best"])
+            raise NonFiniteLoss("validation", val_loss, f"epoch {epoch}", r.paths["best"])
         r.still_ours()
         improved = schedule.improves(val_loss)
         if improved:
