@@ -87,9 +87,8 @@ def build_plan(args):
     if study == "full" and given and not args.runs:
         raise UserError(f"--study full has its own variants, seeds and kappas, so --{given[0]} would do nothing: "
                         f"use --study seeds, kappa or masks, or --runs")
-    kappas = KAPPAS if args.kappas is None else args.kappas
-    plan = [parse_run(n) for n in args.runs] if args.runs else plan_of(study, args.model or ALL_VARIANTS, kappas,
-                                                                          args.seeds or [321])
+    plan = ([parse_run(n) for n in args.runs] if args.runs
+            else plan_of(study, args.model or ALL_VARIANTS, args.kappas or KAPPAS, args.seeds or [321]))
     return list({run_name(spec): spec for spec in plan}.values())  # a run in two studies (FD_seed321) runs once
 
 
@@ -136,8 +135,7 @@ def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False)
     path, paths = out / "runs" / f"{name}.summary.json", run_paths(cfg["save"])
     if path.is_file():
         summary = json.loads(path.read_text(encoding="utf-8"))
-        why = summary_mismatch(summary, cfg, study, train_sha)
-        if not why:
+        if not (why := summary_mismatch(summary, cfg, study, train_sha)):
             print(f"Reusing the committed summary of {name}")
             return summary
         if not retrain:

@@ -2,9 +2,8 @@
 
 FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``). Timed is
 ``epoch.train_step`` on main.py's model with random token ids, a preset's configurations in turn on the same batches
-(so outside load weighs on all alike; the minimum is the least disturbed figure). FLOPs: 2 per weight per token of
-every matrix product, times 3 (forward, both gradients), times 2 for a second pass. "of peak": over the best float32
-``torch.mm`` rate at the step's own shapes, timed every round (TF32 where cuDNN may use it): a ceiling, not the peak.
+(outside load weighs on all alike; the minimum is the least disturbed). FLOPs: 2 per weight per token of every matrix
+product, x3 (forward, both gradients), x2 for a second pass. "of peak": over the best ``torch.mm`` rate at its shapes.
 
     python bench.py --out results/bench.json                 # every preset, baseline and FD
     python bench.py --preset single --model baseline FD RD --overlap --eval

@@ -214,7 +214,6 @@ def plot_seeds(summaries, path, title):
 
 
 def plot_kappa(summaries, path, title):
-    """Perplexity and mask variance per kappa: mean and sd over its seeds (one seed: no bar)."""
     groups = kappa_rows(summaries)
     if len(groups) < 2 or (plt := pyplot()) is None:
         return False
