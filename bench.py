@@ -127,10 +127,9 @@ def bench_preset(preset, models, args, device, ceiling_tf32):
                      "flops_per_step": flops, "times_s": run.times, "median_s": med, "min_s": low,
                      "tokens_per_s": T * B / med, "gflops": flops / med / 1e9, "peak_gflops": peak / 1e9,
                      "of_peak": flops / med / peak, "of_peak_min": flops / low / peak, "peak_mem_mb": run.mem,
-                     "x_base": med / statistics.median(base.times) if base and run is not base else None,
-                     "x_base_min": low / min(base.times) if base and run is not base else None,
-                     "x_sequential": med / statistics.median(seq.times) if seq else None,
-                     "x_sequential_min": low / min(seq.times) if seq else None})
+                     **{f"x_{name}{end}": f(run.times) / f(other.times) if other else None  # over the baseline, the sequential step
+                        for name, other in (("base", base if run is not base else None), ("sequential", seq))
+                        for end, f in (("", statistics.median), ("_min", min))}})
     mm = [{"m": m, "k": k, "n": n, "a_t": ta, "b_t": tb, "gflops": 2 * m * k * n / t / 1e9}
           for (m, k, n, ta, tb), t in best.items()]
     return rows, mm, eval_rates(runners[0], preset, vocab, device, 2 if tiny else 5) if args.eval else []

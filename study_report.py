@@ -278,8 +278,7 @@ def archived(out, study, rel="."):
     """Runs kept in ``runs-*/`` (another CPU kind, older code): listed apart, never in the tables."""
     lines = []
     for folder in sorted(p.name for p in out.glob("runs-*") if p.is_dir()):
-        runs = load_summaries(out, study, folder)
-        if runs:
+        if runs := load_summaries(out, study, folder):
             lines += [""] * bool(lines) + [f"In [{rel}/{folder}/]({rel}/{folder}/), {len(runs)} run"
                                            f"{'s' * (len(runs) > 1)}:", "", *runs_table(runs)]
     return lines
