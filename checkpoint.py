@@ -1,6 +1,5 @@
 """Checkpoints: a state_dict plus a plain config dict, loadable with ``weights_only=True`` so they survive
-PyTorch upgrades and are safe to open.  Kinds: ``best`` and ``resume`` (adds optimizer, schedule, RNG states).
-"""
+PyTorch upgrades and are safe to open.  Kinds: ``best`` and ``resume`` (adds optimizer, schedule, RNG states)."""
 import argparse
 import pickle
 import random
@@ -108,7 +107,6 @@ def _malformed(blob):
 
 
 def load_weights(model, blob, what="the checkpoint"):
-    """``model.load_state_dict`` with a one-line error when the weights do not fit the model."""
     try:
         model.load_state_dict(blob["model"])
     except RuntimeError as e:

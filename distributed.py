@@ -180,7 +180,6 @@ def average_stats(stats):
 
 
 def broadcast_model(model):
-    """Rank 0's parameters and buffers on every rank."""
     if not _world:
         return
     with torch.no_grad():
@@ -226,8 +225,7 @@ def merge_position(position):
 
 
 def own_position(position):
-    """This rank's share of a mid-epoch resume point; its own loss sums where as many ranks saved it (exactly the
-    uninterrupted run's), else their mean (equal up to rounding)."""
+    """This rank's share of a mid-epoch resume point: its own loss sums if as many ranks saved it, else their mean."""
     if not _world or position is None:
         return position
     size, me = _world["size"], _world["rank"]

@@ -47,8 +47,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def sidecar(save, what):
     """Files that live next to the best-model checkpoint ``save``: resume, metrics, final."""
     save = Path(save)
-    stem = save.with_suffix("") if save.suffix == ".pt" else save
-    return Path(f"{stem}.{what}")
+    return Path(f"{save.with_suffix('') if save.suffix == '.pt' else save}.{what}")
 
 
 RUN_FILES = {"resume": "resume.pt", "metrics": "metrics.jsonl", "final": "final.json", "lock": "lock"}
@@ -68,7 +67,6 @@ def read_json(path):
 
 
 def file_sha256(path):
-    """SHA-256 of a file's bytes, or None when it is missing or unreadable."""
     try:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
@@ -116,9 +114,7 @@ class RunLock:
     removed when the run ends, so a lock file left belongs to a run in progress (or a killed one)."""
 
     def __init__(self, path, flag="--save"):
-        self.path = Path(path)
-        self.flag = flag  # the entry point's name for the run's path, for the hint
-        self.file = None
+        self.path, self.flag, self.file = Path(path), flag, None  # flag: the entry point's name for the run's path
 
     def __enter__(self):
         try:
@@ -227,12 +223,10 @@ def code_commit():
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=here,
-                              timeout=30)
+                              timeout=30, check=True)
         edited = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py", "*.sh"],
                                 capture_output=True, text=True, cwd=here, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if head.returncode != 0:
+    except (OSError, subprocess.SubprocessError):  # no git, or not a git checkout
         return "unknown"
     return head.stdout.strip() + ("-dirty" if edited.stdout.strip() else "")
 

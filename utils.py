@@ -98,9 +98,8 @@ class PlainProgress:
 
 
 class DeferredInterrupt:
-    """Until ``restore()``, Ctrl-C prints ``message`` (unless ``say=False``: torchrun's other ranks) and sets
-    ``.requested``, so a loop stops where its state can be saved; a second Ctrl-C raises at once.  Only in the
-    main thread over Python's own SIGINT handler (or one marked ``deferrable``, distributed.py's)."""
+    """Until ``restore()``, Ctrl-C sets ``.requested`` (and prints ``message`` unless ``say=False``) so a loop stops
+    where its state can be saved; a second one raises.  Main thread only, over the default or a deferrable handler."""
 
     def __init__(self, message, say=True):
         self.message, self.requested, self.say = message, False, say
