@@ -127,7 +127,7 @@ def bench_preset(preset, models, args, device, ceiling_tf32):
                      "flops_per_step": flops, "times_s": run.times, "median_s": med, "min_s": low,
                      "tokens_per_s": T * B / med, "gflops": flops / med / 1e9, "peak_gflops": peak / 1e9,
                      "of_peak": flops / med / peak, "of_peak_min": flops / low / peak, "peak_mem_mb": run.mem,
-                     **{f"x_{name}{end}": f(run.times) / f(other.times) if other else None  # over the baseline, the sequential step
+                     **{f"x_{name}{end}": f(run.times) / f(other.times) if other else None  # vs baseline, sequential
                         for name, other in (("base", base if run is not base else None), ("sequential", seq))
                         for end, f in (("", statistics.median), ("_min", min))}})
     mm = [{"m": m, "k": k, "n": n, "a_t": ta, "b_t": tb, "gflops": 2 * m * k * n / t / 1e9}
