@@ -28,16 +28,15 @@ class Step:
     upstream: Optional["Step"] = None
 
     def __post_init__(self):
-        self.id, self.dir = f"{self.chain}:{self.stage}", f"{self.chain}/seed{self.seed}"
-        self.kind = STAGES[self.stage]
+        self.id, self.dir, self.kind = f"{self.chain}:{self.stage}", f"{self.chain}/seed{self.seed}", STAGES[self.stage]
 
     def path(self, what):
-        """The step's files, relative to --out: output (the primary one), record, log, or a side file."""
+        """Relative to --out: "output" (the primary file), "record", "log", or a side file."""
         suffix = {"output": "pt" if self.kind.trains else "json", "record": "step.json"}.get(what, what)
         return f"{self.dir}/{self.stage}.{suffix}"
 
     def files(self):
-        """Files a run of this step writes (never its lock): what is in the way of a fresh start."""
+        """What a run of this step writes (never its lock): what is in the way of a fresh start."""
         return [self.path("output")] + ([self.path(s) for s in SIDE_FILES] if self.kind.trains else [])
 
 
@@ -75,8 +74,8 @@ def stage_step(chain, seed, stage, scale, upstream, args):
 
 
 def plan_chains(selected, seeds, scale, default_seed):
-    """One ChainRun per chain and seed, with the steps its selected rows need; ``default_seed(chain)``: the
-    preset's seed, where --seeds names none."""
+    """One ChainRun per chain and seed, with the steps its selected rows need; ``default_seed(chain)`` where --seeds
+    names none."""
     plan = []
     for chain_id in dict.fromkeys(r.chain for r in selected):
         chain, chain_rows = rows.CHAIN[chain_id], [r for r in selected if r.chain == chain_id]
@@ -97,10 +96,7 @@ def redo_set(plan, names):
             raise UserError(f"--redo {name}: no such step in this plan; name CHAIN:STAGE, one of "
                             f"{' '.join(sorted(ids))}")
     chosen = set()
-    for step in (s for run in plan for s in run.steps):
-        up = step
-        while up is not None and up.id not in names and up.chain not in names:
-            up = up.upstream
-        if up is not None:
+    for step in (s for run in plan for s in run.steps):  # each step after its upstream
+        if step.id in names or step.chain in names or step.upstream in chosen:
             chosen.add(step)
     return chosen

@@ -29,7 +29,6 @@ def epoch_rows(path, keys=("epoch", "valid_ppl")):
 
 
 def shown(path):
-    """A path relative to the working folder when inside it."""
     path = Path(path).resolve()
     return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
 
@@ -41,7 +40,7 @@ def run_entry(run, row, out, finished):
     if record is None:
         return None
     upto = {s: finished(steps[s]) or {} for s in lineage(row.stage)}
-    result_file = Path(out) / steps[row.stage].path("final.json" if STAGES[row.stage].trains else "output")
+    result_file = out / steps[row.stage].path("final.json" if STAGES[row.stage].trains else "output")
     return {"seed": run.seed, **record["result"], "result_file": shown(result_file),
             "epochs": {s: r.get("epochs") for s, r in upto.items() if STAGES[s].trains},
             "steps_wall_s": {s: r.get("wall_s") for s, r in upto.items()},
@@ -53,13 +52,13 @@ def row_report(row, runs, out, finished):
     entries, failures = [], []
     for run in runs:
         entry = run_entry(run, row, out, finished)
-        if entry is None and run.failure:
+        if entry is not None:
+            entries.append(entry)
+        elif run.failure:
             failure = dict(run.failure, seed=run.seed)
             if list(STAGES).index(failure["step"]) < list(STAGES).index(row.stage):
                 failure["reason"] = f"not run: its chain's {failure['step']} step failed ({failure['reason']})"
             failures.append(failure)
-        elif entry is not None:
-            entries.append(entry)
     waiting = len(runs) - len(entries) - len(failures)
     (valid, valid_sd), (test, test_sd) = (mean_sd(e[k] for e in entries) for k in ("valid_ppl", "test_ppl"))
     published = {"valid": row.published[0], "test": row.published[1]} if row.published else None
@@ -85,11 +84,14 @@ def side_file_notes(plan, out):
     return notes
 
 
-def build(plan, selected, out, finished, meta, name):
+def write(plan, selected, out, finished, meta, report_dir, plots=False):
+    """NAME.json and NAME.md in ``report_dir``, each written atomically; with ``plots`` the curves first."""
     table = [row_report(row, [r for r in plan if r.chain.id == row.chain], out, finished) for row in selected]
-    partial = any(r["status"] in ("partial", "pending") for r in table)
-    return {**meta, "name": name, "partial": partial, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": table,
-            "side_files": side_file_notes(plan, Path(out))}
+    report = {**meta, "partial": any(r["status"] in ("partial", "pending") for r in table),
+              "written": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": table, "side_files": side_file_notes(plan, out)}
+    images = draw_plots(report, plan, out, report_dir / meta["name"]) if plots else {}
+    atomic_write_json(report, report_dir / f"{meta['name']}.json")
+    atomic_write_text(markdown(report, images), report_dir / f"{meta['name']}.md")
 
 
 def markdown(report, images):
@@ -122,19 +124,11 @@ def markdown(report, images):
     return "\n".join(lines) + "\n"
 
 
-def write(report, plan, out, report_dir, plots=False):
-    """NAME.json and NAME.md in ``report_dir``, each written atomically; with ``plots`` the curves first."""
-    name = report["name"]
-    images = draw_plots(report, plan, out, Path(report_dir) / name) if plots else {}
-    atomic_write_json(report, Path(report_dir) / f"{name}.json")
-    atomic_write_text(markdown(report, images), Path(report_dir) / f"{name}.md")
-
-
 def draw_plots(report, plan, out, folder):
     """A validation curve per seed for each row with a training stage (matplotlib optional)."""
     plt, images = pyplot(), {}
     for r in (r for r in report["rows"] if plt and STAGES[r["stage"]].trains):
-        curves = [(run.seed, epoch_rows(Path(out) / step.path("metrics.jsonl"))) for run in plan for step in run.steps
+        curves = [(run.seed, epoch_rows(out / step.path("metrics.jsonl"))) for run in plan for step in run.steps
                   if run.chain.id == rows.ROW[r["id"]].chain and run.seed in r["seeds"] and step.stage == r["stage"]]
         if not any(metrics for _, metrics in curves):
             continue

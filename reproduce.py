@@ -5,13 +5,11 @@ compared with the published numbers.
     python reproduce.py ptb                        # every 3-layer PTB row (tables: single, ptb, wt2, all)
     python reproduce.py merity-ptb-cache awd-ptb-FD-ft --jobs 2    # rows by id (rows.py, README)
     python reproduce.py single --seeds 1 2 3       # each row per seed: mean and sample std
-    python reproduce.py ptb --scale tiny           # the same chains, tiny model and corpus cut, on a CPU:
-                                                   # TINY_TIME (results/notes/tiny_reproduction.txt)
+    python reproduce.py ptb --scale tiny           # the same chains, tiny model and corpus cut, on a CPU
 
 Each step (main.py, finetune.py, pointer.py, dynamiceval.py) logs under --out/CHAIN/seedS/ and, once it succeeds,
-writes its record (STAGE.step.json: digests, result, commit, date, device): a rerun never runs a recorded step again
-unless asked (--redo), and a failing chain fails alone.  The report, --report_dir/NAME.md and .json, gives each row's
-published and measured numbers with the commit, date and device that computed them.
+writes its record (STAGE.step.json): a rerun never runs a recorded step again unless asked (--redo), and a failing
+chain fails alone.  The report (--report_dir/NAME.md, .json) gives each number with its commit, date and device.
 """
 import argparse
 import shlex
@@ -28,12 +26,10 @@ DEFAULT_OUT = {"full": Path("runs/reproduction"), "tiny": Path("runs/reproductio
 DEFAULT_REPORT = {"full": Path("results/reproduction"), "tiny": Path("runs/reproduction-tiny/report")}
 README_BEGIN = "<!-- rows: written by python reproduce.py --readme from rows.py -->"
 README_END = "<!-- end of rows -->"
-TINY_TIME = "40 s on one core of a shared 2-core AMD EPYC"
 TABLES = f"tables ({', '.join(rows.TABLES)}, all)"
 
 
 def update_readme(path=REPO / "README.md"):
-    """Rewrite README's table of rows (between its markers) from rows.py."""
     head, begin, rest = path.read_text(encoding="utf-8").partition(README_BEGIN)
     if not begin or README_END not in rest:
         raise UserError(f"{path} has no rows markers ({README_BEGIN} ... {README_END}): add them where the table goes")
@@ -42,15 +38,14 @@ def update_readme(path=REPO / "README.md"):
 
 
 def build_parser():
-    doc = __doc__.replace("TINY_TIME", TINY_TIME)
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=doc.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tables", nargs="*", metavar="TABLE", help=f"{TABLES} or row ids: {' '.join(rows.ROW)}")
     p.add_argument("--seeds", nargs="+", type=int, help="run each chain once per seed (default: each preset's seed)")
     p.add_argument("--jobs", type=int, help="chains at once (default: 1 on CPU; one per visible GPU)")
     p.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--scale", choices=list(planning.SCALES), default="full", help=f"full: the published recipes; "
-                   f"tiny: 16 units, 2 epochs, 200 / 30 / 30 lines of each split, on a CPU ({TINY_TIME})")
+    p.add_argument("--scale", choices=list(planning.SCALES), default="full", help="full: the published recipes; tiny: "
+                   "16 units, 2 epochs, 200 / 30 / 30 lines of each split, on a CPU (40 s on one EPYC core)")
     p.add_argument("--data_root", default="data", help="folder holding penn/ and wikitext-2/ (default data)")
     p.add_argument("--out", help="runs, logs and step records (default runs/reproduction, or runs/reproduction-tiny)")
     p.add_argument("--report_dir", help="NAME.md, NAME.json, plots (default results/reproduction; tiny: "
@@ -62,16 +57,18 @@ def build_parser():
     return p
 
 
-def check_folder_scale(folder, scale, marker, flag):
-    """One scale per folder: a tiny run never mixes with (or writes over) a full one."""
-    held = read_json(folder / marker)
+def check_folder(path, scale, flag, dry):
+    """A tiny run never mixes with (or writes over) a full one; an unwritable folder is refused before any step."""
+    held = read_json(path)
     if isinstance(held, dict) and held.get("scale") != scale:
-        raise UserError(f"{folder} holds results at scale {held.get('scale')}; this run is at scale {scale}: "
+        raise UserError(f"{path.parent} holds results at scale {held.get('scale')}; this run is at scale {scale}: "
                         f"choose another {flag}")
+    if not dry:
+        check_output_path(path, flag)
 
 
 def corpora(plan, data_root, out, scale):
-    """Each corpus's folder as the steps read it, and its digest (with the cut, at a small scale)."""
+    """Each corpus's folder as the steps read it, and its digest (with the cut at a small scale)."""
     from data import SPLITS, content_sha256
     folders, digests, cut = {}, {}, planning.SCALES[scale]["cut"]
     for corpus in {run.chain.corpus for run in plan}:
@@ -95,14 +92,13 @@ def main(argv=None):
     if unknown:
         raise UserError(f"{unknown!r} is neither a table ({', '.join(rows.TABLES)}, all) nor a row id: "
                         f"see python reproduce.py --help")
-    if args.jobs is not None and args.jobs <= 0:
-        raise UserError(f"--jobs must be a positive integer, got {args.jobs}")
+    from config import check_flags, train_config
+    check_flags(vars(args), {"jobs": "positive_int"})
     scale = args.scale
     out, report_dir = Path(args.out or DEFAULT_OUT[scale]), Path(args.report_dir or DEFAULT_REPORT[scale])
     name = "+".join(args.tables) + (f"-seeds{'-'.join(map(str, args.seeds))}" if args.seeds else "")
-    check_folder_scale(out, scale, "reproduce.json", "--out")
-    check_folder_scale(report_dir, scale, f"{name}.json", "--report_dir")
-    from config import train_config
+    check_folder(out / "reproduce.json", scale, "--out", args.dry)
+    check_folder(report_dir / f"{name}.json", scale, "--report_dir", args.dry)
     plan = planning.plan_chains(selected, args.seeds, scale, lambda chain: train_config(
         list(planning.SCALES[scale].get("train", ())) + list(chain.train))["seed"])
     from runner import Runner, make_slots
@@ -110,15 +106,12 @@ def main(argv=None):
     runner.check_keys(plan)
     if args.dry:
         return print_plan(plan, runner, scale)
-    check_output_path(out / "reproduce.json", "--out")
-    check_output_path(report_dir / f"{name}.json", "--report_dir")
     slots = make_slots(args.jobs, args.device)
     import torch
     meta = {"command": "python reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "scale": scale, "commit": runner.commit, "torch": torch.__version__,
-            "devices": sorted({s["name"] for s in slots})}
-    written = lambda plots=False: report.write(report.build(plan, selected, runner.out, runner.finished, meta, name),
-                                               plan, runner.out, report_dir, plots)
+            "devices": sorted({s["name"] for s in slots}), "name": name}
+    written = lambda plots=False: report.write(plan, selected, runner.out, runner.finished, meta, report_dir, plots)
     with RunLock(out / "reproduce.lock", "--out"):
         run_plan(plan, runner, slots, args.data_root, scale, written, report_dir / f"{name}.md")
     print(f"Report: {report_dir / name}.md and .json")

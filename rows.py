@@ -1,20 +1,16 @@
-"""The paper's rows, each declared once: its run, the published validation / test perplexity and its source.
-reproduce.py runs them and writes README's table from them (--readme), so commands and numbers have one source.
-A chain is one training run and every step computed from it; rows of a chain share its runs."""
+"""The paper's rows, each declared once (run, published validation / test perplexity, source): reproduce.py runs them
+and writes README's table from them. A chain is one training run and every step computed from it; its rows share it."""
 from collections import namedtuple
 
 TABLES = ("single", "ptb", "wt2")
 # reads: the stage whose checkpoint it reads; trains: it writes a checkpoint, resume point, metrics and final.json.
 Stage = namedtuple("Stage", "tool reads trains")
-# A new evaluation method is one entry here and its rows below: a tool reading the fine-tuned checkpoint
-# (--save) that prints its result as one JSON line (--json).
+# A new evaluation method: one entry here (a tool reading --save, printing one JSON line with --json) and its rows.
 STAGES = {"train": Stage("main.py", None, True), "finetune": Stage("finetune.py", "train", True),
           "pointer": Stage("pointer.py", "finetune", False), "dyneval": Stage("dynamiceval.py", "finetune", False)}
-# corpus: penn or wikitext-2; train: main.py's flags; table: None to run only when named; save: README's --save
-# where main.py's default would clash with another chain's.
+# train: main.py's flags; table: None to run only when named; save: README's --save where the default would clash.
 Chain = namedtuple("Chain", "id corpus train table save", defaults=(None,))
-# stage: the step whose result is the row's number; published: validation and test perplexity (or None);
-# args: the stage tool's own flags (pointer settings).
+# stage: the step whose result is the row's number; published: (valid, test) or None; args: the stage tool's flags.
 Row = namedtuple("Row", "id chain stage what published source args", defaults=((),))
 
 FD = "Zolna et al. 2018 (fraternal dropout)"
@@ -116,19 +112,16 @@ def select(names):
     return [r for r in ROWS if r.id in wanted], None
 
 
-def manual_commands(chain):
-    """The commands a person types for each step of ``chain`` (README), with main.py's default paths."""
-    save = chain.save or f"runs/{chain.train[1]}_{chain.train[3]}.pt"
-    saved = {"train": save, "finetune": save[:-len(".pt")] + ".finetune.pt"}
-    return {"train": "python main.py " + " ".join(chain.train) + (f" --save {save}" if chain.save else ""),
-            **{name: f"python {s.tool} --save {saved[s.reads]}" for name, s in STAGES.items() if s.reads}}
-
-
 def readme_table():
-    """README's table of rows: one line per row, its own step's command."""
+    """README's table of rows: each row's own step as a person types it, with main.py's default paths."""
     lines = ["| row | run | command | published valid / test ppl | source |", "|---|---|---|---|---|"]
     for row in ROWS:
-        command = manual_commands(CHAIN[row.chain])[row.stage] + "".join(f" {a}" for a in row.args)
+        chain, stage = CHAIN[row.chain], STAGES[row.stage]
+        save = chain.save or f"runs/{chain.train[1]}_{chain.train[3]}.pt"
+        read = save if stage.reads == "train" else save[:-len(".pt")] + ".finetune.pt"
+        command = (f"python {stage.tool} --save {read}" if stage.reads else
+                   "python main.py " + " ".join(chain.train) + (f" --save {save}" if chain.save else ""))
         published = f"{row.published[0]} / {row.published[1]}" if row.published else "-"
-        lines.append(f"| `{row.id}` | {row.what} | `{command}` | {published} | {row.source} |")
+        lines.append(f"| `{row.id}` | {row.what} | `{command}{''.join(f' {a}' for a in row.args)}` | {published} | "
+                     f"{row.source} |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,6 @@
 """Running the plan: a process per step, chains on slots, signals passed on, and each step's record.
-
-A step is done when its record (CHAIN/seedS/STAGE.step.json) is completed and its output still matches the record's
-digest; resume points, metrics and final.json never decide.  Outputs are replaced only on --redo, never deleted."""
+A step is done when its record (CHAIN/seedS/STAGE.step.json) is complete and its output matches the record's digest;
+resume points, metrics and final.json never decide.  Outputs are replaced only on --redo, never deleted."""
 import json
 import math
 import os
@@ -30,10 +29,9 @@ def last_line(path, offset=0):
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             f.seek(offset)
-            lines = [line for line in f.read().splitlines() if line.strip()]
+            return next((line for line in reversed(f.read().splitlines()) if line.strip()), "")
     except OSError:
         return ""
-    return lines[-1] if lines else ""
 
 
 def now():
@@ -45,15 +43,11 @@ class Runner:
         self.out, self.data, self.digests, self.redo = Path(out).resolve(), data, digests, set(redo)
         self.commit, self.keys, self.shas = code_commit(), {}, {}
 
-    def file(self, step, what):
-        return self.out / step.path(what)
-
     def record(self, step):
-        return read_json(self.file(step, "record"))
+        return read_json(self.out / step.path("record"))
 
     def sha(self, path):
-        """A file's digest, hashed once per version (size, mtime): the report asks for every step's after every
-        chain, and a full-scale checkpoint is hundreds of MB."""
+        """Hashed once per version (size, mtime): the report asks after every chain, and checkpoints are large."""
         try:
             st = os.stat(path)
         except OSError:
@@ -67,7 +61,7 @@ class Runner:
         return [a.replace("{out}", str(self.out)).replace("{data}", str(self.data[step.corpus])) for a in step.template]
 
     def epochs(self, step):
-        return epoch_rows(self.file(step, "metrics.jsonl"), ("epoch", "valid_ppl", "elapsed"))
+        return epoch_rows(self.out / step.path("metrics.jsonl"), ("epoch", "valid_ppl", "elapsed"))
 
     def key(self, step):
         if step not in self.keys:
@@ -82,18 +76,17 @@ class Runner:
         """A recorded step whose key differs from the plan's is refused before anything runs."""
         from config import outcome
         which = {"command": "command", "config": "resolved configuration (a preset changed?)", "data": "corpus"}
-        for run in plan:
-            for step in run.steps:
-                old = self.record(step)
-                if not isinstance(old, dict) or step in self.redo:
-                    continue
-                old, new = dict(old.get("key", {})), self.key(step)
-                if isinstance(old.get("config"), dict):  # recorded by an older checkout: compare what it computes
-                    old["config"] = outcome(old["config"])
-                what = next((which[k] for k in which if old.get(k) != new.get(k)), None)
-                if what:
-                    raise UserError(f"{run.label}: the {step.stage} step in {self.out / step.dir} ran with another "
-                                    f"{what}: pass --redo {step.id} to discard it, or choose another --out")
+        for step in (s for run in plan for s in run.steps if s not in self.redo):
+            old = self.record(step)
+            if not isinstance(old, dict):
+                continue
+            old, new = dict(old.get("key", {})), self.key(step)
+            if isinstance(old.get("config"), dict):  # recorded by an older checkout: compare what it computes
+                old["config"] = outcome(old["config"])
+            what = next((which[k] for k in which if old.get(k) != new.get(k)), None)
+            if what:
+                raise UserError(f"{step.chain} seed {step.seed}: the {step.stage} step in {self.out / step.dir} ran "
+                                f"with another {what}: pass --redo {step.id} to discard it, or choose another --out")
 
     def inputs(self, step):
         """The upstream outputs' digests (None while the upstream has no completed record)."""
@@ -124,7 +117,7 @@ class Runner:
     def resumable(self, step):
         from checkpoint import load_checkpoint
         try:
-            return step.kind.trains and bool(load_checkpoint(self.file(step, "resume.pt"), "resume"))
+            return step.kind.trains and bool(load_checkpoint(self.out / step.path("resume.pt"), "resume"))
         except UserError:
             return False
 
@@ -133,37 +126,31 @@ class Runner:
         return self.record(step) if self.state(step)[0] == "done" else None
 
     def fail(self, run, step, reason, rc=None):
-        log = self.file(step, "log")
+        log = self.out / step.path("log")
         run.status, run.proc = "failed", None
         run.failure = {"step": step.stage, "reason": reason, "rc": rc, "log": str(log),
                        "last_line": last_line(log)[:200] if rc is not None else ""}
 
     def launch(self, run, slot):
-        """Start the chain's next step that is not done; False when none is left or the chain failed."""
-        if run.status == "failed":
-            return False
-        while run.current < len(run.steps):
+        """Start the chain's next step that is not done, or mark the chain done."""
+        while run.status != "failed" and run.current < len(run.steps):
             step = run.steps[run.current]
             try:
                 state, detail = self.state(step)
-                if state == "done":
-                    run.current += 1
-                    continue
                 if state == "refused":
-                    self.fail(run, step, detail)
-                    return False
-                self.start(run, step, state, detail, slot)
-                return True
+                    return self.fail(run, step, detail)
+                if state != "done":
+                    return self.start(run, step, state, detail, slot)
             except (UserError, OSError) as e:  # a launch that cannot start fails its own chain only
-                self.fail(run, step, f"could not start: {e}")
-                return False
-        run.status = "done"
-        return False
+                return self.fail(run, step, f"could not start: {e}")
+            run.current += 1
+        if run.status != "failed":
+            run.status = "done"
 
     def start(self, run, step, state, detail, slot):
         argv = self.argv(step)
         if state == "resume":
-            argv = [argv[0], "--resume", str(self.file(step, "resume.pt"))]
+            argv = [argv[0], "--resume", str(self.out / step.path("resume.pt"))]
         elif state == "redo" and detail and step.kind.trains:
             argv.append("--overwrite")  # asked for: the step's earlier files go once the new run can start
         argv += ["--device", slot["device"]]
@@ -171,8 +158,8 @@ class Runner:
         record = self.record(step) if state == "resume" else {"key": self.key(step), "inputs": self.inputs(step),
                                                               "attempts": []}
         record["attempts"].append({"command": argv, "device": slot["name"], "started": now(), "t0": time.time()})
-        atomic_write_json(record, self.file(step, "record"))
-        with open(self.file(step, "log"), "a", encoding="utf-8") as log:
+        atomic_write_json(record, self.out / step.path("record"))
+        with open(self.out / step.path("log"), "a", encoding="utf-8") as log:
             log.write(f"=== {now()} python {' '.join(argv)}\n")
             run.offset = log.tell()
             run.proc = subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -184,41 +171,42 @@ class Runner:
         """The running step ended: complete its record if it gave a finite result, else fail the chain."""
         step, rc = run.steps[run.current], run.proc.returncode
         record, wall = self.attempt_ended(run)
-        line, result, reason = last_line(self.file(step, "log"), run.offset), None, f"exit code {rc}"
+        line, result, reason = last_line(self.out / step.path("log"), run.offset), None, f"exit code {rc}"
         if rc == 0:
             try:
-                found = read_json(self.file(step, "final.json")) if step.kind.trains else json.loads(line)
+                found = read_json(self.out / step.path("final.json")) if step.kind.trains else json.loads(line)
                 result = finite_result(found)
                 reason = None if result else f"a result that is not a finite perplexity: {line[:120]}"
             except ValueError:
                 reason = "exit code 0 but no JSON result on its last line"
         if reason:
             return self.fail(run, step, reason, rc)
+        output, epochs = self.out / step.path("output"), self.epochs(step)
         if not step.kind.trains:
-            atomic_write_json(found, self.file(step, "output"))
-        output, epochs = self.file(step, "output"), self.epochs(step)
+            atomic_write_json(found, output)
         record.update(outputs={output.name: self.sha(output)}, result=result, commit=self.commit, date=now(),
                       machine=platform.node(), device=run.slot["name"], epochs=len(epochs) or None,
                       wall_s=epochs[-1]["elapsed"] if epochs else wall)  # training's own clock, across resumes
-        atomic_write_json(record, self.file(step, "record"))
+        atomic_write_json(record, self.out / step.path("record"))
         run.current, run.proc, run.status = run.current + 1, None, "pending"
 
     def attempt_ended(self, run):
         step, wall = run.steps[run.current], round(time.time() - run.started, 3)
         record = self.record(step)
         record["attempts"][-1].update(rc=run.proc.returncode, wall_s=wall)
-        atomic_write_json(record, self.file(step, "record"))
+        atomic_write_json(record, self.out / step.path("record"))
         return record, wall
 
     def execute(self, plan, slots, on_chain_end, poll=0.2):
         """Run the chains, at most one per slot (a chain keeps its slot), until each is done or failed."""
-        queue, free, running, shown = [r for r in plan if r.status == "pending"], list(range(len(slots))), {}, {}
+        queue, free, running = [r for r in plan if r.status == "pending"], list(range(len(slots))), {}
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
             while queue or running:
                 while queue and free:
                     run, k = queue.pop(0), free.pop(0)
-                    if self.launch(run, slots[k]):
+                    self.launch(run, slots[k])
+                    if run.status == "running":
                         running[k] = run
                         print(f"{run.label}: {run.steps[run.current].stage} started on {slots[k]['name']}", flush=True)
                         continue
@@ -227,7 +215,7 @@ class Runner:
                     on_chain_end()
                 for k, run in list(running.items()):
                     if run.proc.poll() is None:
-                        shown[k] = self.progress(run, shown.get(k))
+                        self.progress(run)
                         continue
                     self.finish(run)
                     del running[k]
@@ -243,7 +231,7 @@ class Runner:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def progress(self, run, shown):
+    def progress(self, run):
         """Print, when it changed: chain, step, epoch (of its limit), last validation perplexity, ETA at the limit."""
         step = run.steps[run.current]
         text, epochs = f"{run.label} | {step.stage}", self.epochs(step)
@@ -253,9 +241,9 @@ class Runner:
             text += f" | epoch {last['epoch']}{f'/{limit}' if limit else ''} | valid ppl {last['valid_ppl']:.2f}"
             if limit and last["epoch"] > 0:
                 text += f" | ETA at most {seconds((limit - last['epoch']) * last['elapsed'] / last['epoch'])}"
-        if text != shown:
+        if text != getattr(run, "shown", None):
             print(text, flush=True)
-        return text
+            run.shown = text
 
 
 def default_sigint():
@@ -283,8 +271,7 @@ def stop(procs):
 
 
 def make_slots(jobs, device):
-    """Where chains run: CPU slots share the cores; GPU slots spread over the visible devices (one per device by
-    default: no peak memory of concurrent chains has been measured)."""
+    """CPU slots share the cores; one GPU slot per visible device by default (concurrent chains' memory unmeasured)."""
     import torch
     from utils import get_device
     if get_device(device).type == "cpu":
