@@ -13,8 +13,7 @@ SIDE_FILES = ("resume.pt", "metrics.jsonl", "final.json")  # re-derivable or not
 SCALES = {"full": dict(cut=None),
           "tiny": dict(train=("--emsize", "16", "--nhid", "16", "--epochs", "2", "--batch_size", "4", "--bptt", "10"),
                        finetune=("--epochs", "1", "--batch_size", "4"), pointer=("--bptt", "1000"), cut=(200, 30, 30))}
-# Training batches of the whole corpus, from which dynamiceval.DEFAULTS derives its settings (a cut's
-# vocabulary cannot select them): computed as there, so the floats are the same.
+# Whole-corpus training batches, from which dynamiceval.DEFAULTS derives its settings (a cut cannot): same floats.
 DYNEVAL_BATCHES = {"penn": 1859, "wikitext-2": 4177}
 
 
@@ -46,8 +45,8 @@ class ChainRun:
     seed: int
     steps: list
     rows: list
-    status: str = "pending"  # pending, running, done, failed
     failure: dict = None
+    proc: object = None  # the running step's process
     current: int = 0
 
     @property
@@ -74,8 +73,7 @@ def stage_step(chain, seed, stage, scale, upstream, args):
 
 
 def plan_chains(selected, seeds, scale, default_seed):
-    """One ChainRun per chain and seed, with the steps its selected rows need; ``default_seed(chain)`` where --seeds
-    names none."""
+    """One ChainRun per chain and seed with the steps its rows need; default_seed(chain) where --seeds names none."""
     plan = []
     for chain_id in dict.fromkeys(r.chain for r in selected):
         chain, chain_rows = rows.CHAIN[chain_id], [r for r in selected if r.chain == chain_id]

@@ -146,8 +146,7 @@ def draw_plots(report, plan, out, folder):
 
 
 def expected_hours(plan, folder):
-    """GPU hours of the plan's steps not yet done, from GPU runs in the reports in ``folder``; None with what is
-    unmeasured when a step has no such measurement."""
+    """GPU hours of the plan's steps not done, from GPU runs in ``folder``'s reports; (None, the steps unmeasured)."""
     measured = {}
     for path in sorted(Path(folder).glob("*.json")):
         for r in (read_json(path) or {}).get("rows", []):

@@ -94,7 +94,7 @@ def main(argv=None):
                         f"see python reproduce.py --help")
     from config import check_flags, train_config
     check_flags(vars(args), {"jobs": "positive_int"})
-    scale = args.scale
+    scale, cut = args.scale, planning.SCALES[args.scale]["cut"]
     out, report_dir = Path(args.out or DEFAULT_OUT[scale]), Path(args.report_dir or DEFAULT_REPORT[scale])
     name = "+".join(args.tables) + (f"-seeds{'-'.join(map(str, args.seeds))}" if args.seeds else "")
     check_folder(out / "reproduce.json", scale, "--out", args.dry)
@@ -108,34 +108,29 @@ def main(argv=None):
         return print_plan(plan, runner, scale)
     slots = make_slots(args.jobs, args.device)
     import torch
+    from data import SPLITS, write_corpus_cut
     meta = {"command": "python reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "scale": scale, "commit": runner.commit, "torch": torch.__version__,
             "devices": sorted({s["name"] for s in slots}), "name": name}
     written = lambda plots=False: report.write(plan, selected, runner.out, runner.finished, meta, report_dir, plots)
     with RunLock(out / "reproduce.lock", "--out"):
-        run_plan(plan, runner, slots, args.data_root, scale, written, report_dir / f"{name}.md")
+        atomic_write_json({"scale": scale}, runner.out / "reproduce.json")
+        for corpus, folder in runner.data.items() if cut else ():
+            write_corpus_cut(Path(args.data_root) / corpus, folder, dict(zip(SPLITS, cut)))
+        print(f"{len(plan)} chains on {len(slots)} slot(s) ({', '.join(meta['devices'])}); "
+              f"logs in {runner.out}/CHAIN/seedS/")
+        try:
+            runner.execute(plan, slots, written)
+        except KeyboardInterrupt:
+            written()
+            raise Interrupted(f"rerun the same command to continue (partial report: {report_dir / name}.md)") from None
+        written(plots=True)
     print(f"Report: {report_dir / name}.md and .json")
     failed = [run.summary() for run in plan if run.failure]
     if failed:
         print(*failed, sep="\n", file=sys.stderr)
         sys.exit(1)
     return read_json(report_dir / f"{name}.json")
-
-
-def run_plan(plan, runner, slots, data_root, scale, written, partial):
-    from data import SPLITS, write_corpus_cut
-    atomic_write_json({"scale": scale}, runner.out / "reproduce.json")
-    for corpus, folder in runner.data.items():
-        if planning.SCALES[scale]["cut"]:
-            write_corpus_cut(Path(data_root) / corpus, folder, dict(zip(SPLITS, planning.SCALES[scale]["cut"])))
-    print(f"{len(plan)} chains on {len(slots)} slot(s) ({', '.join(sorted({s['name'] for s in slots}))}); "
-          f"logs in {runner.out}/CHAIN/seedS/")
-    try:
-        runner.execute(plan, slots, written)
-    except KeyboardInterrupt:
-        written()
-        raise Interrupted(f"rerun the same command to continue (partial report in {partial})") from None
-    written(plots=True)
 
 
 def print_plan(plan, runner, scale):
@@ -151,7 +146,6 @@ def print_plan(plan, runner, scale):
     print(f"\nExpected GPU hours: {hours:.1f} (steps measured on a GPU in results/reproduction)" if hours is not None
           else f"\nExpected GPU hours: unmeasured (no GPU measurement in results/reproduction of "
                f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})")
-    return plan
 
 
 if __name__ == "__main__":

@@ -98,8 +98,7 @@ def lineage(stage):
 
 
 def select(names):
-    """(rows, None) for tables (single, ptb, wt2, all) and row ids in registry order, else (None, the unknown name).
-    A row id brings the rows of the steps its number is computed from: they cost nothing more."""
+    """(rows in registry order, None), else (None, the unknown name); a row id brings its upstream rows (no cost)."""
     wanted = set()
     for name in names:
         if name == "all" or name in TABLES:

@@ -1,6 +1,5 @@
-"""Running the plan: a process per step, chains on slots, signals passed on, and each step's record.
-A step is done when its record (CHAIN/seedS/STAGE.step.json) is complete and its output matches the record's digest;
-resume points, metrics and final.json never decide.  Outputs are replaced only on --redo, never deleted."""
+"""Running the plan: a process per step, chains on slots, signals passed on. A step is done when its record
+(STAGE.step.json) is complete and its output matches the record's digest; outputs are replaced only on --redo."""
 import json
 import math
 import os
@@ -127,13 +126,13 @@ class Runner:
 
     def fail(self, run, step, reason, rc=None):
         log = self.out / step.path("log")
-        run.status, run.proc = "failed", None
+        run.proc = None
         run.failure = {"step": step.stage, "reason": reason, "rc": rc, "log": str(log),
                        "last_line": last_line(log)[:200] if rc is not None else ""}
 
     def launch(self, run, slot):
-        """Start the chain's next step that is not done, or mark the chain done."""
-        while run.status != "failed" and run.current < len(run.steps):
+        """Start the chain's next step that is not done, if any and the chain has not failed."""
+        while run.failure is None and run.current < len(run.steps):
             step = run.steps[run.current]
             try:
                 state, detail = self.state(step)
@@ -144,8 +143,6 @@ class Runner:
             except (UserError, OSError) as e:  # a launch that cannot start fails its own chain only
                 return self.fail(run, step, f"could not start: {e}")
             run.current += 1
-        if run.status != "failed":
-            run.status = "done"
 
     def start(self, run, step, state, detail, slot):
         argv = self.argv(step)
@@ -165,7 +162,7 @@ class Runner:
             run.proc = subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **slot["env"]},
                                         preexec_fn=default_sigint)
-        run.started, run.status, run.slot = time.time(), "running", slot
+        run.started, run.slot = time.time(), slot
 
     def finish(self, run):
         """The running step ended: complete its record if it gave a finite result, else fail the chain."""
@@ -188,7 +185,7 @@ class Runner:
                       machine=platform.node(), device=run.slot["name"], epochs=len(epochs) or None,
                       wall_s=epochs[-1]["elapsed"] if epochs else wall)  # training's own clock, across resumes
         atomic_write_json(record, self.out / step.path("record"))
-        run.current, run.proc, run.status = run.current + 1, None, "pending"
+        run.current, run.proc = run.current + 1, None
 
     def attempt_ended(self, run):
         step, wall = run.steps[run.current], round(time.time() - run.started, 3)
@@ -199,14 +196,14 @@ class Runner:
 
     def execute(self, plan, slots, on_chain_end, poll=0.2):
         """Run the chains, at most one per slot (a chain keeps its slot), until each is done or failed."""
-        queue, free, running = [r for r in plan if r.status == "pending"], list(range(len(slots))), {}
+        queue, free, running = list(plan), list(range(len(slots))), {}
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
             while queue or running:
                 while queue and free:
                     run, k = queue.pop(0), free.pop(0)
                     self.launch(run, slots[k])
-                    if run.status == "running":
+                    if run.proc is not None:
                         running[k] = run
                         print(f"{run.label}: {run.steps[run.current].stage} started on {slots[k]['name']}", flush=True)
                         continue
@@ -258,8 +255,7 @@ def terminate(signum, frame):
 
 
 def stop(procs):
-    """Stop the steps at their batch end, writing their resume points: a SIGTERM is passed on as SIGINT (a terminal's
-    Ctrl-C reached them already, and a second one would stop them before that write)."""
+    """Let the steps write their resume points: SIGTERM goes on as SIGINT (Ctrl-C reached them; a second cuts it)."""
     for proc in procs:
         if TERMINATED and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
