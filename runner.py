@@ -125,8 +125,7 @@ class Runner:
         return self.record(step) if self.state(step)[0] == "done" else None
 
     def fail(self, run, step, reason, rc=None):
-        log = self.out / step.path("log")
-        run.proc = None
+        log, run.proc = self.out / step.path("log"), None
         run.failure = {"step": step.stage, "reason": reason, "rc": rc, "log": str(log),
                        "last_line": last_line(log)[:200] if rc is not None else ""}
 
