@@ -50,20 +50,18 @@ PLAIN_EVERY = 60.0  # seconds between progress lines when stderr is not a termin
 def progress(iterable=None, total=None, desc="", unit="batch", enabled=True):
     """A tqdm bar on a terminal; elsewhere (a log file, CI) a plain line every PLAIN_EVERY seconds, since a bar's
     carriage returns make one endless line in a file.  ``enabled=False`` (ranks other than 0): nothing."""
-    if enabled and sys.stderr.isatty():
-        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-    if enabled:
+    if enabled and not sys.stderr.isatty():
         return PlainProgress(iterable, total, desc, unit)
-    return tqdm(iterable, total=total, disable=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=not enabled)
 
 
-class PlainProgress:
-    """tqdm's interface (iterate, ``update``, ``set_postfix``, ``close``) printing plain lines to stderr."""
+class PlainProgress(tqdm):
+    """A tqdm that draws no bar but prints plain lines to stderr."""
 
     def __init__(self, iterable, total, desc, unit):
-        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        self.n, self.postfix = 0, ""
-        self.start = self.last = time.time()
+        super().__init__(iterable, total=total, disable=True)
+        self.desc, self.unit, self.postfix, self.last = desc, unit, "", 0.0  # last: seconds in at the last line
+        self.start = time.time()
 
     def __iter__(self):
         for item in self.iterable:
@@ -72,29 +70,20 @@ class PlainProgress:
 
     def update(self, n=1):
         self.n += n
-        now = time.time()
-        if now - self.last >= PLAIN_EVERY:
-            self.last = now
-            print(self.line(now), file=sys.stderr, flush=True)
-
-    def line(self, now):
-        elapsed = now - self.start
-        done = f"{self.n} {self.unit}"
+        elapsed = time.time() - self.start
+        if elapsed - self.last < PLAIN_EVERY:
+            return
+        self.last, done = elapsed, f"{self.n} {self.unit}"
         if self.total:  # variable BPTT may take more batches than the estimate: never "21/20"
             total = max(self.total, self.n)
             done = f"{self.n}/{total} {self.unit} ({100 * self.n // total}%)"
             if self.n < total:
                 done += f", ETA {tqdm.format_interval(elapsed * (total - self.n) / self.n)}"
-        return f"{self.desc}: {done}, {tqdm.format_interval(elapsed)} elapsed{self.postfix}"
+        print(f"{self.desc}: {done}, {tqdm.format_interval(elapsed)} elapsed{self.postfix}", file=sys.stderr,
+              flush=True)
 
     def set_postfix(self, **values):
         self.postfix = "".join(f", {k} {v}" for k, v in values.items())
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 class DeferredInterrupt:
