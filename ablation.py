@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, schedule_finished
-from config import VARIANTS, build_config, check_flags, default_kappa, outcome, train_config
-from config import with_settings_added_since
+from config import VARIANTS, build_config, check_flags, default_kappa, outcome, train_config, with_settings_added_since
 from data import SPLITS, Corpus, batchify, write_corpus_cut
 from mc_dropout import mask_variance
 from results import mean_sd, read_metrics
@@ -36,25 +35,18 @@ from study_report import (ALL_VARIANTS, DEFAULT_OUT, FULL_SEEDS, KAPPAS, OTHER_S
 from trainer import run
 from utils import get_device, set_seed
 
-COMMIT = "unknown"
-
 
 def make_spec(variant, seed, kappa=None, same=""):
-    """A run: variant, seed, kappa (None: the variant's default) and shared mask sites."""
+    """A run, named by what it changes: variant, seed, kappa (None: the variant's default) and shared mask sites."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
     if bad := set(same) - set(STUDY_SITES):
         raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {STUDY_SITES} ({SITE_NAMES})")
     if kappa is not None and float(kappa) == default_kappa("single", variant):
         kappa = None  # the default-kappa run has one name, so a sweep reuses it
-    return {"variant": variant, "seed": int(seed), "kappa": None if kappa is None else float(kappa),
-            "same": "".join(s for s in STUDY_SITES if s in same)}
-
-
-def run_name(spec):
-    kappa, same = spec["kappa"], spec["same"]
-    return (f"{spec['variant']}{'' if kappa is None else f'_kappa{kappa:g}'}{same and f'_same{same}'}"
-            f"_seed{spec['seed']}")
+    kappa, same = None if kappa is None else float(kappa), "".join(s for s in STUDY_SITES if s in same)
+    return {"name": f"{variant}{'' if kappa is None else f'_kappa{kappa:g}'}{same and f'_same{same}'}_seed{int(seed)}",
+            "variant": variant, "seed": int(seed), "kappa": kappa, "same": same}
 
 
 NAME_RE = re.compile(r"^(?P<variant>[A-Za-z]+)(?:_kappa(?P<kappa>[0-9.e+-]+))?(?:_same(?P<same>[a-z]+))?"
@@ -89,7 +81,7 @@ def build_plan(args):
                         f"use --study seeds, kappa or masks, or --runs")
     plan = ([parse_run(n) for n in args.runs] if args.runs
             else plan_of(study, args.model or ALL_VARIANTS, args.kappas or KAPPAS, args.seeds or [321]))
-    return list({run_name(spec): spec for spec in plan}.values())  # a run in two studies (FD_seed321) runs once
+    return list({spec["name"]: spec for spec in plan}.values())  # a run in two studies (FD_seed321) runs once
 
 
 def run_config(spec, study, corpus_dir, save, device):
@@ -128,9 +120,9 @@ def summary_mismatch(summary, cfg, study, train_sha):
     return f"its configuration differs in {', '.join(keys)}" if keys else ""
 
 
-def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False):
+def run_one(spec, study, out, train_sha, ntrain, device, command, commit, retrain=False):
     """The run's committed summary when it matches, else train and write it (a stale one only with ``retrain``)."""
-    name = run_name(spec)
+    name = spec["name"]
     cfg = run_config(spec, study, out / "corpus", out / "runs" / f"{name}.pt", device)
     path, paths = out / "runs" / f"{name}.summary.json", run_paths(cfg["save"])
     if path.is_file():
@@ -153,7 +145,7 @@ def run_one(spec, study, out, train_sha, ntrain, device, command, retrain=False)
     set_seed(1234)  # the same masks' law for every model; the seed only fixes the draw
     mvar = mask_variance(model, batchify(Corpus(out / "corpus").valid, 10, torch.device(device)), cfg["bptt"], 10)
     env = {"command": command, "torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-           "started": started, "date": time.strftime("%Y-%m-%d"), "commit": COMMIT}
+           "started": started, "date": time.strftime("%Y-%m-%d"), "commit": commit}
     summary = {"name": name, "variant": spec["variant"], "seed": spec["seed"], "kappa": cfg["kappa"],
                "same_mask": cfg["same_mask"], "best_valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"],
                "test_ppl": final["test_ppl"], "valid_ppl": final["valid_ppl"], "epochs": len(rows),
@@ -190,8 +182,7 @@ def build_parser():
 
 
 def main(argv=None):
-    global COMMIT
-    COMMIT = code_commit()  # read once, at start: the code this process imported
+    commit = code_commit()  # read once, at start: the code this process imported
     args = build_parser().parse_args(argv)
     command = shlex.join(["python", *(sys.argv if argv is None else ["ablation.py", *argv])])
     study = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in SCALES[args.scale].items()}
@@ -216,16 +207,16 @@ def main(argv=None):
         atomic_write_json({"study": study}, claim)
     device = str(get_device(args.device))
     src = Path(args.data)
-    for split in SPLITS:
-        if not (src / f"{split}.txt").is_file():
-            raise UserError(f"no corpus at {src} ({split}.txt missing): run ./getdata.sh or pass --data DIR")
+    if split := next((s for s in SPLITS if not (src / f"{s}.txt").is_file()), None):
+        raise UserError(f"no corpus at {src} ({split}.txt missing): run ./getdata.sh or pass --data DIR")
     lines = len((src / "train.txt").read_text(encoding="utf-8").splitlines())  # cut to its first train_fraction
     texts = write_corpus_cut(src, out / "corpus", {"train": max(1, round(lines * study["train_fraction"]))})
     train_sha = hashlib.sha256(texts["train"].encode("utf-8")).hexdigest()  # what a reused summary must share
     ntrain = Corpus(out / "corpus").train.numel()
-    print(f"{len(plan)} runs: {' '.join(run_name(s) for s in plan)}")
+    print(f"{len(plan)} runs: {' '.join(s['name'] for s in plan)}")
     try:
-        summaries = [run_one(spec, study, out, train_sha, ntrain, device, command, args.retrain) for spec in plan]
+        summaries = [run_one(spec, study, out, train_sha, ntrain, device, command, commit, args.retrain)
+                     for spec in plan]
         report(out, study, command)
     finally:
         if temporary:  # a tiny study keeps its report, not its checkpoints or corpus cut

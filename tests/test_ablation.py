@@ -95,7 +95,7 @@ def test_tiny_scale_defaults_to_a_temporary_folder_and_never_touches_results(tin
 def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
     study = ablation.SCALES["tiny"]
     plan = ablation.build_plan(ablation.build_parser().parse_args(["--study", "kappa"]))
-    names = [ablation.run_name(s) for s in plan]
+    names = [s["name"] for s in plan]
     # kappa 0.15 is FD's default: the sweep's point is the plain FD run, reused, not rerun
     assert names == ["FD_kappa0_seed321", "FD_kappa0.05_seed321", "FD_seed321", "FD_kappa0.5_seed321",
                      "FD_kappa1.5_seed321"]
@@ -103,20 +103,20 @@ def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
     assert [c["kappa"] for c in cfgs] == [0.0, 0.05, 0.15, 0.5, 1.5]
     assert all(c["double_target"] and c["model"] == "FD" and c["same_mask"] == "" for c in cfgs)
     plan = ablation.build_plan(ablation.build_parser().parse_args(["--study", "masks", "--seeds", "7"]))
-    assert [ablation.run_name(s) for s in plan] == ["FD_seed7", "FD_samee_seed7", "FD_samei_seed7",
-                                                   "FD_samew_seed7", "FD_sameo_seed7"]
+    assert [s["name"] for s in plan] == ["FD_seed7", "FD_samee_seed7", "FD_samei_seed7",
+                                            "FD_samew_seed7", "FD_sameo_seed7"]
     cfgs = [ablation.run_config(s, study, tmp_path, tmp_path / "x.pt", "cpu") for s in plan]
     assert [c["same_mask"] for c in cfgs] == ["", "e", "i", "w", "o"]
     assert all(c["kappa"] == 0.15 and c["seed"] == 7 for c in cfgs)
     for name in ("FD_kappa0.5_samew_seed3", "baseline_seed324", "RD_seed1"):
-        assert ablation.run_name(ablation.parse_run(name)) == name
-    assert ablation.run_name(ablation.parse_run("FD_kappa0.15_seed321")) == "FD_seed321"
-    full = [ablation.run_name(s) for s in ablation.build_plan(ablation.build_parser().parse_args([]))]
+        assert ablation.parse_run(name)["name"] == name
+    assert ablation.parse_run("FD_kappa0.15_seed321")["name"] == "FD_seed321"
+    full = [s["name"] for s in ablation.build_plan(ablation.build_parser().parse_args([]))]
     assert len(full) == len(set(full)) == 25 and full[:4] == ["baseline_seed321", "FD_seed321",
                                                              "baseline_seed322", "FD_seed322"]
     # --seeds alone means the seeds study (every variant), as before the other studies existed
     plan = ablation.build_plan(ablation.build_parser().parse_args(["--seeds", "5"]))
-    assert [ablation.run_name(s) for s in plan] == [f"{v}_seed5" for v in ("baseline", "FD", "ELD", "PM", "RD")]
+    assert [s["name"] for s in plan] == [f"{v}_seed5" for v in ("baseline", "FD", "ELD", "PM", "RD")]
     with pytest.raises(UserError, match="has its own"):
         ablation.build_plan(ablation.build_parser().parse_args(["--study", "full", "--seeds", "5"]))
     with pytest.raises(UserError, match="cannot read run name"):
@@ -128,7 +128,7 @@ def test_kappa_and_mask_specs_give_the_right_configurations(tmp_path):
 def fake(variant, seed, valid, test, mvar, kappa=None, same=""):
     """A summary as ablation.py names it: the kappa in the name only when it is not the variant's default."""
     spec = ablation.make_spec(variant, seed, kappa, same)
-    return {"name": ablation.run_name(spec), "variant": variant, "seed": seed, "same_mask": same,
+    return {"name": spec["name"], "variant": variant, "seed": seed, "same_mask": same,
             "kappa": config.default_kappa("single", variant) if spec["kappa"] is None else spec["kappa"],
             "best_valid_ppl": valid, "test_ppl": test, "mask_variance": mvar}
 
