@@ -44,22 +44,6 @@ DEFAULTS = {c: from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_T
             for c, n in TRAIN_BATCHES.items()}
 
 
-def build_parser():
-    p = tool_parser(__doc__)
-    d = {k: f"PTB {DEFAULTS['ptb'][k]:.4g}, WT2 {DEFAULTS['wt2'][k]:.4g}" for k in HYPER}
-    p.add_argument("--lr", type=float, help=f"learning rate eta of the adaptation step ({d['lr']})")
-    p.add_argument("--lamb", type=float, help=f"decay rate lambda toward the trained weights, 0 = none ({d['lamb']})")
-    p.add_argument("--epsilon", type=float, help=f"stabilizer added to the gradients' rms ({d['epsilon']})")
-    p.add_argument("--bptt", type=int, default=SEGMENT, help=f"tokens per update and per statistics batch ({SEGMENT})")
-    p.add_argument("--batch_size", type=int, default=STATS_BATCH, help=f"batch size of the statistics ({STATS_BATCH})")
-    p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: all)")
-    p.add_argument("--grid", action="store_true", help="search lr x lamb on validation, then test at the best pair")
-    p.add_argument("--grid_lr", type=float, nargs="+", help="lr searched (default: 3e-5 .. 1e-4 x bptt / 5)")
-    p.add_argument("--grid_lamb", type=float, nargs="+", help="lamb searched (default: 0.001 .. 0.005 x bptt / 5)")
-    p.add_argument("--seed", type=int, default=1111, help="random seed (nothing is drawn; as evaluate.py's)")
-    return p
-
-
 def hyper_parameters(args, blob):
     """Flags win; the rest are the defaults of the checkpoint's corpus, read from its vocabulary."""
     which = corpus_of(blob)
@@ -110,11 +94,6 @@ class DynamicUpdate:
             if p.grad is not None:  # the step term does not depend on p: the order is free
                 p.addcdiv_(p.grad, denom, value=-self.lr)
 
-    @torch.no_grad()
-    def reset(self):
-        for p, theta_g in zip(self.params, self.trained):
-            p.copy_(theta_g)
-
 
 def dynamic_evaluate(model, tokens, bptt, update, desc="dynamic evaluation", token_losses=False):
     """Mean token loss at batch 1, each segment scored before ``update`` learns from it (and each token's)."""
@@ -151,7 +130,19 @@ def grid_search(args, run):
 
 
 def main(argv=None):
-    args = tool_args(build_parser(), argv, RULES)
+    p = tool_parser(__doc__)
+    d = {k: f"PTB {DEFAULTS['ptb'][k]:.4g}, WT2 {DEFAULTS['wt2'][k]:.4g}" for k in HYPER}
+    p.add_argument("--lr", type=float, help=f"learning rate eta of the adaptation step ({d['lr']})")
+    p.add_argument("--lamb", type=float, help=f"decay rate lambda toward the trained weights, 0 = none ({d['lamb']})")
+    p.add_argument("--epsilon", type=float, help=f"stabilizer added to the gradients' rms ({d['epsilon']})")
+    p.add_argument("--bptt", type=int, default=SEGMENT, help=f"tokens per update and per statistics batch ({SEGMENT})")
+    p.add_argument("--batch_size", type=int, default=STATS_BATCH, help=f"batch size of the statistics ({STATS_BATCH})")
+    p.add_argument("--max_batches", type=int, help="training batches for the statistics (default: all)")
+    p.add_argument("--grid", action="store_true", help="search lr x lamb on validation, then test at the best pair")
+    p.add_argument("--grid_lr", type=float, nargs="+", help="lr searched (default: 3e-5 .. 1e-4 x bptt / 5)")
+    p.add_argument("--grid_lamb", type=float, nargs="+", help="lamb searched (default: 0.001 .. 0.005 x bptt / 5)")
+    p.add_argument("--seed", type=int, default=1111, help="random seed (nothing is drawn; as evaluate.py's)")
+    args = tool_args(p, argv, RULES)
     if args.grid and (args.lr is not None or args.lamb is not None):
         raise UserError("--grid searches lr and lamb itself: give the searched values as --grid_lr / --grid_lamb")
     if not args.grid and (args.grid_lr or args.grid_lamb):
@@ -169,11 +160,12 @@ def main(argv=None):
           f"{seconds['statistics']:.0f} s | defaults: {which or 'none (flags given)'} |")
     trained = [p.detach().clone() for p in model.parameters()]
 
-    def run(split, lr, lamb):  # each from the checkpoint's weights
+    def run(split, lr, lamb):
         if lr > torch.finfo(trained[0].dtype).max:  # beyond what addcdiv_ takes: diverged, as overflowing steps do
             return math.inf, 0.0
+        for p, theta_g in zip(model.parameters(), trained):  # each run from the checkpoint's weights
+            p.detach().copy_(theta_g)
         update, start = DynamicUpdate(model, rms, lr, lamb, hyper["epsilon"], trained), time.perf_counter()
-        update.reset()
         loss = dynamic_evaluate(model, getattr(corpus, split), args.bptt, update, f"dynamic eval {split} (lr {lr:.3g})")
         return loss, time.perf_counter() - start
 
