@@ -28,19 +28,16 @@ class NonFiniteLoss(UserError):
 @contextmanager
 def averaged_weights(model, optimizer):
     """Swap in averaged SGD's running averages (no-op for other optimizers)."""
-    saved = []
-    if isinstance(optimizer, torch.optim.ASGD):
-        with torch.no_grad():
-            for p in model.parameters():
-                ax = optimizer.state.get(p, {}).get("ax")
-                if ax is not None:  # a parameter not stepped yet is its own average
-                    saved.append((p, p.detach().clone()))
-                    p.copy_(ax)
+    state = optimizer.state if isinstance(optimizer, torch.optim.ASGD) else {}
+    saved = {p: p.detach().clone() for p in model.parameters() if "ax" in state.get(p, {})}  # not stepped: no average
+    with torch.no_grad():
+        for p in saved:
+            p.copy_(state[p]["ax"])
     try:
         yield
     finally:
         with torch.no_grad():
-            for p, value in saved:
+            for p, value in saved.items():
                 p.copy_(value)
 
 
@@ -122,9 +119,8 @@ def train_epoch(model, optimizer, train_data, cfg, reg, epoch, max_batches=None,
     check_every = log_every if train_data.device.type == "cuda" else min(10, log_every)  # host syncs are costly on GPU
     resume_every, last_resume_point = cfg.get("checkpoint_every", 0) * 60, time.time()
     approx = max(1, len(train_data) // cfg["bptt"])
-    bar = progress(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}",
-                   enabled=distributed.is_main())
-    with bar:
+    with progress(total=approx if max_batches is None else max_batches, desc=f"epoch {epoch}",
+                  enabled=distributed.is_main()) as bar:
         while state.i < train_data.size(0) - 1 - 1 and (max_batches is None or state.batch < max_batches):
             seq_len = draw_seq_len(cfg)
             lr = optimizer.param_groups[0]["lr"]

@@ -1,5 +1,4 @@
-"""What a run decides after each epoch, apart from the loop so each rule reads and tests on its own (the rules:
---optimizer's help in config.py)."""
+"""What a run decides after each epoch, apart from the loop so each rule tests on its own (--optimizer's help)."""
 SWITCH, ANNEAL, STOP = "switch", "anneal", "stop"
 
 
