@@ -29,20 +29,6 @@ RULES = {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight"
          "max_batches": "positive_int"}
 
 
-def build_parser():
-    p = tool_parser(__doc__)
-    p.add_argument("--settings", choices=("paper", "readme", "tag"), help="the AWD-LSTM paper's cache settings, "
-                   "awd-lstm-lm README's or its tag PyTorch==0.1.12's (default: the preset's); flags below win")
-    p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, paper 2000; WT2 3785)")
-    p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
-    p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture (PTB 0.1, WT2 0.1279)")
-    p.add_argument("--bptt", type=int, help="tokens per forward; memory only, same result (PTB 5000, WT2 2000)")
-    p.add_argument("--max_batches", type=int, help="evaluate only this many --bptt chunks of each split (quick checks)")
-    p.add_argument("--awd_scoring", action="store_true", help="score as awd-lstm-lm's pointer.py: no cache before "
-                   "--window positions nor at a --bptt chunk's first; loss divided by N tokens, not N - 1 predictions")
-    return p
-
-
 def settings_for(blob, args):
     """The cache settings and their source: flags > --settings > the preset's (unknown: the README's, said so)."""
     given, corpus = {k: getattr(args, k) for k in OPTS if getattr(args, k) is not None}, corpus_of(blob)
@@ -65,8 +51,7 @@ def cache_logprob(h, targets, mem_h, mem_w, window, theta):
     scores = theta * (h @ torch.cat([mem_h, h]).t())                             # (L, M + L)
     t = torch.arange(length, device=h.device).unsqueeze(1) + m
     j = torch.arange(m + length, device=h.device).unsqueeze(0)
-    visible = (j < t) & (j >= t - window)
-    scores = scores.masked_fill(~visible, -math.inf)
+    scores = scores.masked_fill((j >= t) | (j < t - window), -math.inf)   # visible: t - window <= j < t
     hit = scores.masked_fill(words.unsqueeze(0) != targets.unsqueeze(1), -math.inf)
     return torch.logsumexp(hit, 1) - torch.logsumexp(scores, 1)
 
@@ -99,7 +84,17 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
 
 
 def main(argv=None):
-    args = tool_args(build_parser(), argv, RULES)
+    p = tool_parser(__doc__)
+    p.add_argument("--settings", choices=("paper", "readme", "tag"), help="the AWD-LSTM paper's cache settings, "
+                   "awd-lstm-lm README's or its tag PyTorch==0.1.12's (default: the preset's); flags below win")
+    p.add_argument("--window", type=int, help="cache size in past positions (PTB 500, paper 2000; WT2 3785)")
+    p.add_argument("--theta", type=float, help="flatness of the cache softmax (PTB 1.0, WT2 0.662)")
+    p.add_argument("--lambdasm", type=float, help="weight of the cache in the mixture (PTB 0.1, WT2 0.1279)")
+    p.add_argument("--bptt", type=int, help="tokens per forward; memory only, same result (PTB 5000, WT2 2000)")
+    p.add_argument("--max_batches", type=int, help="evaluate only this many --bptt chunks of each split (quick checks)")
+    p.add_argument("--awd_scoring", action="store_true", help="score as awd-lstm-lm's pointer.py: no cache before "
+                   "--window positions nor at a --bptt chunk's first; loss divided by N tokens, not N - 1 predictions")
+    args = tool_args(p, argv, RULES)
     blob, corpus, model, device = open_checkpoint(args)
     opts, source = settings_for(blob, args)
     print(f"| cache pointer | window {opts['window']} | theta {opts['theta']} | lambdasm {opts['lambdasm']} | "

@@ -2,6 +2,7 @@
 
 With lambdasm 0 it is the plain batch-1 evaluation; on text that repeats itself the cache helps; no
 position ever sees its own or a later word; the chunk length does not change the result; user errors."""
+import argparse
 import math
 import os
 import random
@@ -138,8 +139,10 @@ def blob_of(corpus=None, preset="awd-ptb"):
     return {"vocab": {"size": 5, "sha256": sha}, "config": {"preset": preset}}
 
 
-def settings(blob, *argv):
-    return pointer.settings_for(blob, pointer.build_parser().parse_args(["--save", "x.pt", *argv]))
+def settings(blob, **flags):
+    """settings_for under the flags given (the others None, as the parser leaves them)."""
+    unset = dict.fromkeys(("settings", "window", "theta", "lambdasm", "bptt"))
+    return pointer.settings_for(blob, argparse.Namespace(save="x.pt", **(unset | flags)))
 
 
 def test_corpus_comes_from_the_checkpoint_vocabulary_and_settings_from_its_source():
@@ -152,19 +155,19 @@ def test_corpus_comes_from_the_checkpoint_vocabulary_and_settings_from_its_sourc
     assert settings(blob_of("ptb", "merity-ptb"))[0]["window"] == 2000             # the paper's PTB window
     assert settings(blob_of("ptb", "merity-readme-ptb"))[0]["window"] == 500       # the README's
     assert settings(blob_of("ptb", "awd-ptb"))[0]["window"] == 500
-    assert settings(blob_of("ptb", "awd-ptb"), "--settings", "paper")[0]["window"] == 2000
-    assert settings(blob_of("ptb", "merity-ptb"), "--window", "7")[0] == dict(window=7, theta=1.0, lambdasm=0.1,
+    assert settings(blob_of("ptb", "awd-ptb"), settings="paper")[0]["window"] == 2000
+    assert settings(blob_of("ptb", "merity-ptb"), window=7)[0] == dict(window=7, theta=1.0, lambdasm=0.1,
                                                                               bptt=5000)
     assert pointer.SETTINGS["wt2", "readme"] == dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
     # the preset's declaration names its source; awd-lstm-lm's tag PyTorch==0.1.12 README has its own
     assert settings(blob_of("ptb", "merity-tag-ptb")) == (dict(window=500, theta=1.0, lambdasm=0.1, bptt=5000), "ptb tag")
     assert settings(blob_of("wt2", "merity-tag-wt2"))[0] == dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
-    assert settings(blob_of("ptb", "awd-ptb"), "--settings", "tag")[1] == "ptb tag"
+    assert settings(blob_of("ptb", "awd-ptb"), settings="tag")[1] == "ptb tag"
     assert settings(blob_of("wt2", "my-own")) == (pointer.SETTINGS["wt2", "readme"],
                                                   "wt2 readme (preset 'my-own' is unknown: the README's settings)")
     with pytest.raises(UserError, match="neither PTB nor WikiText-2 .* pass --window, --theta, --lambdasm and --bptt"):
-        settings(blob_of(None, "merity-wt2"), "--window", "10")
-    assert settings(blob_of(None), "--window", "10", "--theta", "1", "--lambdasm", "0.2", "--bptt", "9") == \
+        settings(blob_of(None, "merity-wt2"), window=10)
+    assert settings(blob_of(None), window=10, theta=1.0, lambdasm=0.2, bptt=9) == \
         (dict(window=10, theta=1.0, lambdasm=0.2, bptt=9), "flags")
 
 
