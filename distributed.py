@@ -113,20 +113,17 @@ def gate(error):
 
 def _abort(error, me, size):
     """Say which rank failed and why, then exit without waiting on peers that may never answer."""
-    if isinstance(error, _Stopped):
-        code = 2
-    elif isinstance(error, UserError):
+    code = 2  # a UserError, or _Stopped: the rank that failed says why
+    if isinstance(error, UserError):
         print(f"error: rank {me} of {size}: {error}", file=sys.stderr)
-        code = 2
-    elif isinstance(error, KeyboardInterrupt) or _ctrl_c:  # every rank got torchrun's Ctrl-C: rank 0 says it, once
-        said = str(error) if isinstance(error, KeyboardInterrupt) else ""
-        if me == 0:
-            print(f"interrupted: {said}" if said else "interrupted", file=sys.stderr)
+    elif isinstance(error, KeyboardInterrupt) or _ctrl_c and not isinstance(error, _Stopped):
         code = 130
-    else:
+        if me == 0:  # every rank got torchrun's Ctrl-C: rank 0 says it, once
+            said = str(error) if isinstance(error, KeyboardInterrupt) else ""
+            print(f"interrupted: {said}" if said else "interrupted", file=sys.stderr)
+    elif not isinstance(error, _Stopped):
         traceback.print_exception(error)
-        print(f"error: rank {me} of {size} failed ({type(error).__name__}: {error}); the run stops",
-              file=sys.stderr)
+        print(f"error: rank {me} of {size} failed ({type(error).__name__}: {error}); the run stops", file=sys.stderr)
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
@@ -215,9 +212,8 @@ def merge_position(position):
         return position
     parts = [None] * _world["size"]
     dist.all_gather_object(parts, position, group=_world["control"])
-    merged = dict(position, tokens=sum(p["tokens"] for p in parts))
-    for key in SUMS:
-        merged[key] = sum(p[key] for p in parts) / _world["size"]
+    merged = dict(position, tokens=sum(p["tokens"] for p in parts),
+                  **{key: sum(p[key] for p in parts) / _world["size"] for key in SUMS})
     merged["shares"] = {key: [p[key] for p in parts] for key in SUMS}  # each rank's own, for a resume as N exactly
     merged["hidden"] = [tuple(torch.cat([p["hidden"][layer][k] for p in parts], dim=1) for k in range(2))
                         for layer in range(len(position["hidden"]))]
