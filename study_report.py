@@ -95,8 +95,7 @@ def variants_table(summaries, scale):
     command = (f"python ablation.py --study seeds --model {' '.join(variants)} --seeds {seeds}" if same_seeds
                else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
     groups = {v: [x for x in runs if x["variant"] == v] for v in variants}
-    return table(runs, command, scale,
-                 f"| variant | kappa | {RESULTS} | train ppl (last epoch) | wall time (min) |",
+    return table(runs, command, scale, f"| variant | kappa | {RESULTS} | train ppl (last epoch) | wall time (min) |",
                  [f"| {v} | {s[0]['kappa']:g} | {result_cells(s)} | {fmt([x['wall_s'] / 60 for x in s], 1)} |"
                   for v, s in groups.items()],
                  "Mean ± sample standard deviation over the seeds listed (one value: one seed).")
@@ -120,20 +119,17 @@ def paired_table(summaries, scale):
                  f"of {mvar['n']}.")
 
 
-def fd_by_seed(summaries):
-    return {s["seed"]: s for s in summaries if s["variant"] == "FD" and is_default(s)}
-
-
-def versus_fd(group, fd, key):
-    """The group's ``key`` minus plain FD's on the same seed (mean ± sd), and on how many seeds it is lower."""
+def versus_fd(group, runs, key):
+    """The group's ``key`` minus plain FD's (in ``runs``) on the same seed, mean ± sd, and on how many seeds lower."""
+    fd = {s["seed"]: s for s in runs if s["variant"] == "FD" and is_default(s)}
     diffs = [s[key] - fd[s["seed"]][key] for s in group if s["seed"] in fd and not is_default(s)]
     return signed(diffs, 2, f" (lower on {sum(d < 0 for d in diffs)} of {len(diffs)})") if diffs else "–"
 
 
-def sweep_cells(group, fd):
+def sweep_cells(group, runs):
     """Against plain FD (valid, test), then short CPU names: the rows may come from CPUs that round differently."""
     names = sorted({" ".join(s["environment"]["cpu"].replace("(R)", "").split()[:2]) for s in group})
-    return f"{versus_fd(group, fd, 'best_valid_ppl')} | {versus_fd(group, fd, 'test_ppl')} | {', '.join(names)}"
+    return f"{versus_fd(group, runs, 'best_valid_ppl')} | {versus_fd(group, runs, 'test_ppl')} | {', '.join(names)}"
 
 
 def kappa_rows(summaries):
@@ -145,7 +141,7 @@ def kappa_rows(summaries):
 
 
 def kappa_table(summaries, scale):
-    groups, fd = kappa_rows(summaries), fd_by_seed(summaries)
+    groups = kappa_rows(summaries)
     if len(groups) < 2:
         return []
     runs = [s for g in groups.values() for s in g]
@@ -153,7 +149,7 @@ def kappa_table(summaries, scale):
                        f"--seeds {seed_list(s['seed'] for s in runs)}", scale,
                  f"| kappa | {RESULTS} | train ppl (last epoch) | − FD at 0.15, valid | − FD at 0.15, test | CPU |",
                  [f"| {k:g}{' (default)' if all(map(is_default, s)) else ''} | {result_cells(s)} | "
-                  f"{sweep_cells(s, fd)} |" for k, s in groups.items()],
+                  f"{sweep_cells(s, summaries)} |" for k, s in groups.items()],
                  "kappa 0 is FD without the penalty: two passes, averaged target loss. Mean ± sample standard "
                  "deviation over the seeds listed; the two differences are paired by seed with FD at the default "
                  "kappa 0.15 (mean ± sd of the per-seed differences; negative: lower perplexity than FD).")
@@ -167,14 +163,14 @@ def mask_runs(summaries):
 
 
 def masks_table(summaries, scale):
-    (runs, seeds), fd = mask_runs(summaries), fd_by_seed(summaries)
+    runs, seeds = mask_runs(summaries)
     if not runs:
         return []
     groups = {site: [x for x in runs if x["same_mask"] == site] for site in ["", *STUDY_SITES]}
     return table(runs, f"python ablation.py --study masks --seeds {seeds}", scale,
                  f"| pass 2 reuses pass 1's mask at | {RESULTS} | − FD, valid | − FD, test | CPU |",
                  [f"| {SITE_NAMES[site] if site else 'nowhere (FD)'} | {result_cells(s, train=False)} | "
-                  f"{sweep_cells(s, fd)} |" for site, s in groups.items() if s],
+                  f"{sweep_cells(s, summaries)} |" for site, s in groups.items() if s],
                  "All at FD's default kappa 0.15. Mask variance is always measured with independent masks at every "
                  "site (what the penalty of plain FD sees), so the rows compare the same quantity. The differences "
                  "are paired by seed with plain FD (mean ± sd of the per-seed differences).")
@@ -240,12 +236,11 @@ def plot_masks(summaries, path, title):
     fig, ax = plt.subplots(figsize=(8, 4))
     if len(fd) > 1:
         ax.axhspan(min(fd), max(fd), color="0.85", label=f"plain FD, best validation, {len(fd)} seeds (min to max)")
-    xs = range(len(sites))
+    xs = list(range(len(sites)))
     for key, label, marker in (("best_valid_ppl", "best validation", "o"), ("test_ppl", "test", "s")):
         ax.plot(xs, [mean_sd(x[key] for x in runs if x["same_mask"] == site)[0] for site in sites],
                 marker=marker, linestyle="none", label=label)
-    ax.set_xticks(list(xs), [SITE_NAMES[site].split(" (")[0] if site else "nowhere (FD)" for site in sites],
-                  rotation=15)
+    ax.set_xticks(xs, [SITE_NAMES[site].split(" (")[0] if site else "nowhere (FD)" for site in sites], rotation=15)
     ax.set(xlabel="pass 2 reuses pass 1's mask at", ylabel="perplexity")
     return finish(fig, (ax,), path, title)
 
@@ -318,8 +313,7 @@ def report(out, study, command):
     keep = (old[:old.index(BEGIN)], old[old.index(END):]) if BEGIN in old and END in old else \
         ("# Ablation study\n\n", END + "\n" + old)
     atomic_write_text(keep[0] + "\n".join(lines) + "\n" + keep[1], md)
-    variants = sections["Variants over seeds"]
-    if variants:
+    if variants := sections["Variants over seeds"]:
         atomic_write_text(f"Ablation: {title}.\n\n" + "\n".join(variants) + "\n", out / "results.md")
     keys = ["run", "variant", "seed", "kappa", "same_mask", "epoch", "elapsed", "seconds", "train_ppl", "valid_ppl",
             "penalty", "lr", "tokens_per_s"]
@@ -339,9 +333,8 @@ def report(out, study, command):
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(DEFAULT_OUT),
-                   help=f"the study's folder, with study.json and runs/*.summary.json (default {DEFAULT_OUT}): "
-                        f"what python ablation.py --report does there")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"the study's folder, with study.json and "
+                   f"runs/*.summary.json (default {DEFAULT_OUT}): what python ablation.py --report does there")
     out = Path(p.parse_args(argv).out)
     if not (out / "study.json").is_file():
         raise UserError(f"no study at {out} (study.json missing): pass the --out folder of an ablation.py study")
