@@ -37,14 +37,6 @@ class Dictionary:
         return hashlib.sha256("\n".join(self.idx2word).encode("utf-8")).hexdigest()
 
 
-def _not_utf8(path, error):
-    """The one-line error for a corpus file that is not UTF-8, naming the file and its first bad line."""
-    with open(path, "rb") as f:  # valid UTF-8, and only that, survives decoding and encoding again unchanged
-        number = next(n for n, raw in enumerate(f, 1) if raw.decode("utf-8", "ignore").encode() != raw)
-    return UserError(f"{path} line {number} is not UTF-8 text ({error.reason}): re-run ./getdata.sh to restore "
-                     f"the corpus, or convert the file to UTF-8")
-
-
 def content_sha256(paths):
     """What a resume point records to refuse a changed corpus, and the cache's key."""
     h = hashlib.sha256()
@@ -78,9 +70,7 @@ def _cache_problem(blob, digest):
         return "not a cache of this version"
     if blob.get("corpus_sha256") != digest:
         return "made from other files"
-    if blob.get("checksum") != _checksum(blob["idx2word"], blob):
-        return "checksum mismatch"
-    return None
+    return "checksum mismatch" if blob.get("checksum") != _checksum(blob["idx2word"], blob) else None
 
 
 @functools.cache  # each note is said once
@@ -113,7 +103,10 @@ class Corpus:
                 with open(f, encoding="utf-8") as lines:
                     ids = [self.dictionary.add_word(w) for line in lines for w in line.split() + ["<eos>"]]
             except UnicodeDecodeError as e:
-                raise _not_utf8(f, e) from None
+                with open(f, "rb") as raw:  # valid UTF-8, and only that, survives decoding and encoding unchanged
+                    number = next(n for n, line in enumerate(raw, 1) if line.decode("utf-8", "ignore").encode() != line)
+                raise UserError(f"{f} line {number} is not UTF-8 text ({e.reason}): re-run ./getdata.sh to restore "
+                                f"the corpus, or convert the file to UTF-8") from None
             setattr(self, split, torch.tensor(ids, dtype=torch.long))
 
     def _load_cache(self, digest):
@@ -180,9 +173,8 @@ def first_lines(tokens, fraction, eos):
 
 def check_split_sizes(corpus, cfg):
     """Every split gives a batch at its batch size (training 3 rows, evaluation 2), before hours of work."""
-    for split, key, rows in (("train", "batch_size", 3), ("valid", "eval_batch_size", 2),
-                             ("test", "test_batch_size", 2)):
-        n, bsz = getattr(corpus, split).numel(), cfg[key]
+    for split, key in zip(SPLITS, ("batch_size", "eval_batch_size", "test_batch_size")):
+        n, bsz, rows = getattr(corpus, split).numel(), cfg[key], 3 if split == "train" else 2
         if n // bsz < rows:
             raise UserError(f"the {split} split of {corpus.path} has {n} tokens, too few for --{key} {bsz} "
                             f"(at least {rows * bsz} needed): use a smaller --{key} or a bigger corpus")
@@ -190,8 +182,7 @@ def check_split_sizes(corpus, cfg):
 
 def batchify(data, bsz, device=None):
     """Lay the token stream out as ``bsz`` columns (remainder trimmed): shape (nbatch, bsz)."""
-    data = data.narrow(0, 0, data.size(0) // bsz * bsz).view(bsz, -1).t().contiguous()
-    return data.to(device) if device is not None else data
+    return data.narrow(0, 0, data.size(0) // bsz * bsz).view(bsz, -1).t().contiguous().to(device)
 
 
 def get_batch(source, i, seq_len):
