@@ -16,6 +16,7 @@ DROPOUT_FLAGS = tuple(SITE_RATE[s] for s in "ohiew")  # dropout, dropouth, dropo
 
 FROM_PRESET, FROM_VARIANT = "<preset>", "<variant>"  # defaults read from the preset / the variant
 OVERRIDE = "override the checkpoint's rate"
+REG = "regularizer"  # the settings --model decides
 
 
 @dataclass(frozen=True)
@@ -64,24 +65,22 @@ SETTINGS = (
             ("sequence", "timestep"), before="sequence"),
     Setting("tied", bool, "tie embedding and softmax weights", group="model"),
     Setting("kappa", float, "weight of the penalty between the two passes; 0 keeps FD's two passes and averaged target "
-            "(the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative", "regularizer"),
-    Setting("double_target", bool, "average both passes' target loss (on for FD, RD)", FROM_VARIANT, "", "regularizer"),
-    Setting("eval_auxiliary", bool, "pass 2 in eval mode, no dropout (on for ELD)", FROM_VARIANT, "", "regularizer"),
-    Setting("penalty", str, "the penalty between the passes", FROM_VARIANT, "choice", "regularizer", tuple(PENALTIES),
-            flag=False),
-    Setting("same_mask", str, "mask sites pass 2 reuses from pass 1", "", "mask_sites", "regularizer", flag=False),
+            "(the reference reset kappa <= 0 to the default)", FROM_VARIANT, "non_negative", REG),
+    Setting("double_target", bool, "average both passes' target loss (on for FD, RD)", FROM_VARIANT, "", REG),
+    Setting("eval_auxiliary", bool, "pass 2 in eval mode, no dropout (on for ELD)", FROM_VARIANT, "", REG),
+    Setting("penalty", str, "penalty between the passes", FROM_VARIANT, "choice", REG, tuple(PENALTIES), flag=False),
+    Setting("same_mask", str, "mask sites pass 2 reuses from pass 1", "", "mask_sites", REG, flag=False),
     Setting("batch_passes", bool, "with --same_mask_w, run both passes as one forward of twice the batch (same "
-            "values, faster where the batch is small); on by default", True, group="regularizer", before=True),
+            "values, faster where the batch is small); on by default", True, group=REG, before=True),
     Setting("fused_loss", bool, "decoder, cross-entropies and penalty in cache-sized chunks, gradients formed in the "
-            "forward (fused_loss.py): same values, less memory traffic; on by default", True, "", "regularizer",
-            before=True, result=False),
+            "forward (fused_loss.py): same values, less memory traffic", True, "", REG, before=True, result=False),
     Setting("overlap_passes", bool, "run the second pass on a second CUDA stream beside the first (same values). CUDA "
             "only: on a CPU, with --same_mask_* or ELD the passes run in turn (the run says so). Off by default: "
-            "its speed is not measured on a GPU", False, "", "regularizer", before=False, result=False),
-    Setting("alpha", float, "activation regularization (AR) weight", rule="non_negative", group="regularizer",
+            "its speed is not measured on a GPU", False, "", REG, before=False, result=False),
+    Setting("alpha", float, "activation regularization (AR) weight", rule="non_negative", group=REG,
             finetune="AR weight (2)"),
     Setting("beta", float, "temporal activation regularization (TAR) weight", rule="non_negative",
-            group="regularizer", finetune="TAR weight (1)"),
+            group=REG, finetune="TAR weight (1)"),
     Setting("optimizer", str, "sgd-anneal: SGD, lr / --anneal after more than --patience epochs without a new best "
             "(reloading the best model), stop below --min_lr; asgd-nt: SGD, then averaged SGD (from the initial lr) "
             "by the non-monotone rule; sgd; asgd: averaged SGD, stopping by that rule; adam", rule="choice",
@@ -223,15 +222,10 @@ def _train_config(flags, _base):
     preset = given.get("preset") or SETTING["preset"].default
     model = given.get("model") or SETTING["model"].default
     variant = VARIANTS[model]
-    from_variant = {"kappa": default_kappa(preset, model), "double_target": variant.double_target,
-                    "eval_auxiliary": variant.second_pass == "eval", "penalty": variant.penalty}
-    cfg = {}
-    for s in SETTINGS:
-        if s.optional:
-            continue
-        default = from_variant[s.name] if s.default == FROM_VARIANT else PRESETS[preset].get(s.name, s.default)
-        cfg[s.name] = given[s.name] if s.flag and s.name in given else default
-    cfg.update(preset=preset, model=model)
+    defaults = {**PRESETS[preset], "kappa": default_kappa(preset, model), "double_target": variant.double_target,
+                "eval_auxiliary": variant.second_pass == "eval", "penalty": variant.penalty}
+    cfg = {s.name: given[s.name] if s.flag and s.name in given else defaults.get(s.name, s.default)
+           for s in SETTINGS if not s.optional}
     cfg["same_mask"] = "".join(site for site in MASK_SITES if given.get(f"same_mask_{site}"))
     if model == "baseline":  # flags that would silently do nothing
         bad = [f"--kappa {given['kappa']}"] if given.get("kappa") else []
@@ -271,12 +265,10 @@ def _finetune_config(flags, trained):
     cfg.update({s.name: given[s.name] for s in SETTINGS if s.finetune and s.name in given})
     cfg["max_seq_len"] = cfg["bptt"] + 10  # the reference's fine-tuning capped every drawn length
     _output(cfg, given, "out", str(sidecar(source, "finetune.pt")))
-    if cfg["save"] is not None:
-        own = run_paths(cfg["save"]).values()
-        if os.path.realpath(cfg["save"]) == os.path.realpath(source) or any(
-                os.path.exists(p) and os.path.samefile(p, source) for p in own):
-            raise UserError("--out names the input checkpoint (or a file of its run); fine-tuning never overwrites "
-                            "its input: choose another --out")
+    if cfg["save"] is not None and any(os.path.exists(p) and os.path.samefile(p, source)
+                                       for p in run_paths(cfg["save"]).values()):
+        raise UserError("--out names the input checkpoint (or a file of its run); fine-tuning never overwrites "
+                        "its input: choose another --out")
     return cfg
 
 
