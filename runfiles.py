@@ -1,5 +1,4 @@
-"""A run's files, torch-free so the reporting tools never import torch: their names, the lock against two
-writers, atomic writes, provenance."""
+"""A run's files, torch-free for the reporting tools: names, the lock against two writers, atomic writes, provenance."""
 import argparse
 import contextlib
 import errno
@@ -54,7 +53,6 @@ RUN_FILES = {"resume": "resume.pt", "metrics": "metrics.jsonl", "final": "final.
 
 
 def run_paths(save):
-    """Every file of the run whose best model is ``save``."""
     return {"best": str(save), **{what: str(sidecar(save, suffix)) for what, suffix in RUN_FILES.items()}}
 
 
@@ -134,8 +132,7 @@ class RunLock:
                 return self
             self.file.close()
 
-    def holds_path(self):
-        """The file at ``path`` is the one this process locked (not removed, nor replaced by another's)."""
+    def holds_path(self):  # the file at path is the one this process locked (not removed, nor another's)
         try:
             return os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino
         except FileNotFoundError:
@@ -145,9 +142,8 @@ class RunLock:
         """Before each save: a removed lock file is locked again; if another process got it first, this one stops."""
         if self.file is None or self.holds_path():
             return
-        again = RunLock(self.path, self.flag)
         try:
-            again.__enter__()
+            again = RunLock(self.path, self.flag).__enter__()
         except UserError:
             raise UserError(f"the lock file {self.path} was removed while this run was in progress, and another "
                             f"process has started the same run since: this process stops without writing anything "
@@ -232,7 +228,6 @@ def code_commit():
 
 
 def cpu_model():
-    """The CPU's model name, for reports of measured speed."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
