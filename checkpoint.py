@@ -86,7 +86,6 @@ def model_keys(settings=SETTINGS):
 
 
 MODEL_KEYS = model_keys()
-RESUME_KEYS = ("schedule", "optimizer", "rng")
 
 
 def _malformed(blob):
@@ -94,7 +93,7 @@ def _malformed(blob):
     if blob.get("kind") not in ("best", "resume"):
         return f"kind {blob.get('kind')!r}"
     missing = [k for k in ("config", "vocab", "model") if not isinstance(blob.get(k), dict)]
-    if missing := missing + [k for k in RESUME_KEYS if blob["kind"] == "resume" and k not in blob]:
+    if missing := missing + [k for k in ("schedule", "optimizer", "rng") if blob["kind"] == "resume" and k not in blob]:
         return f"no {', '.join(missing)}"
     if missing := [k for k in MODEL_KEYS if k not in blob["config"]] + [f"vocab {k}" for k in ("size", "sha256")
                                                                         if k not in blob["vocab"]]:
