@@ -14,8 +14,7 @@ On a stateful RNN both passes start from the same state; pass 1's state goes on 
     loss = fraternal_loss_pair(head(out1).flatten(0, 1), head(out2).flatten(0, 1), y.flatten(), reg).loss
     h = h_next.detach()
 
-``fraternal_loss`` does it for a model with ``features`` and ``decoder`` (model.py): mask reuse, both
-passes as one batch, and the decoder's fused loss where it has one (fused_loss.FusedDecoder).
+``fraternal_loss`` does it for model.py's models: mask reuse, both passes as one batch, the fused loss (fused_loss.py).
 """
 import functools
 from dataclasses import dataclass
@@ -42,10 +41,6 @@ def penalty_function(kind):
     return PENALTIES[kind]
 
 
-def fraternal_penalty(logits1, logits2, kind="mse"):
-    return penalty_function(kind)(logits1, logits2)
-
-
 @dataclass(frozen=True)
 class Variant:
     """A regularizer, declared once (a preset may use another kappa)."""
@@ -55,13 +50,10 @@ class Variant:
     kappa: float
 
 
-VARIANTS = {
-    "FD": Variant("train", True, "mse", 0.1),  # fraternal dropout
-    "ELD": Variant("eval", False, "mse", 0.25),  # expectation-linear dropout
-    "PM": Variant("train", False, "mse", 0.15),  # Pi-model
-    "RD": Variant("train", True, "kl", 1.0),  # R-Drop
-    "baseline": Variant("none", False, "mse", 0.0),  # one pass, CE1 alone
-}
+# fraternal dropout, expectation-linear dropout, Pi-model, R-Drop, and one pass (CE1 alone)
+VARIANTS = {"FD": Variant("train", True, "mse", 0.1), "ELD": Variant("eval", False, "mse", 0.25),
+            "PM": Variant("train", False, "mse", 0.15), "RD": Variant("train", True, "kl", 1.0),
+            "baseline": Variant("none", False, "mse", 0.0)}
 
 
 @dataclass(frozen=True)
@@ -103,10 +95,9 @@ class Regularizer:
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(kappa=cfg["kappa"], double_target=cfg["double_target"], eval_auxiliary=cfg["eval_auxiliary"],
-                   penalty=cfg["penalty"], same_mask=cfg["same_mask"], alpha=cfg["alpha"], beta=cfg["beta"],
-                   batch_passes=cfg.get("batch_passes", True), fused=cfg.get("fused_loss", True),
-                   overlap=cfg.get("overlap_passes", False))
+        keys = ("kappa", "double_target", "eval_auxiliary", "penalty", "same_mask", "alpha", "beta")
+        return cls(**{k: cfg[k] for k in keys}, batch_passes=cfg.get("batch_passes", True),
+                   fused=cfg.get("fused_loss", True), overlap=cfg.get("overlap_passes", False))
 
 
 class LossOutput(NamedTuple):
@@ -122,7 +113,7 @@ def fraternal_loss_pair(logits1, logits2, targets, reg):
     ce1 = F.cross_entropy(logits1, targets)
     loss, penalty = w1 * ce1, ce1.new_zeros(())
     if logits2 is not None:
-        penalty = kappa * fraternal_penalty(logits1, logits2, reg.penalty)
+        penalty = kappa * penalty_function(reg.penalty)(logits1, logits2)
         loss = loss + w2 * F.cross_entropy(logits2, targets) + penalty
     return LossOutput(loss, ce1.detach(), penalty.detach())
 
@@ -160,9 +151,8 @@ def _side_stream(device):  # pass 2's stream, one per device
 
 
 def _overlapped_passes(model, data, hidden):
-    """Pass 1 on the current CUDA stream, pass 2 on a side stream.  Same masks as the sequential path: launched
-    in the same order, each draw gets its Philox offset at launch.  Autograd runs each backward op on its
-    forward op's stream and syncs the gradients that cross."""
+    """Pass 1 on the current CUDA stream, pass 2 on a side stream, launched in the sequential order: same Philox
+    offsets, same masks.  Autograd runs each backward op on its forward op's stream, syncing what crosses."""
     main, side = torch.cuda.current_stream(data.device), _side_stream(data.device)
     side.wait_stream(main)  # fork before pass 1 is queued: pass 2 must not wait for it
     first = model.features(data, hidden)
@@ -171,9 +161,8 @@ def _overlapped_passes(model, data, hidden):
     main.wait_stream(side)  # join before the loss
     for t in (data, *(t for state in hidden for t in state)):
         t.record_stream(side)
-    out2 = second.outputs[-1]
-    out2.record_stream(main)
-    return first, out2
+    second.outputs[-1].record_stream(main)
+    return first, second.outputs[-1]
 
 
 def _two_passes(model, data, hidden, reg):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fraternal
-from fraternal import Regularizer, fraternal_loss, fraternal_penalty
+from fraternal import Regularizer, fraternal_loss, penalty_function
 from fused_loss import FUSED_PENALTIES, FusedDecoder, chunk_rows, decoder_loss
 from model import RNNModel
 
@@ -42,7 +42,7 @@ def test_fused_loss_and_gradients_match_the_plain_formulas(w1, w2, kappa, penalt
     expected = w1 * F.cross_entropy(l1, t)
     if second:
         l2 = F.linear(x2, w, b)
-        expected = expected + w2 * F.cross_entropy(l2, t) + kappa * fraternal_penalty(l1, l2, penalty)
+        expected = expected + w2 * F.cross_entropy(l2, t) + kappa * penalty_function(penalty)(l1, l2)
     params = [x1, x2, w, b] if second else [x1, w, b]
     want = torch.autograd.grad(3.0 * expected, params)
     loss, ce1, pen = decoder_loss(x1, x2 if second else None, w, b, t, w1, w2, kappa, penalty, rows=rows)
@@ -50,7 +50,7 @@ def test_fused_loss_and_gradients_match_the_plain_formulas(w1, w2, kappa, penalt
     assert torch.allclose(loss, expected, rtol=1e-10)
     assert torch.allclose(ce1, F.cross_entropy(l1, t), rtol=1e-10) and not ce1.requires_grad
     if second:
-        assert torch.allclose(pen, kappa * fraternal_penalty(l1, l2, penalty), rtol=1e-9, atol=1e-15)
+        assert torch.allclose(pen, kappa * penalty_function(penalty)(l1, l2), rtol=1e-9, atol=1e-15)
     for name, a, e in zip(["x1", "x2", "weight", "bias"] if second else ["x1", "weight", "bias"], got, want):
         assert torch.allclose(a, e, rtol=1e-9, atol=1e-12), name
 
@@ -98,6 +98,6 @@ def test_a_penalty_without_a_fused_gradient_trains_on_the_plain_path(monkeypatch
 
 def test_penalty_names_are_checked_in_fraternal_py():
     assert fraternal.penalty_function("kl") is fraternal.symmetric_kl_penalty
-    for check in (lambda: Regularizer(penalty="kld"), lambda: fraternal_penalty(torch.zeros(1), torch.zeros(1), "kld")):
+    for check in (lambda: Regularizer(penalty="kld"), lambda: penalty_function("kld")(torch.zeros(1), torch.zeros(1))):
         with pytest.raises(ValueError, match="unknown penalty 'kld': choose from mse, kl"):
             check()

@@ -11,7 +11,7 @@ import epoch
 from schedule import Schedule
 from config import PRESETS
 from data import batchify
-from fraternal import VARIANTS, Regularizer, fraternal_loss, fraternal_penalty
+from fraternal import VARIANTS, Regularizer, fraternal_loss, penalty_function
 from model import Masks, RNNModel
 from mc_dropout import mc_cross_entropy
 from scoring import evaluate, ppl
@@ -110,7 +110,7 @@ def test_unknown_penalty_fails_everywhere():
     with pytest.raises(ValueError, match="unknown penalty"):
         Regularizer(kappa=0.1, penalty="kld")
     with pytest.raises(ValueError, match="unknown penalty"):
-        fraternal_penalty(torch.zeros(2, 3), torch.zeros(2, 3), "kld")
+        penalty_function("kld")(torch.zeros(2, 3), torch.zeros(2, 3))
     from fused_loss import decoder_loss
     with pytest.raises(ValueError, match="no gradient for penalty"):
         decoder_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4),
@@ -245,8 +245,8 @@ def test_rdrop_penalty_is_symmetric_kl_per_token():
     a, b = torch.randn(4, 3, 9), torch.randn(4, 3, 9)
     kl = F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True, reduction="none").sum(-1)
     kl_rev = F.kl_div(F.log_softmax(a, -1), F.log_softmax(b, -1), log_target=True, reduction="none").sum(-1)
-    assert torch.allclose(fraternal_penalty(a, b, "kl"), (kl.mean() + kl_rev.mean()) / 2, rtol=1e-5)
-    assert torch.allclose(fraternal_penalty(a, b, "mse"), ((a - b) ** 2).mean())
+    assert torch.allclose(penalty_function("kl")(a, b), (kl.mean() + kl_rev.mean()) / 2, rtol=1e-5)
+    assert torch.allclose(penalty_function("mse")(a, b), ((a - b) ** 2).mean())
 
 
 def test_ar_on_dropped_output_and_tar_on_raw_output_of_the_last_layer():
