@@ -9,7 +9,6 @@ import uuid
 from collections import namedtuple
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -29,8 +28,7 @@ from utils import DeferredInterrupt, get_device, set_seed
 
 RULE = "-" * 89
 Stage = namedtuple("Stage", "name tool flag")  # what the run is called, the tool that continues it, its output's flag
-TRAINING, FINE_TUNING = Stage("training", "main.py", "--save"), Stage("fine-tuning", "finetune.py", "--out")
-STAGES = {"train": TRAINING, "finetune": FINE_TUNING}  # by the config's "stage" (a trained run's has none)
+STAGES = {"train": Stage("training", "main.py", "--save"), "finetune": Stage("fine-tuning", "finetune.py", "--out")}
 
 
 @dataclass
@@ -45,14 +43,14 @@ class Run:
     model: RNNModel
     schedule: Schedule
     stamp: dict
-    resume: Optional[dict] = None
-    source: Optional[dict] = None
-    position: Optional[dict] = None  # a mid-epoch resume point to continue from
-    lock: Optional[RunLock] = None  # rank 0's, verified before each save
-    optimizer: Optional[torch.optim.Optimizer] = None
-    reg: Optional[Regularizer] = None
+    resume: dict | None = None
+    source: dict | None = None
+    position: dict | None = None  # a mid-epoch resume point to continue from
+    lock: RunLock | None = None  # rank 0's, verified before each save
+    optimizer: torch.optim.Optimizer | None = None
+    reg: Regularizer | None = None
     written: str = ""  # where the last resume point of this process stands
-    result: Optional[dict] = None  # the finished run's final results, once written
+    result: dict | None = None  # the finished run's final results, once written
 
     stage = property(lambda self: STAGES[self.cfg.get("stage", "train")])
     dry = property(lambda self: self.cfg["dry_run"])
@@ -165,17 +163,17 @@ def fit(r):
         stop.restore()
 
 
-def final_evaluation(r, interrupted_after=None):
-    """Score the best model on validation and test.  ``interrupted_after``: epochs done before a Ctrl-C."""
+def final_evaluation(r, interrupted):
+    """Score the best model on validation and test (``interrupted``: by a Ctrl-C, after r.schedule.epoch epochs)."""
     blob = load_checkpoint(r.paths["best"], "best")
     load_weights(r.model, blob, r.paths["best"])
     short, cfg, label = 5 if r.dry else None, r.cfg, r.stage.name
     valid = evaluate(r.model, r.splits["valid"], cfg["bptt"], cfg["eval_batch_size"], short, "validation, best model")
     test = evaluate(r.model, r.splits["test"], cfg["bptt"], cfg["test_batch_size"], short, "test, best model")
-    end = (f"test loss {test:5.2f}" if r.stage is TRAINING else f"valid ppl {ppl(valid):8.2f}")
+    end = (f"test loss {test:5.2f}" if label == "training" else f"valid ppl {ppl(valid):8.2f}")
     print(f"{RULE}\n| End of {label} | {end} | test ppl {ppl(test):8.2f} |\n{RULE}")
-    done = None if interrupted_after is None else f"{interrupted_after} epoch{'s' * (interrupted_after != 1)}"
-    if r.stage is FINE_TUNING and blob.get("epoch") == 0:
+    done = f"{r.schedule.epoch} epoch{'s' * (r.schedule.epoch != 1)}" if interrupted else None
+    if label == "fine-tuning" and blob.get("epoch") == 0:
         what = ("never improved on the input's validation perplexity" if done is None else
                 f"was interrupted after {done}, before it improved on the input's validation perplexity")
         print(f"Note: {label} {what}, so {r.paths['best']} holds the input's weights.")
@@ -186,7 +184,7 @@ def final_evaluation(r, interrupted_after=None):
         print("Note: a dry run trains 2 batches, so perplexities in the thousands or millions are expected.")
     result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
               "best_epoch": blob.get("epoch"), "checkpoint": str(r.paths["best"]), **r.stamp}
-    r.result = result if interrupted_after is None else None
+    r.result = None if interrupted else result
     atomic_write_json(result, r.paths["final"])
     return result
 
@@ -300,10 +298,9 @@ def train(r):
         print(f"Starting from valid ppl {ppl(loss):.2f}")
         r.save_best(epoch=0, valid_loss=loss)
         r.schedule = Schedule(r.cfg, best_val=loss)
-    corpus = r.corpus
     print(f"Model total parameters: {sum(p.numel() for p in r.model.parameters())}")
-    print(f"Device: {r.device}; tokens: train {corpus.train.numel()}, valid {corpus.valid.numel()}, "
-          f"test {corpus.test.numel()}; vocabulary {len(corpus.dictionary)}")
+    print(f"Device: {r.device}; tokens: train {r.corpus.train.numel()}, valid {r.corpus.valid.numel()}, "
+          f"test {r.corpus.test.numel()}; vocabulary {len(r.corpus.dictionary)}")
     distributed.prepare(r.model, r.cfg, r.resume)
     r.reg = Regularizer.from_config(r.cfg)
     if r.cfg.get("overlap_passes"):
@@ -324,13 +321,11 @@ def train(r):
         return None
     if not os.path.exists(r.paths["best"]) and r.dry:  # a dry run's temporary best: the weights as they are
         r.save_best(epoch=r.schedule.epoch)
-    result = None
-    if not os.path.exists(r.paths["best"]):
+    result = final_evaluation(r, interrupted is not None) if os.path.exists(r.paths["best"]) else None
+    if result is None:
         if os.path.exists(r.paths["final"]):  # an earlier final.json would describe a model that is gone
             os.unlink(r.paths["final"])
         print("No best model was saved by this run, so there is nothing to evaluate on test.")
-    else:
-        result = final_evaluation(r, None if interrupted is None else r.schedule.epoch)
     if interrupted is not None:  # not a finished run, whatever it evaluated: the exit code says so
         raise interrupted
     return result
