@@ -92,18 +92,13 @@ def run_config(spec, study, corpus_dir, save, device):
     return train_config(argv + (["--kappa", repr(spec["kappa"])] if spec["kappa"] is not None else []))
 
 
-def finished(cfg, paths):
-    """True once the schedule ran to its end (not merely stopped by Ctrl-C, which still writes final.json)."""
-    return os.path.exists(paths["final"]) and schedule_finished(paths["resume"], cfg["epochs"])
-
-
 def train(cfg):
     """Train one run, continuing or reusing this checkout's run of the same configuration (data path resolved)."""
     paths, resolved = run_paths(cfg["save"]), lambda c: dict(c, data=os.path.abspath(c["data"]))
     blob = load_checkpoint(paths["resume"], "resume") if os.path.exists(paths["resume"]) else None
     if blob is None or resolved(with_settings_added_since(blob["config"])) != resolved(cfg):
         return run(cfg, overwrite=True)
-    if finished(cfg, paths) and os.path.exists(paths["best"]):
+    if all(os.path.exists(paths[k]) for k in ("final", "best")) and schedule_finished(paths["resume"], cfg["epochs"]):
         print(f"Reusing the finished run {cfg['save']} (its checkpoints are in this checkout)")
         return json.loads(Path(paths["final"]).read_text(encoding="utf-8"))
     return run(build_config({"resume": paths["resume"]}, "resume", blob), resume=blob)
@@ -137,7 +132,7 @@ def run_one(spec, study, out, train_sha, ntrain, device, command, commit, retrai
     print(f"=== {name} ===")
     started = time.strftime("%Y-%m-%d %H:%M")
     final = train(cfg)
-    if final is None or not finished(cfg, paths):
+    if final is None or not schedule_finished(paths["resume"], cfg["epochs"]):  # Ctrl-C also writes final.json
         raise UserError(f"the run {name} did not finish (interrupted): rerun the same command to continue it")
     rows = read_metrics(paths["metrics"], ("epoch", "valid_loss", "valid_ppl", "train_ppl", "elapsed", "tokens_per_s"))
     best = min(rows, key=lambda r: r["valid_loss"])

@@ -2,8 +2,7 @@
 
 FD runs the network twice per batch, so its step should cost about twice a baseline step (``x base``). Timed is
 ``epoch.train_step`` on main.py's model with random token ids, a preset's configurations in turn on the same batches
-(outside load weighs on all alike; the minimum is the least disturbed). FLOPs: 2 per weight per token of every matrix
-product, x3 (forward, both gradients), x2 for a second pass. "of peak": over the best ``torch.mm`` rate at its shapes.
+(outside load weighs on all alike; the minimum is least disturbed). "of peak": over ``torch.mm``'s best at the shapes.
 
     python bench.py --out results/bench.json                 # every preset, baseline and FD
     python bench.py --preset single --model baseline FD RD --overlap --eval
@@ -30,8 +29,7 @@ from schedule import Schedule
 from scoring import evaluate
 from epoch import make_optimizer, train_step
 from utils import get_device, set_seed
-from runfiles import (ArgumentParser, UserError, atomic_write_json, check_output_path, code_commit, cpu_model,
-                      run_cli)
+from runfiles import ArgumentParser, UserError, atomic_write_json, check_output_path, code_commit, cpu_model, run_cli
 
 VOCAB = {"data/penn": 10000, "data/wikitext-2": 33278}  # vocabulary sizes of the presets' corpora
 TINY, TINY_VOCAB = ["--emsize", "8", "--nhid", "12", "--batch_size", "3", "--bptt", "5"], 50  # --scale tiny
@@ -115,7 +113,7 @@ def bench_preset(preset, models, args, device, ceiling_tf32):
     rows, base = [], runners[models.index("baseline")] if "baseline" in models else None
     sequential = {run.cfg["model"]: run for run in runners[:len(models)]}
     for run in runners:
-        passes = 2 if run.reg.second_pass else 1  # FLOPs: 2 per weight per token, 3 products per weight, per pass
+        passes = 2 if run.reg.second_pass else 1  # FLOPs: 2 per weight per token, x3 (forward, both gradients)
         weights = sum(w.numel() for rnn in run.model.rnns for w in (rnn.weight_ih_l0, rnn.weight_hh_l0))
         flops = passes * 3 * 2 * T * B * (weights + run.model.decoder.weight.numel())
         med, low = statistics.median(run.times), min(run.times)

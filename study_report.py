@@ -63,9 +63,8 @@ def scale_text(study, ntrain):
 def scale_args(study):
     """The flags of ``study``'s scale: the nearer named scale (none for full) plus every value that differs."""
     name = min(SCALES, key=lambda n: sum(study.get(k) != v for k, v in SCALES[n].items()))
-    args = [f"--scale {name}"] * (name != "full") + [f"--{k} {study[k]:g}" for k, v in SCALES[name].items()
-                                                     if study.get(k, v) != v]
-    return "".join(f" {a}" for a in args)
+    return f" --scale {name}" * (name != "full") + "".join(f" --{k} {study[k]:g}" for k, v in SCALES[name].items()
+                                                           if study.get(k, v) != v)
 
 
 def table(runs, command, scale, header, rows, note):
@@ -89,12 +88,11 @@ def variants_table(summaries, scale):
     runs = [s for s in summaries if is_default(s)]
     if not runs:
         return []
-    variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
+    groups = {v: g for v in ALL_VARIANTS if (g := [s for s in runs if s["variant"] == v])}
     seeds = seed_list(s["seed"] for s in runs)
-    same_seeds = all(seed_list(s["seed"] for s in runs if s["variant"] == v) == seeds for v in variants)
-    command = (f"python ablation.py --study seeds --model {' '.join(variants)} --seeds {seeds}" if same_seeds
+    same_seeds = all(seed_list(s["seed"] for s in g) == seeds for g in groups.values())
+    command = (f"python ablation.py --study seeds --model {' '.join(groups)} --seeds {seeds}" if same_seeds
                else f"python ablation.py --runs {' '.join(s['name'] for s in runs)}")  # exactly these runs
-    groups = {v: [x for x in runs if x["variant"] == v] for v in variants}
     return table(runs, command, scale, f"| variant | kappa | {RESULTS} | train ppl (last epoch) | wall time (min) |",
                  [f"| {v} | {s[0]['kappa']:g} | {result_cells(s)} | {fmt([x['wall_s'] / 60 for x in s], 1)} |"
                   for v, s in groups.items()],
@@ -189,11 +187,10 @@ def plot_seeds(summaries, path, title):
     runs = [s for s in summaries if is_default(s)]
     if not runs or (plt := pyplot()) is None:
         return False
-    variants = [v for v in ALL_VARIANTS if any(s["variant"] == v for s in runs)]
+    groups = {v: g for v in ALL_VARIANTS if (g := [s for s in runs if s["variant"] == v])}
     colors = dict(zip(ALL_VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
-    for i, v in enumerate(variants):
-        group = [s for s in runs if s["variant"] == v]
+    for i, (v, group) in enumerate(groups.items()):
         for s in group:
             draw_curve(ax1, s["epoch_rows"], "valid_ppl", color=colors[v], lw=0.8, alpha=0.3)
         mean = [{"epoch": e + 1, "valid_ppl": mean_sd(s["epoch_rows"][e]["valid_ppl"] for s in group)[0]}
@@ -204,7 +201,7 @@ def plot_seeds(summaries, path, title):
         ax2.errorbar([i + 0.2], [mean_sd(best)[0]], yerr=[mean_sd(best)[1] or 0], color=colors[v], fmt="o", capsize=4)
     lows = [r["valid_ppl"] for s in runs for r in s["epoch_rows"]]
     ax1.set(ylim=(min(lows) * 0.97, min(max(lows), min(lows) * 1.5)), ylabel="validation perplexity")
-    ax2.set_xticks(range(len(variants)), variants)
+    ax2.set_xticks(range(len(groups)), list(groups))
     ax2.set(xlabel="variant", ylabel="best valid ppl (dots: seeds; mean ± sd)")
     return finish(fig, (ax1, ax2), path, title)
 
@@ -257,7 +254,6 @@ def finish(fig, axes, path, title):
 
 
 def load_summaries(out, study, folder="runs"):
-    """The run summaries at scale ``study`` in ``out/folder``, in the tables' order."""
     summaries = []
     for path in sorted((out / folder).glob("*.summary.json")):
         try:
