@@ -1,6 +1,5 @@
 """Embedding dropout (Gal & Ghahramani): drop whole word types (rows of the embedding matrix), kept rows scaled
-by 1/(1-p).  Only the rows looked up are multiplied: the full matrix's values and gradients, at a fraction of the cost.
-"""
+by 1/(1-p).  Multiplying only the rows looked up gives the full matrix's values and gradients, far cheaper."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -32,10 +32,9 @@ def check_outf(outf, overwrite):
 
 @torch.no_grad()
 def sample(model, dictionary, words, temperature, seed, device):
-    """``words`` words drawn from the model, starting after '<eos>'."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    start = dictionary.word2idx["<eos>"]  # every corpus line ends with one
+    start = dictionary.word2idx["<eos>"]  # the text starts after an '<eos>', as every corpus line ends with one
     inp, hidden, out = torch.full((1, 1), start, dtype=torch.long, device=device), model.init_hidden(1), []
     for _ in tqdm(range(words), desc="sampling", unit="word", leave=False, disable=None):
         logits, hidden = model(inp, hidden)

@@ -1,6 +1,5 @@
-"""The AWD-LSTM word-level language model, in both setups of the paper: the single-layer ablation (full-shape
-masks: ``locked=False``) and the 3-layer AWD-LSTM.  Each dropout site keeps its last mask for a second pass to
-reuse, and a batch can stack copies of itself with independent or shared masks (``fraternal.Masks``)."""
+"""AWD-LSTM, as the paper's single-layer ablation (full-shape masks: ``locked=False``) or with 3 layers.  Each dropout
+site keeps its last mask for a second pass; a batch can stack copies of itself with own or shared masks (Masks)."""
 from typing import NamedTuple
 
 import torch.nn as nn
@@ -29,13 +28,11 @@ class RNNModel(nn.Module):
     def __init__(self, ntoken, ninp=400, nhid=1150, nlayers=3, dropout=0.4, dropouth=0.3,
                  dropouti=0.4, dropoute=0.1, wdrop=0.5, tie_weights=True, locked=True, locked_mask="sequence"):
         super().__init__()
-        self.ntoken, self.ninp, self.nhid, self.nlayers = ntoken, ninp, nhid, nlayers
-        self.tie_weights = tie_weights
+        self.ntoken, self.nlayers = ntoken, nlayers
         # No padding_idx=0 (unlike the FD code): word 0 is a real word, its row must get gradients.
         self.encoder = nn.Embedding(ntoken, ninp)
         sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
-        self.rnns = nn.ModuleList(
-            WeightDropLSTM(sizes[l], sizes[l + 1], weight_dropout=wdrop) for l in range(nlayers))
+        self.rnns = nn.ModuleList(WeightDropLSTM(sizes[l], sizes[l + 1], weight_dropout=wdrop) for l in range(nlayers))
         self.decoder = FusedDecoder(sizes[-1], ntoken)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
@@ -51,10 +48,9 @@ class RNNModel(nn.Module):
 
     def set_dropout(self, dropout=None, dropouth=None, dropouti=None, dropoute=None, wdrop=None):
         """Change dropout rates in place (they are not part of the state_dict)."""
-        for rate, modules, attribute in (
-                (dropout, [self.output_dropout], "p"), (dropouth, self.hidden_dropouts, "p"),
-                (dropouti, [self.input_dropout], "p"), (dropoute, [self.embedding_dropout], "p"),
-                (wdrop, self.rnns, "weight_dropout")):
+        for rate, modules, attribute in ((dropout, [self.output_dropout], "p"), (dropouth, self.hidden_dropouts, "p"),
+                                         (dropouti, [self.input_dropout], "p"), (wdrop, self.rnns, "weight_dropout"),
+                                         (dropoute, [self.embedding_dropout], "p")):
             for m in modules if rate is not None else ():
                 setattr(m, attribute, rate)
 

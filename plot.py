@@ -4,8 +4,7 @@
     python plot.py runs/awd-ptb_FD.metrics.jsonl
     python plot.py runs/                    # every run in the folder
 
-A run is named by its checkpoint, its ``.metrics.jsonl`` or a folder of runs; its fine-tuning follows its
-training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
+A run's fine-tuning follows its training's last epoch, dashed.  Needs matplotlib: pip install matplotlib.
 """
 import argparse
 import re

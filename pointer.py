@@ -61,17 +61,16 @@ def token_logprobs(model, tokens, window, theta, lambdasm, bptt, max_batches=Non
     """Per-token log-probabilities at batch 1, without and with the cache (``awd_scoring``: as the reference)."""
     model.eval()
     source = batchify(tokens, 1, next(model.parameters()).device)
-    hidden, mem_h, mem_w = model.init_hidden(1), None, source.new_zeros(0)
+    hidden, mem_w = model.init_hidden(1), source.new_zeros(0)
+    mem_h = torch.zeros(0, model.decoder.in_features, device=source.device)
     log_wv = math.log(1 - lambdasm) if lambdasm < 1 else -math.inf   # log mixture weights
     log_wc = math.log(lambdasm) if lambdasm > 0 else -math.inf
     plain, mixed = [], []
     for data, targets in stream(source, bptt, "cache pointer", max_batches, "chunk"):
         hidden, _, dropped = model.features(data, hidden)
-        logits = model.decoder(dropped[-1])
         h = dropped[-1].view(-1, dropped[-1].size(-1)).float()   # eval mode: the last layer's output
-        flat = logits.view(-1, model.ntoken).float()
+        flat = model.decoder(dropped[-1]).view(-1, model.ntoken).float()
         vocab = flat.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(flat, 1)   # log p_vocab(target)
-        mem_h = h[:0] if mem_h is None else mem_h
         cache = cache_logprob(h, targets, mem_h, mem_w, window, theta)
         mix = torch.logaddexp(vocab + log_wv, cache + log_wc)
         off = torch.isnan(cache)                                      # empty cache (first token): model alone

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runfiles import UserError, atomic_write
 
+
 def read_metrics(path, keys=("epoch", "valid_ppl")):
     """The epoch rows of a ``.metrics.jsonl``; every problem is one UserError naming the file (and line)."""
     path = Path(path)
@@ -73,10 +74,8 @@ def pyplot(required=False):
 def draw_curve(ax, rows, key, label=None, offset=0, **style):
     """One run's ``key`` per epoch (shifted by ``offset``: a fine-tuning follows its training); one epoch: a point."""
     from matplotlib.ticker import MaxNLocator
-    xs = [row["epoch"] + offset for row in rows]
-    ys = [row[key] for row in rows]
-    marker = "o" if len(xs) == 1 else ("." if len(xs) < 30 else None)
-    ax.plot(xs, ys, marker=marker, label=label, **style)
+    marker = "o" if len(rows) == 1 else ("." if len(rows) < 30 else None)
+    ax.plot([row["epoch"] + offset for row in rows], [row[key] for row in rows], marker=marker, label=label, **style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
 

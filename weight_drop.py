@@ -1,7 +1,6 @@
-"""DropConnect on an LSTM's hidden-to-hidden weights (AWD-LSTM's WeightDrop) on current PyTorch.
-
-The parameters are never swapped (as earlier ports did: stale state_dict, broken deepcopy): each training
-forward hands the fused kernel ``torch._VF.lstm`` (tested against ``nn.LSTM``) W_hh * mask instead."""
+"""DropConnect on an LSTM's hidden-to-hidden weights (AWD-LSTM's WeightDrop) on current PyTorch: the parameters are
+never swapped (as earlier ports did: stale state_dict, broken deepcopy); each training forward hands the fused
+kernel ``torch._VF.lstm`` (tested against ``nn.LSTM``) W_hh * mask instead."""
 import warnings
 
 import torch
