@@ -42,9 +42,8 @@ def make_spec(variant, seed, kappa=None, same=""):
         raise UserError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
     if bad := set(same) - set(STUDY_SITES):
         raise UserError(f"unknown mask site {''.join(sorted(bad))!r}: choose from {STUDY_SITES} ({SITE_NAMES})")
-    if kappa is not None and float(kappa) == default_kappa("single", variant):
-        kappa = None  # the default-kappa run has one name, so a sweep reuses it
-    kappa, same = None if kappa is None else float(kappa), "".join(s for s in STUDY_SITES if s in same)
+    default = kappa is None or float(kappa) == default_kappa("single", variant)  # one name: a sweep reuses that run
+    kappa, same = None if default else float(kappa), "".join(s for s in STUDY_SITES if s in same)
     return {"name": f"{variant}{'' if kappa is None else f'_kappa{kappa:g}'}{same and f'_same{same}'}_seed{int(seed)}",
             "variant": variant, "seed": int(seed), "kappa": kappa, "same": same}
 

@@ -70,7 +70,6 @@ def time_mm(shapes, best, device):
 
 
 def runner(cfg, vocab, device):
-    """One configuration's model and optimizer, stepped by ``epoch.train_step`` as an epoch does."""
     set_seed(cfg["seed"])
     model = RNNModel.from_config(cfg, vocab).to(device).train()
     return SimpleNamespace(cfg=cfg, times=[], mem=0.0, model=model, params=list(model.parameters()),
