@@ -9,8 +9,7 @@ batch size, epochs and seed from the reference's row for the checkpoint's preset
 import distributed
 from checkpoint import load_checkpoint
 from config import build_config, build_finetune_parser
-from run_checks import load_resume
-from trainer import run
+from trainer import load_resume, run
 from runfiles import UserError, run_cli
 
 

@@ -7,8 +7,7 @@
 """
 import distributed
 from config import build_config, build_train_parser
-from run_checks import load_resume
-from trainer import run
+from trainer import load_resume, run
 from runfiles import run_cli
 
 
