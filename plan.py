@@ -49,9 +49,8 @@ class ChainRun:
     proc: object = None  # the running step's process
     current: int = 0
 
-    @property
-    def label(self):
-        return f"{self.chain.id} seed {self.seed}"
+    def __post_init__(self):
+        self.label = f"{self.chain.id} seed {self.seed}"
 
     def summary(self):
         f = self.failure
@@ -91,8 +90,7 @@ def redo_set(plan, names):
     ids = {s.id for run in plan for s in run.steps}
     for name in names:
         if name not in ids and f"{name}:train" not in ids:
-            raise UserError(f"--redo {name}: no such step in this plan; name CHAIN:STAGE, one of "
-                            f"{' '.join(sorted(ids))}")
+            raise UserError(f"--redo {name}: no such step in this plan; CHAIN:STAGE, one of {' '.join(sorted(ids))}")
     chosen = set()
     for step in (s for run in plan for s in run.steps):  # each step after its upstream
         if step.id in names or step.chain in names or step.upstream in chosen:

@@ -20,10 +20,10 @@ def seconds(s):
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
-def epoch_rows(path, keys=("epoch", "valid_ppl")):
+def epoch_rows(path):
     """A run's epoch rows; none when missing or damaged (named among the side files)."""
     try:
-        return read_metrics(path, keys)
+        return read_metrics(path, ("epoch", "valid_ppl", "elapsed"))
     except UserError:
         return []
 
@@ -36,8 +36,7 @@ def shown(path):
 def run_entry(run, row, out, finished):
     """One seed's number for ``row``, with its provenance, or None while its step is not done."""
     steps = {s.stage: s for s in run.steps}
-    record = finished(steps[row.stage])
-    if record is None:
+    if (record := finished(steps[row.stage])) is None:
         return None
     upto = {s: finished(steps[s]) or {} for s in lineage(row.stage)}
     result_file = out / steps[row.stage].path("final.json" if STAGES[row.stage].trains else "output")
@@ -51,8 +50,7 @@ def run_entry(run, row, out, finished):
 def row_report(row, runs, out, finished):
     entries, failures = [], []
     for run in runs:
-        entry = run_entry(run, row, out, finished)
-        if entry is not None:
+        if (entry := run_entry(run, row, out, finished)) is not None:
             entries.append(entry)
         elif run.failure:
             failure = dict(run.failure, seed=run.seed)
@@ -85,7 +83,6 @@ def side_file_notes(plan, out):
 
 
 def write(plan, selected, out, finished, meta, report_dir, plots=False):
-    """NAME.json and NAME.md in ``report_dir``, each written atomically; with ``plots`` the curves first."""
     table = [row_report(row, [r for r in plan if r.chain.id == row.chain], out, finished) for row in selected]
     report = {**meta, "partial": any(r["status"] in ("partial", "pending") for r in table),
               "written": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": table, "side_files": side_file_notes(plan, out)}
@@ -139,7 +136,6 @@ def draw_plots(report, plan, out, folder):
             ax.axhline(r["published"]["valid"], linestyle="--", color="k", label=f"published {r['published']['valid']}")
         ax.set(ylabel="validation perplexity", yscale="log", title=r["id"])
         ax.legend()
-        folder.mkdir(parents=True, exist_ok=True)
         save_figure(fig, folder / f"{r['id']}.png", dpi=100)
         images[r["id"]] = f"{folder.name}/{r['id']}.png"
     return images
@@ -147,12 +143,10 @@ def draw_plots(report, plan, out, folder):
 
 def expected_hours(plan, folder):
     """GPU hours of the plan's steps not done, from GPU runs in ``folder``'s reports; (None, the steps unmeasured)."""
-    measured = {}
-    for path in sorted(Path(folder).glob("*.json")):
-        for r in (read_json(path) or {}).get("rows", []):
-            for e in (e for e in r.get("runs", []) if "cuda" in str(e.get("device")) and r.get("id") in rows.ROW):
-                measured.update({(rows.ROW[r["id"]].chain, s): wall for s, wall in (e.get("steps_wall_s") or {}).items()
-                                 if wall})
+    measured = {(rows.ROW[r["id"]].chain, s): wall for path in sorted(Path(folder).glob("*.json"))
+                for r in (read_json(path) or {}).get("rows", []) if r.get("id") in rows.ROW
+                for e in r.get("runs", []) if "cuda" in str(e.get("device"))
+                for s, wall in (e.get("steps_wall_s") or {}).items() if wall}
     needed = [(run.chain.id, s.stage) for run in plan for s in run.steps if getattr(s, "state", "run") != "done"]
     missing = sorted({f"{c}:{s}" for c, s in needed if (c, s) not in measured})
     return (None, missing) if missing else (sum(measured[k] for k in needed) / 3600, [])

@@ -57,24 +57,13 @@ def build_parser():
     return p
 
 
-def check_folder(path, scale, flag, dry):
-    """A tiny run never mixes with (or writes over) a full one; an unwritable folder is refused before any step."""
-    held = read_json(path)
-    if isinstance(held, dict) and held.get("scale") != scale:
-        raise UserError(f"{path.parent} holds results at scale {held.get('scale')}; this run is at scale {scale}: "
-                        f"choose another {flag}")
-    if not dry:
-        check_output_path(path, flag)
-
-
 def corpora(plan, data_root, out, scale):
     """Each corpus's folder as the steps read it, and its digest (with the cut at a small scale)."""
     from data import SPLITS, content_sha256
     folders, digests, cut = {}, {}, planning.SCALES[scale]["cut"]
     for corpus in {run.chain.corpus for run in plan}:
         source = Path(data_root) / corpus
-        missing = [s for s in SPLITS if not (source / f"{s}.txt").is_file()]
-        if missing:
+        if missing := [s for s in SPLITS if not (source / f"{s}.txt").is_file()]:
             raise UserError(f"no corpus at {source} ({', '.join(missing)}.txt missing): run ./getdata.sh or pass "
                             f"--data_root DIR (a folder holding penn/ and wikitext-2/)")
         folders[corpus] = (Path(out).resolve() / "corpus" / corpus) if cut else source.resolve()
@@ -90,15 +79,19 @@ def main(argv=None):
         raise UserError(f"name {TABLES} or row ids, e.g. python reproduce.py ptb --dry")
     selected, unknown = rows.select(args.tables)
     if unknown:
-        raise UserError(f"{unknown!r} is neither a table ({', '.join(rows.TABLES)}, all) nor a row id: "
-                        f"see python reproduce.py --help")
+        raise UserError(f"{unknown!r} is neither a table ({', '.join(rows.TABLES)}, all) nor a row id: see --help")
     from config import check_flags, train_config
     check_flags(vars(args), {"jobs": "positive_int"})
     scale, cut = args.scale, planning.SCALES[args.scale]["cut"]
     out, report_dir = Path(args.out or DEFAULT_OUT[scale]), Path(args.report_dir or DEFAULT_REPORT[scale])
     name = "+".join(args.tables) + (f"-seeds{'-'.join(map(str, args.seeds))}" if args.seeds else "")
-    check_folder(out / "reproduce.json", scale, "--out", args.dry)
-    check_folder(report_dir / f"{name}.json", scale, "--report_dir", args.dry)
+    for path, flag in ((out / "reproduce.json", "--out"), (report_dir / f"{name}.json", "--report_dir")):
+        held = read_json(path)  # a tiny run never mixes with (or writes over) a full one
+        if isinstance(held, dict) and held.get("scale") != scale:
+            raise UserError(f"{path.parent} holds results at scale {held.get('scale')}; this run is at scale {scale}: "
+                            f"choose another {flag}")
+        if not args.dry:  # an unwritable folder is refused before any step
+            check_output_path(path, flag)
     plan = planning.plan_chains(selected, args.seeds, scale, lambda chain: train_config(
         list(planning.SCALES[scale].get("train", ())) + list(chain.train))["seed"])
     from runner import Runner, make_slots

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from config import outcome, train_config
 from report import epoch_rows, seconds
 from runfiles import UserError, atomic_write_json, code_commit, cpu_model, file_sha256, read_json
 
@@ -59,36 +60,28 @@ class Runner:
     def argv(self, step):
         return [a.replace("{out}", str(self.out)).replace("{data}", str(self.data[step.corpus])) for a in step.template]
 
-    def epochs(self, step):
-        return epoch_rows(self.out / step.path("metrics.jsonl"), ("epoch", "valid_ppl", "elapsed"))
-
     def key(self, step):
         if step not in self.keys:
             key = {"command": step.template, "data": self.digests[step.corpus]}
             if step.stage == "train":
-                from config import outcome, train_config
                 key["config"] = outcome(train_config(self.argv(step)[1:]))
             self.keys[step] = json.loads(json.dumps(key))
         return self.keys[step]
 
     def check_keys(self, plan):
         """A recorded step whose key differs from the plan's is refused before anything runs."""
-        from config import outcome
         which = {"command": "command", "config": "resolved configuration (a preset changed?)", "data": "corpus"}
-        for step in (s for run in plan for s in run.steps if s not in self.redo):
-            old = self.record(step)
+        for step, old in ((s, self.record(s)) for run in plan for s in run.steps if s not in self.redo):
             if not isinstance(old, dict):
                 continue
             old, new = dict(old.get("key", {})), self.key(step)
             if isinstance(old.get("config"), dict):  # recorded by an older checkout: compare what it computes
                 old["config"] = outcome(old["config"])
-            what = next((which[k] for k in which if old.get(k) != new.get(k)), None)
-            if what:
+            if what := next((which[k] for k in which if old.get(k) != new.get(k)), None):
                 raise UserError(f"{step.chain} seed {step.seed}: the {step.stage} step in {self.out / step.dir} ran "
                                 f"with another {what}: pass --redo {step.id} to discard it, or choose another --out")
 
     def inputs(self, step):
-        """The upstream outputs' digests (None while the upstream has no completed record)."""
         return {} if step.upstream is None else (self.record(step.upstream) or {}).get("outputs")
 
     def state(self, step):
@@ -98,8 +91,7 @@ class Runner:
             return "redo", files
         record, inputs = self.record(step), self.inputs(step)
         if isinstance(record, dict) and "outputs" in record:
-            bad = [n for n, sha in record["outputs"].items() if self.sha(self.out / step.dir / n) != sha]
-            if bad:
+            if bad := [n for n, sha in record["outputs"].items() if self.sha(self.out / step.dir / n) != sha]:
                 return "refused", (f"{step.dir}/{bad[0]} no longer matches its record (damaged or replaced): "
                                    f"--redo {step.id} computes it anew")
             if record.get("inputs") != inputs:
@@ -121,7 +113,6 @@ class Runner:
             return False
 
     def finished(self, step):
-        """The step's completed record when it is done, else None (what the report reads)."""
         return self.record(step) if self.state(step)[0] == "done" else None
 
     def fail(self, run, step, reason, rc=None):
@@ -130,7 +121,6 @@ class Runner:
                        "last_line": last_line(log)[:200] if rc is not None else ""}
 
     def launch(self, run, slot):
-        """Start the chain's next step that is not done, if any and the chain has not failed."""
         while run.failure is None and run.current < len(run.steps):
             step = run.steps[run.current]
             try:
@@ -158,9 +148,10 @@ class Runner:
         with open(self.out / step.path("log"), "a", encoding="utf-8") as log:
             log.write(f"=== {now()} python {' '.join(argv)}\n")
             run.offset = log.tell()
+            # SIGINT as Python expects it, even when inherited as ignored (a runner started with & from a script)
             run.proc = subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **slot["env"]},
-                                        preexec_fn=default_sigint)
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         run.started, run.slot = time.time(), slot
 
     def finish(self, run):
@@ -177,7 +168,7 @@ class Runner:
                 reason = "exit code 0 but no JSON result on its last line"
         if reason:
             return self.fail(run, step, reason, rc)
-        output, epochs = self.out / step.path("output"), self.epochs(step)
+        output, epochs = self.out / step.path("output"), epoch_rows(self.out / step.path("metrics.jsonl"))
         if not step.kind.trains:
             atomic_write_json(found, output)
         record.update(outputs={output.name: self.sha(output)}, result=result, commit=self.commit, date=now(),
@@ -214,9 +205,8 @@ class Runner:
                         self.progress(run)
                         continue
                     self.finish(run)
-                    del running[k]
                     free.insert(0, k)  # the chain's next step goes on the same slot
-                    queue.insert(0, run)
+                    queue.insert(0, running.pop(k))
                 if running:
                     time.sleep(poll)
         except BaseException:
@@ -230,7 +220,7 @@ class Runner:
     def progress(self, run):
         """Print, when it changed: chain, step, epoch (of its limit), last validation perplexity, ETA at the limit."""
         step = run.steps[run.current]
-        text, epochs = f"{run.label} | {step.stage}", self.epochs(step)
+        text, epochs = f"{run.label} | {step.stage}", epoch_rows(self.out / step.path("metrics.jsonl"))
         limit = self.keys.get(step, {}).get("config", {}).get("epochs")
         if epochs:
             last = epochs[-1]
@@ -240,11 +230,6 @@ class Runner:
         if text != getattr(run, "shown", None):
             print(text, flush=True)
             run.shown = text
-
-
-def default_sigint():
-    """A step's SIGINT as Python expects it, even when inherited as ignored (a runner started with & from a script)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def terminate(signum, frame):
@@ -270,9 +255,8 @@ def make_slots(jobs, device):
     import torch
     from utils import get_device
     if get_device(device).type == "cpu":
-        threads = str(max(1, (os.cpu_count() or 1) // (jobs or 1)))
-        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": threads}
-        return [{"device": "cpu", "env": env, "name": f"cpu ({cpu_model()})"}] * (jobs or 1)
+        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (jobs or 1))))
+        return [{"device": "cpu", "env": {"OMP_NUM_THREADS": threads}, "name": f"cpu ({cpu_model()})"}] * (jobs or 1)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(torch.cuda.device_count())))
     ids = [d.strip() for d in visible.split(",") if d.strip()]
     index = [int(device.split(":")[1])] if ":" in device else list(range(len(ids)))
