@@ -60,8 +60,7 @@ def row_report(row, runs, out, finished):
     waiting = len(runs) - len(entries) - len(failures)
     (valid, valid_sd), (test, test_sd) = (mean_sd(e[k] for e in entries) for k in ("valid_ppl", "test_ppl"))
     published = {"valid": row.published[0], "test": row.published[1]} if row.published else None
-    status = ("done" if not waiting and not failures else "failed" if failures and not waiting
-              else "partial" if entries else "pending")
+    status = "partial" if waiting and entries else "pending" if waiting else "failed" if failures else "done"
     return {"id": row.id, "what": row.what, "source": row.source, "stage": row.stage, "published": published,
             "status": status, "seeds": [e["seed"] for e in entries], "runs": entries, "failures": failures,
             "measured": {"valid": valid, "valid_sd": valid_sd, "test": test, "test_sd": test_sd} if entries else None,

@@ -14,6 +14,7 @@ Chain = namedtuple("Chain", "id corpus train table save", defaults=(None,))
 Row = namedtuple("Row", "id chain stage what published source args", defaults=((),))
 
 FD = "Zolna et al. 2018 (fraternal dropout)"
+FD_SINGLE = f"{FD}, single-layer PTB ablation table"
 MERITY = "Merity et al. 2017 (arXiv 1708.02182)"
 README = "awd-lstm-lm README at bf0742c"
 TAG = "awd-lstm-lm at tag PyTorch==0.1.12 (its README)"
@@ -44,10 +45,8 @@ CHAINS = [
 ]
 FT, CACHE = "... then fine-tuned", "... fine-tuned, with the cache pointer (window "
 ROWS = [
-    Row("single-FD", "single-FD", "train", "single-layer PTB, FD (kappa 0.15)", (67.5, 64.9),
-        f"{FD}, single-layer PTB ablation table"),
-    Row("single-FD-samew", "single-FD-samew", "train", "single-layer PTB, FD, same W_hh mask", (66.9, 64.6),
-        f"{FD}, single-layer PTB ablation table"),
+    Row("single-FD", "single-FD", "train", "single-layer PTB, FD (kappa 0.15)", (67.5, 64.9), FD_SINGLE),
+    Row("single-FD-samew", "single-FD-samew", "train", "single-layer PTB, FD, same W_hh mask", (66.9, 64.6), FD_SINGLE),
     Row("awd-ptb-FD", "awd-ptb-FD", "train", "3-layer AWD-LSTM PTB, FD (kappa 0.1)", (59.8, 58.0), f"{FD}, PTB table"),
     Row("awd-ptb-FD-ft", "awd-ptb-FD", "finetune", FT, (58.9, 56.8), f"{FD}, PTB table"),
     Row("merity-ptb", "merity-ptb", "train", "AWD-LSTM, the paper's PTB recipe (500 epochs: the authors' later note, "
