@@ -35,19 +35,17 @@ RULES = {"bptt": "positive_int", "batch_size": "positive_int", "max_batches": "p
          "epsilon": "positive"}
 
 
-def from_first_version(lr, lamb, epsilon, batches, tensors):
+def from_first_version(batches, tensors, lr, lamb, epsilon):
     """Their first version summed squared gradients and tensor means: its settings in the paper's terms."""
     return dict(lr=lr / math.sqrt(batches), lamb=lamb / tensors, epsilon=epsilon / math.sqrt(batches))
 
 
-DEFAULTS = {c: from_first_version(**FIRST_VERSION, batches=n, tensors=AWD_LSTM_TENSORS)
-            for c, n in TRAIN_BATCHES.items()}
+DEFAULTS = {c: from_first_version(n, AWD_LSTM_TENSORS, **FIRST_VERSION) for c, n in TRAIN_BATCHES.items()}
 
 
 def hyper_parameters(args, blob):
     """Flags win; the rest are the defaults of the checkpoint's corpus, read from its vocabulary."""
-    which = corpus_of(blob)
-    given = {k: getattr(args, k) for k in HYPER}
+    which, given = corpus_of(blob), {k: getattr(args, k) for k in HYPER}
     needed = [k for k in HYPER if given[k] is None and not (args.grid and k in ("lr", "lamb"))]
     if which is None and needed:
         raise UserError(f"checkpoint {args.save} was trained on neither PTB nor WikiText-2 (a vocabulary of "

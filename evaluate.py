@@ -12,11 +12,6 @@ from runfiles import run_cli
 from scoring import evaluate, ppl, report
 from utils import set_seed
 
-RULES = {"eval_batch_size": "positive_int", "test_batch_size": "positive_int", "bptt": "positive_int",
-         "mc_batch": "positive_int", "max_batches": "positive_int", "mc": "count", "seed": "seed",
-         **{k: "probability" for k in DROPOUT_FLAGS}}
-
-
 def main(argv=None):
     p = tool_parser(__doc__)
     p.add_argument("--bptt", type=int, help="sequence length of evaluation windows (default: the run's)")
@@ -31,7 +26,9 @@ def main(argv=None):
     for name in DROPOUT_FLAGS:
         p.add_argument(f"--{name}", type=float, help=f"{name} rate for --mc / --mask_variance (default: the run's)")
     p.add_argument("--max_batches", type=int, help="evaluate only this many windows of each split (quick checks)")
-    args = tool_args(p, argv, RULES)
+    args = tool_args(p, argv, {"eval_batch_size": "positive_int", "test_batch_size": "positive_int",
+                               "bptt": "positive_int", "mc_batch": "positive_int", "max_batches": "positive_int",
+                               "mc": "count", "seed": "seed", **{k: "probability" for k in DROPOUT_FLAGS}})
     blob, corpus, model, device = open_checkpoint(args)
     check_split_sizes(corpus, {"batch_size": 1, "eval_batch_size": args.eval_batch_size,
                                "test_batch_size": args.test_batch_size})

@@ -140,8 +140,7 @@ def overlap_blocker(reg, device):
                (device.type != "cuda", f"CUDA streams exist only on a CUDA device, not on {device.type}"),
                (reg.batched, "with --same_mask_w the two passes already run as one forward of twice the batch"),
                (reg.same_mask, "pass 2 reuses pass 1's masks (--same_mask_*), so it depends on pass 1"),
-               (reg.eval_auxiliary, "the eval-mode second pass (ELD) is not part of the overlapped path, which is "
-                                    "built and tested for train-mode passes"))
+               (reg.eval_auxiliary, "ELD's eval-mode second pass is not on the overlapped path, built for train mode"))
     return next((why for blocked, why in reasons if blocked), None)
 
 
@@ -189,8 +188,7 @@ def _two_passes(model, data, hidden, reg):
 
 
 def fraternal_loss(model, data, targets, hidden, reg):
-    """Loss of one batch under ``reg``, plus AR and TAR; ``hidden`` detached.  A decoder's ``fused_loss``
-    (fused_loss.FusedDecoder) gives the same values in cache-sized chunks, or None for an unknown penalty."""
+    """One batch's loss under ``reg`` plus AR and TAR (``hidden`` detached); the decoder's fused_loss if it has one."""
     first, out2 = _two_passes(model, data, hidden, reg)
     x1, x2 = (t if t is None else t.reshape(-1, t.size(-1)) for t in (first.outputs[-1], out2))
     fused = getattr(model.decoder, "fused_loss", None) if reg.fused else None

@@ -44,9 +44,8 @@ class _DecoderLoss(torch.autograd.Function):
                     kl21 = -(p2 * log_ratio).sum(1, keepdim=True)
                     pen += (kl12 + kl21).sum()
                     # d/dlogits1 of (KL12 + KL21) = p1 * (log p1 - log p2 - KL12) + p1 - p2, and symmetrically
-                    scale = kappa / (2.0 * n)
-                    g_pen1 = (p1 * (log_ratio - kl12) + p1 - p2).mul_(scale)
-                    g_pen2 = (p2 * (-log_ratio - kl21) + p2 - p1).mul_(scale)
+                    g_pen1 = (p1 * (log_ratio - kl12) + p1 - p2).mul_(kappa / (2.0 * n))
+                    g_pen2 = (p2 * (-log_ratio - kl21) + p2 - p1).mul_(kappa / (2.0 * n))
                 g2 = _softmax_grad(logp2, tgt, w2 / n) if w2 != 0 else None
                 if g_pen2 is None:
                     g2 = g2.sub_(g_pen1) if g2 is not None else g_pen1.neg()

@@ -1,5 +1,4 @@
-"""Test-time measures that keep dropout on: Monte Carlo dropout (Gal & Ghahramani 2016: the probabilities of N
-masked passes averaged) and the mask variance, what fraternal dropout minimizes."""
+"""Test-time measures with dropout on: Monte Carlo dropout (Gal & Ghahramani 2016) and the mask variance FD lowers."""
 import math
 
 import torch

@@ -25,8 +25,6 @@ _WT2 = dict(window=3785, theta=0.662, lambdasm=0.1279, bptt=2000)
 SETTINGS = {("ptb", "readme"): _PTB, ("ptb", "paper"): dict(_PTB, window=2000), ("ptb", "tag"): _PTB,
             ("wt2", "readme"): _WT2, ("wt2", "paper"): _WT2, ("wt2", "tag"): _WT2}
 OPTS = ("window", "theta", "lambdasm", "bptt")
-RULES = {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight", "bptt": "positive_int",
-         "max_batches": "positive_int"}
 
 
 def settings_for(blob, args):
@@ -93,7 +91,8 @@ def main(argv=None):
     p.add_argument("--max_batches", type=int, help="evaluate only this many --bptt chunks of each split (quick checks)")
     p.add_argument("--awd_scoring", action="store_true", help="score as awd-lstm-lm's pointer.py: no cache before "
                    "--window positions nor at a --bptt chunk's first; loss divided by N tokens, not N - 1 predictions")
-    args = tool_args(p, argv, RULES)
+    args = tool_args(p, argv, {"window": "positive_int", "theta": "non_negative", "lambdasm": "weight",
+                               "bptt": "positive_int", "max_batches": "positive_int"})
     blob, corpus, model, device = open_checkpoint(args)
     opts, source = settings_for(blob, args)
     print(f"| cache pointer | window {opts['window']} | theta {opts['theta']} | lambdasm {opts['lambdasm']} | "

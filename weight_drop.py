@@ -13,9 +13,8 @@ _COMPACTION_WARNING = "RNN module weights are not part of single contiguous chun
 warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)  # and in fused_lstm: test runners reset filters
 
 
-def fused_lstm(lstm, input, hx, weights, train=None):
+def fused_lstm(lstm, input, hx, weights, train=True):
     """``lstm``'s fused kernel with ``weights`` for its parameters; ``train``: cuDNN's that can back-propagate."""
-    train = lstm.training if train is None else train
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_COMPACTION_WARNING)
         output, h, c = torch._VF.lstm(input, hx, weights, lstm.bias, lstm.num_layers, lstm.dropout,
