@@ -160,13 +160,12 @@ def add_flag(group, s, text=None):
             text += f" (default {s.default})"
     names = [f"--{s.name}"] + ([f"--{s.name.replace('_', '-')}"] if s.name == "log_interval" else [])
     if s.kind is bool:
-        action = "store_true" if s.name == "dry_run" else argparse.BooleanOptionalAction
-        group.add_argument(*names, dest=s.name, action=action, default=None, help=text)
+        parse = dict(action="store_true" if s.name == "dry_run" else argparse.BooleanOptionalAction, default=None)
     elif s.choices:
-        metavar = s.name.upper() if len(s.choices) > 5 else "{" + ",".join(s.choices) + "}"
-        group.add_argument(*names, dest=s.name, type=choice(s), metavar=metavar, help=text)
+        parse = dict(type=choice(s), metavar=s.name.upper() if len(s.choices) > 5 else "{" + ",".join(s.choices) + "}")
     else:
-        group.add_argument(*names, dest=s.name, type=s.kind, help=text)
+        parse = dict(type=s.kind)
+    group.add_argument(*names, dest=s.name, help=text, **parse)
 
 
 def build_train_parser():
@@ -320,9 +319,7 @@ def validate(cfg):
     if missing:
         raise UserError(f"the run's configuration lacks {', '.join(missing)} (a damaged or hand-made checkpoint?): "
                         f"use a checkpoint written by main.py or finetune.py")
-    for s in SETTINGS:
-        if s.name not in cfg:
-            continue
+    for s in [s for s in SETTINGS if s.name in cfg]:
         value = cfg[s.name]
         if not _has_type(value, s):
             raise UserError(f"--{s.name} must be of type {s.kind.__name__}, got {value!r}")

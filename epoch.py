@@ -1,5 +1,4 @@
-"""One epoch of training, as AWD-LSTM trains: variable-length BPTT with the learning rate scaled by seq_len / bptt,
-the regularizer's loss (fraternal.py), gradient clipping, one optimizer step per batch."""
+"""One epoch of training as AWD-LSTM trains: variable-length BPTT, the regularizer's loss (fraternal.py), clipping."""
 import math
 import os
 import time
@@ -80,8 +79,7 @@ class EpochState:
     def __init__(self, model, train_data, epoch, position=None):
         self.epoch, self.batch, self.i, self.tokens = epoch, 0, 0, 0
         device = train_data.device
-        zero = torch.zeros((), device=device)
-        self.total_ce, self.total_pen, self.interval_ce = zero.clone(), zero.clone(), zero.clone()
+        self.total_ce, self.total_pen, self.interval_ce = (torch.zeros((), device=device) for _ in range(3))
         self.hidden = model.init_hidden(train_data.size(1))
         self.start = self.interval_start = time.time()
         if position is not None:

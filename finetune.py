@@ -19,16 +19,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.resume:
-        if args.save or args.out:
-            raise UserError("--resume continues a fine-tuning run with its saved paths: drop --save / --out")
-        blob = load_resume(args.resume, "finetune.py")
-        cfg, source = build_config(vars(args), "resume", blob), None
-    elif not args.save:
+    if args.resume and (args.save or args.out):
+        raise UserError("--resume continues a fine-tuning run with its saved paths: drop --save / --out")
+    if not (args.resume or args.save):
         raise UserError("name the trained checkpoint to fine-tune with --save PATH")
-    else:
-        source = load_checkpoint(args.save, "best")
-        cfg, blob = build_config(vars(args), "finetune", source["config"]), None
+    blob = load_resume(args.resume, "finetune.py") if args.resume else None
+    source = None if blob else load_checkpoint(args.save, "best")
+    cfg = build_config(vars(args), "resume", blob) if blob else build_config(vars(args), "finetune", source["config"])
     with distributed.session(cfg):
         return run(cfg, resume=blob, source=source, overwrite=args.overwrite)
 

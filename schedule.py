@@ -42,8 +42,7 @@ class Schedule:
             self.averaging, self.lr = True, self.cfg["lr"]
         elif action == ANNEAL:
             self.lr, self.bad_epochs = self.lr / self.cfg["anneal"], 0
-        elif action == STOP:
-            self.stopped = True
+        self.stopped = self.stopped or action == STOP
         self.epoch = epoch
         return action
 

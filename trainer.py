@@ -171,14 +171,13 @@ def final_evaluation(r, interrupted):
     test = evaluate(r.model, r.splits["test"], cfg["bptt"], cfg["test_batch_size"], short, "test, best model")
     end = (f"test loss {test:5.2f}" if label == "training" else f"valid ppl {ppl(valid):8.2f}")
     print(f"{RULE}\n| End of {label} | {end} | test ppl {ppl(test):8.2f} |\n{RULE}")
-    done = f"{r.schedule.epoch} epoch{'s' * (r.schedule.epoch != 1)}" if interrupted else None
+    done = f"was interrupted after {r.schedule.epoch} epoch{'s' * (r.schedule.epoch != 1)}" if interrupted else ""
     if label == "fine-tuning" and blob.get("epoch") == 0:
-        what = ("never improved on the input's validation perplexity" if done is None else
-                f"was interrupted after {done}, before it improved on the input's validation perplexity")
-        print(f"Note: {label} {what}, so {r.paths['best']} holds the input's weights.")
-    elif done is not None:
-        print(f"Note: {label} was interrupted after {done}: this is its best model so far (epoch "
-              f"{blob.get('epoch')}), not a finished run's.")
+        print(f"Note: {label} {done + ', before it improved' if done else 'never improved'} on the input's "
+              f"validation perplexity, so {r.paths['best']} holds the input's weights.")
+    elif done:
+        print(f"Note: {label} {done}: this is its best model so far (epoch {blob.get('epoch')}), not a finished "
+              f"run's.")
     if r.dry:
         print("Note: a dry run trains 2 batches, so perplexities in the thousands or millions are expected.")
     result = {"valid_loss": valid, "valid_ppl": ppl(valid), "test_loss": test, "test_ppl": ppl(test),
@@ -194,12 +193,9 @@ def load_resume(path, tool):
     if os.path.isfile(path):
         return load_checkpoint(path, "resume")
     best = path[:-len(".resume.pt")] + ".pt" if path.endswith(".resume.pt") else "runs/NAME.pt"
-    if os.path.isfile(best):
-        hint = f"its run's best model is there: evaluate it with python evaluate.py --save {best}"
-    elif tool == "main.py":
-        hint = f"start the run with python main.py --save {best}"
-    else:
-        hint = f"start the fine-tuning with python finetune.py --save TRAINED.pt --out {best}"
+    hint = (f"its run's best model is there: evaluate it with python evaluate.py --save {best}" if os.path.isfile(best)
+            else f"start the run with python main.py --save {best}" if tool == "main.py"
+            else f"start the fine-tuning with python finetune.py --save TRAINED.pt --out {best}")
     raise UserError(f"no resume point at {path} (a run writes NAME.resume.pt beside its best model NAME.pt): check "
                     f"the path, or {hint}")
 
@@ -251,10 +247,9 @@ def run(cfg, resume=None, source=None, overwrite=False):
     if resume is None:  # --data resolved now, as --save is, so a resume from any folder reads the same corpus
         cfg = dict(cfg, data=os.path.abspath(cfg["data"]))
     paths, flag = run_paths(cfg["save"]), STAGES[cfg.get("stage", "train")].flag
-    r = None
+    r = error = old = lock = None
     try:
         with ExitStack() as held:
-            error = old = lock = None
             try:
                 if resume is not None and overwrite:
                     raise UserError("--overwrite has no effect with --resume, which continues the run's own files: "
@@ -266,8 +261,7 @@ def run(cfg, resume=None, source=None, overwrite=False):
                     for path in paths.values():
                         remove_stale_temp_files(path)
                     old = earlier_run_files(paths, overwrite) if resume is None else check_own_files(paths, resume)
-                r = prepare(cfg, device, paths, resume, source)
-                r.lock = lock
+                r = prepare(cfg, device, paths, resume, source, lock)
             except UserError as e:
                 error = e
             distributed.gate(error)  # a failed check ends every process, said once
@@ -301,9 +295,8 @@ def read_corpus(cfg, resume, source):
     return corpus
 
 
-def prepare(cfg, device, paths, resume, source):
-    """Everything that can refuse the run, touching no file: corpus, sizes, model, resume state; first the run's
-    files in plain words: where to look, and how to continue."""
+def prepare(cfg, device, paths, resume, source, lock):
+    """Everything that can refuse the run (corpus, sizes, model, resume state), touching no file; first its files."""
     print("Configuration: " + json.dumps(cfg, sort_keys=True))
     every = cfg.get("checkpoint_every", 0)
     resume_point = ("none (a dry run)" if cfg["dry_run"] else
@@ -322,7 +315,7 @@ def prepare(cfg, device, paths, resume, source):
               "test": batchify(corpus.test, cfg["test_batch_size"], device)}
     model = RNNModel.from_config(cfg, len(corpus.dictionary)).to(device)
     stamp = {"run": (resume or {}).get("run") or uuid.uuid4().hex, "corpus_sha256": corpus.sha256}
-    r = Run(cfg, paths, device, corpus, splits, model, Schedule(cfg), stamp, resume, source)
+    r = Run(cfg, paths, device, corpus, splits, model, Schedule(cfg), stamp, resume, source, lock=lock)
     if resume is not None:
         load_weights(model, resume, "the resume checkpoint")
         r.schedule = Schedule(cfg).load_state_dict(resume["schedule"])
