@@ -100,7 +100,8 @@ def check_output_path(path, flag="--save", siblings=()):
 
 
 def remove_stale_temp_files(path):
-    """Temp files a killed atomic write of ``path`` left, never another file's (``.NAME.b.pt.XXXXXXXX.tmp``)."""
+    """Temp files a killed atomic write of ``path`` left (``.NAME.`` + mkstemp's 8 random characters + ``.tmp``),
+    never another file's: a run saved at NAME.b.pt writes ``.NAME.b.pt.<8 characters>.tmp``."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.{'[a-z0-9_]' * 8}.tmp"):
         with contextlib.suppress(OSError):

@@ -158,7 +158,7 @@ def test_failed_repair_keeps_the_good_files_it_found(mirror, tmp_path):
 
 
 def test_a_rerun_removes_the_work_folders_of_killed_runs_only(mirror, tmp_path):
-    """A run killed with -9 cannot clean up its .getdata.XXXXXX/ (11 MB); the next run does, but never
+    """A run killed with -9 cannot clean up its work folder (.getdata. + mktemp's 6 random characters, 11 MB); the next run does, but never
     the folder of a run still in progress (its owner alive) nor one another machine's run may be filling."""
     dest = tmp_path / "data"
     assert run(["--from", mirror, "--dest", dest, "--corpus", "penn"]).returncode == 0
