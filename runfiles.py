@@ -65,11 +65,14 @@ def read_json(path):
 
 
 def file_sha256(path):
+    h = hashlib.sha256()  # not hashlib.file_digest: that needs Python 3.11, the rest of the code 3.9
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     except OSError:
         return None
+    return h.hexdigest()
 
 
 def check_output_path(path, flag="--save", siblings=()):
@@ -177,16 +180,18 @@ def atomic_write(target, write):
     """Write through a temp file in the same folder, then rename: a crash leaves the old file intact."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    tmp, created = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp", False
     try:
         with open(tmp, "xb") as f:  # a new file with the user's usual permissions (mkstemp's are 0600)
+            created = True  # from here on the temp file is ours to remove, never another writer's
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException as e:
-        written = tmp.stat().st_size if tmp.exists() else 0
-        tmp.unlink(missing_ok=True)
+        written = tmp.stat().st_size if created and tmp.exists() else 0
+        if created:
+            tmp.unlink(missing_ok=True)
         if _disk_full(e):
             free = shutil.disk_usage(target.parent).free
             kept = f"the previous {target.name} is intact" if target.exists() else f"{target.name} was not written"

@@ -1,5 +1,7 @@
 """A run of main.py or finetune.py: its checks before it touches a file, then per epoch (epoch.py) validation, the best
 model, the schedule's decision, metrics and a resume point, so that a kill at any moment loses minutes, not results."""
+from __future__ import annotations  # the X | None fields below on Python 3.9
+
 import json
 import math
 import os

@@ -101,6 +101,19 @@ def test_atomic_writes_take_the_umask_of_the_moment_without_changing_it(tmp_path
         os.umask(old)
 
 
+def test_an_atomic_write_never_removes_a_temp_file_it_did_not_create(tmp_path, monkeypatch):
+    """Two writers drawing the same temp name: the second fails, and the first writer's temp file stays."""
+    import secrets
+
+    from runfiles import atomic_write_text
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "ab12cd34")
+    theirs = tmp_path / ".a.txt.ab12cd34.tmp"
+    theirs.write_text("another writer's")
+    with pytest.raises(FileExistsError):
+        atomic_write_text("x", tmp_path / "a.txt")
+    assert theirs.read_text() == "another writer's" and not (tmp_path / "a.txt").exists()
+
+
 def test_model_keys_come_from_the_settings_declarations(tmp_path):
     """A new model setting is required of every checkpoint without a second list to edit; one with a
     ``before`` value (locked_mask) is not, and a checkpoint written before it existed still rebuilds its model."""
